@@ -1,0 +1,210 @@
+"""The ``advbench`` command. The only place that turns errors into exit codes:
+0 success; 1 internal failure or failed cells (traceback in a log file); 2 user error."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import traceback
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from advbench.config import load_benchmark
+from advbench.errors import AdvbenchError
+from advbench.plan import STAGES
+from advbench.registry import discover
+from advbench.report import formats, tables
+from advbench.runner import RunOptions, Runner
+from advbench.specs import KINDS
+from advbench.store import open_store
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Build adversarial-image databases and benchmark detectors of adversarial images.")
+err = Console(stderr=True)
+# piped output keeps full-width tables instead of wrapping at 80 columns
+out = Console(width=None if Console().is_terminal else 200)
+
+
+class Format(str, Enum):
+    rich = "rich"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+    latex = "latex"
+
+
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL or SQLite file (default: the config's, else results.db).")]
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Benchmark file (TOML).")],
+    store: StoreOpt = None,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, help="Cap clean images per model.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Torch threads for this run.")] = 1,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached artefacts; recompute every cell.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")] = None,
+) -> int:
+    """Plan the benchmark matrix and execute it; results go to the store."""
+    import torch
+
+    bench = load_benchmark(config, discover())
+    if workers > 1:
+        torch.set_num_threads(workers)
+    runner = Runner(bench, discover(), RunOptions(store=store, max_images=max_images, workers=workers,
+                                                  fresh=fresh, cache_dir=cache_dir))
+    counts = {s: len(runner.plan.stage(s)) for s in STAGES}
+    with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=not err.is_terminal) as progress:
+        tasks = {s: progress.add_task(s, total=counts[s], note="") for s in STAGES}
+
+        def on_cell(outcome):
+            progress.update(tasks[outcome.cell.stage], advance=1,
+                            note="cached" if outcome.cached else outcome.cell.title[:40])
+
+        result = runner.run_with(on_cell)
+    n_cached = sum(o.cached for o in result.outcomes)
+    err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
+              f"{len(result.failed)} failed) -> {result.store_url} (run {result.run_id})", highlight=False)
+    if result.failed:
+        for o in result.failed[:10]:
+            err.print(f"failed: {o.cell.title}: {o.error}", highlight=False, markup=False)
+        if all(o.user_error for o in result.failed):
+            return 2
+        err.print(f"tracebacks in {result.log_path}", highlight=False)
+        return 1
+    err.print("next: advbench report" + (f" --store {store}" if store else ""), highlight=False)
+    return 0
+
+
+@app.command()
+def validate(config: Annotated[Path, typer.Argument(help="Benchmark file (TOML).")]) -> int:
+    """Check a benchmark file and print its matrix size; no work is done."""
+    bench = load_benchmark(config, discover())
+    runner_plan = Runner(bench, discover()).plan
+    sizes = ", ".join(f"{len(runner_plan.stage(s))} {s}" for s in STAGES)
+    out.print(f"{config}: ok — {sizes} cells", highlight=False)
+    return 0
+
+
+@app.command()
+def report(
+    store: StoreOpt = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="Benchmark name (default: the latest run's).")] = None,
+    run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    table: Annotated[Optional[int], typer.Option("--table", min=1, max=4, help="Paper table 1-4 instead of the leaderboard.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
+    sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, eer, auroc, ...")] = "accuracy",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="List the stored runs.")] = False,
+) -> int:
+    """Print the leaderboard (or a paper table) of a stored run."""
+    st = open_store(store, create=False)
+    if runs:
+        result = [tables.Table("Runs", ("Run", "Benchmark", "Config hash", "Started", "Status"),
+                               tuple((r.id, r.benchmark, r.config_hash, f"{r.started_at:%Y-%m-%d %H:%M}", r.status)
+                                     for r in st.runs(benchmark)))]
+    else:
+        run_row = st.get_run(run_id) if run_id else st.latest_run(benchmark)
+        cells = st.cells(run_row.id)
+        if sort not in tables.LEADERBOARD_METRICS:
+            raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(tables.LEADERBOARD_METRICS)}")
+        result = tables.TABLES[table](cells) if table else tables.leaderboard(cells, sort)
+        failed = tables.failures(cells)
+        if failed and not table:
+            result.append(failed)
+        if not result:
+            raise AdvbenchError(f"run {run_row.id} of {run_row.benchmark!r} has no cells for this table")
+    if fmt == Format.rich and out_file is None:
+        formats.render_rich(result, out)
+        return 0
+    text = formats.render_text(result, "markdown" if fmt == Format.rich else fmt.value)
+    if out_file:
+        out_file.write_text(text)
+        err.print(f"wrote {out_file}", highlight=False)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+@app.command()
+def plugins(
+    kind: Annotated[Optional[str], typer.Option("--kind", help=f"One of: {', '.join(KINDS)}.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> int:
+    """List every discovered plugin with its kind, package and parameters."""
+    if kind is not None and kind not in KINDS:
+        raise AdvbenchError(f"--kind {kind!r}: unknown plugin kind; valid: {', '.join(KINDS)}")
+    registry = discover()
+    entries = registry.entries(kind)
+    if as_json:
+        data = [{"kind": e.spec.kind, "name": e.spec.name, "package": e.package, "module": e.module,
+                 "summary": e.spec.summary, "default": e.spec.default,
+                 "parameters": e.spec.params.model_json_schema().get("properties", {})} for e in entries]
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return 0
+    from rich.table import Table as RichTable
+
+    t = RichTable(title="advbench plugins", header_style="bold")
+    for col in ("Kind", "Name", "Package", "Summary", "Parameters"):
+        t.add_column(col)
+    for e in entries:
+        params = ", ".join(f"{n}={f.default!r}" if not f.is_required() else f"{n} (required)"
+                           for n, f in e.spec.params.model_fields.items())
+        t.add_row(e.spec.kind, e.spec.name + (" *" if e.spec.default else ""), e.package, e.spec.summary, params)
+    out.print(t)
+    out.print("[dim]* in the default set used when a benchmark omits that section[/dim]")
+    return 0
+
+
+def _internal_error_log() -> Path:
+    from advbench.cache import default_cache_dir
+
+    for directory in (default_cache_dir() / "logs", Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
+            path.write_text(traceback.format_exc())
+            return path
+        except OSError:
+            continue
+    return Path("(unwritable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        return 130
+    except click.ClickException as exc:  # usage errors: Typer's own message, exit 2
+        exc.show()
+        return exc.exit_code
+    except AdvbenchError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted; finished cells are stored and cached")
+        return 130
+    except Exception as exc:
+        path = _internal_error_log()
+        err.print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", highlight=False, markup=False)
+        return 1
+    return rc if isinstance(rc, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,296 @@
+"""``benchmarks.toml`` -> a validated, typed :class:`Benchmark`, reporting every problem at once.
+
+Each plugin entry is a table with ``plugin`` (the registered name), an optional ``name`` (a
+label, so one plugin can appear twice with different parameters) and the plugin's parameters
+inline. Transform entries also take ``group`` and ``grid`` (lists of values whose cartesian
+product gives one operation each). A section left out means the plugins flagged ``default``
+(for transforms: the paper's 38 operations).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from advbench.errors import ConfigError
+from advbench.registry import Registry, unknown_plugin_message
+from advbench.specs import KINDS, Params
+
+SECTION_FOR_KIND = {k: k + "s" for k in KINDS}  # dataset -> datasets, ...
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchmarkSettings(_Strict):
+    name: str = Field(min_length=1, description="Benchmark name, the key of its results in the store.")
+    seed: int = Field(0, description="Seed for selection, attacks, splits and detectors.")
+    store: str | None = Field(None, description="SQLAlchemy URL or SQLite path of the results store.")
+    top_k: int = Field(5, ge=1, description="k of the top-k labels (selection, criteria, features).")
+    images_per_model: int = Field(1000, ge=1, description="Clean images picked per model (N).")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'...")
+
+
+class DatabaseSettings(_Strict):
+    target_shift: int = Field(100, ge=1, description="Target label = (top-1 + shift) mod C.")
+    target_threshold: float = Field(0.99, gt=0, le=1, description="Targeted success: P(target) >= this.")
+    image_format: Literal["jpeg", "png"] = Field("jpeg", description="File format of saved adversarial images.")
+    jpeg_quality: int = Field(100, ge=1, le=100, description="JPEG quality of saved adversarial images.")
+    batch_size: int = Field(32, ge=1, description="Images per attack batch.")
+    split: tuple[float, float, float] = Field((0.70, 0.15, 0.15), description="train/dev/eval shares.")
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self):
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
+            raise ValueError(f"split shares must be positive and sum to 1, got {list(self.split)}")
+        return self
+
+
+class PredictionSettings(_Strict):
+    backend: Literal["pillow", "tensor"] = Field("pillow", description="How operations are applied.")
+    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+
+
+DEFAULT_GROUPS = {
+    "JPEG": ["jpeg"],
+    "Scaling": ["scaling"],
+    "Blur": ["blur"],
+    "Rotation": ["rotation"],
+    "JPEG+Scaling": ["jpeg", "scaling"],
+    "All": ["*"],
+}
+
+
+class DetectionSettings(_Strict):
+    groups: dict[str, list[str]] = Field(
+        default_factory=lambda: dict(DEFAULT_GROUPS),
+        description="Feature groups: name -> transform groups ('*' = all operations).",
+    )
+
+
+class _Document(_Strict):
+    benchmark: BenchmarkSettings
+    database: DatabaseSettings = DatabaseSettings()
+    prediction: PredictionSettings = PredictionSettings()
+    detection: DetectionSettings = DetectionSettings()
+    datasets: list[dict[str, Any]] | None = None
+    models: list[dict[str, Any]] | None = None
+    attacks: list[dict[str, Any]] | None = None
+    transforms: list[dict[str, Any]] | None = None
+    features: list[dict[str, Any]] | None = None
+    detectors: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One configured plugin instance."""
+
+    kind: str
+    plugin: str
+    label: str
+    params: Params
+    group: str = ""  # transforms only
+    datasets: tuple[str, ...] = ()  # models only: restrict to these dataset labels
+
+    def identity(self) -> dict[str, Any]:
+        return {"plugin": self.plugin, "params": self.params.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    path: Path
+    text: str
+    settings: BenchmarkSettings
+    database: DatabaseSettings
+    prediction: PredictionSettings
+    detection: DetectionSettings
+    datasets: tuple[Entry, ...]
+    models: tuple[Entry, ...]
+    attacks: tuple[Entry, ...]
+    transforms: tuple[Entry, ...]
+    features: tuple[Entry, ...]
+    detectors: tuple[Entry, ...]
+    config_hash: str = field(default="")
+
+    def models_for(self, dataset: Entry) -> list[Entry]:
+        return [m for m in self.models if not m.datasets or dataset.label in m.datasets]
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for e in err.errors():
+        where = _loc(tuple(prefix.split(".")) + tuple(e["loc"]) if prefix else tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key (found {e['input']!r})")
+        elif e["type"] == "missing":
+            problems.append(f"{where}: required key is missing")
+        else:
+            problems.append(f"{where}: {e['msg']} (found {e.get('input')!r})")
+    return problems
+
+
+def load_benchmark(path: str | Path, registry: Registry) -> Benchmark:
+    """Parse and validate a benchmark file; raise :class:`ConfigError` with every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    return parse_benchmark(text, registry, path=path)
+
+
+def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")) -> Benchmark:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"invalid TOML: {exc}"]) from None
+    problems: list[str] = []
+    try:
+        doc = _Document.model_validate(raw)
+    except ValidationError as err:
+        problems += _pydantic_problems(err)
+        doc = None
+    entries: dict[str, tuple[Entry, ...]] = {}
+    for kind in KINDS:
+        section = SECTION_FOR_KIND[kind]
+        items = raw.get(section)
+        if items is not None and not isinstance(items, list):
+            continue  # already reported by the schema
+        entries[kind] = tuple(_entries(kind, items, registry, problems))
+    if doc is not None:
+        _check_groups(doc.detection.groups, entries.get("transform", ()), problems)
+        _check_model_datasets(entries.get("model", ()), entries.get("dataset", ()), problems)
+    if problems:
+        raise ConfigError(str(path), problems)
+    assert doc is not None
+    bench = Benchmark(
+        path=path, text=text, settings=doc.benchmark, database=doc.database,
+        prediction=doc.prediction, detection=doc.detection,
+        datasets=entries["dataset"], models=entries["model"], attacks=entries["attack"],
+        transforms=entries["transform"], features=entries["feature"], detectors=entries["detector"],
+    )
+    return _with_hash(bench)
+
+
+def _entries(kind: str, items: list | None, registry: Registry, problems: list[str]):
+    section = SECTION_FOR_KIND[kind]
+    if items is None:  # omitted: the plugins' default set
+        yield from _default_entries(kind, registry)
+        return
+    if not items:
+        problems.append(f"{section}: empty; list at least one {kind} (valid: {', '.join(registry.names(kind))})")
+    labels: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"{section}[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected a table, found {item!r}")
+            continue
+        item = dict(item)
+        plugin = item.pop("plugin", None)
+        if not isinstance(plugin, str):
+            problems.append(f"{where}.plugin: required key is missing (valid: {', '.join(registry.names(kind))})")
+            continue
+        if registry.find(kind, plugin) is None:
+            problems.append(f"{where}.plugin: {unknown_plugin_message(kind, plugin, registry.names(kind))}")
+            continue
+        spec = registry.get(kind, plugin)
+        label = str(item.pop("name", plugin))
+        group = str(item.pop("group", getattr(spec, "default_group", "") or plugin)) if kind == "transform" else ""
+        grid = item.pop("grid", None) if kind == "transform" else None
+        datasets = item.pop("datasets", None) if kind == "model" else None
+        if datasets is not None and not (isinstance(datasets, list) and all(isinstance(d, str) for d in datasets)):
+            problems.append(f"{where}.datasets: expected a list of dataset names, found {datasets!r}")
+            datasets = None
+        for params, suffix in _expand_grid(item, grid, where, problems):
+            try:
+                validated = spec.params.model_validate(params)
+            except ValidationError as err:
+                problems += _pydantic_problems(err, prefix=where)
+                continue
+            entry_label = label + suffix
+            if entry_label in labels:
+                problems.append(f"{where}.name: duplicate {kind} name {entry_label!r}; give each entry a distinct 'name'")
+                continue
+            labels.add(entry_label)
+            yield Entry(kind, plugin, entry_label, validated, group, tuple(datasets or ()))
+
+
+def _expand_grid(fixed: dict, grid: Any, where: str, problems: list[str]):
+    if grid is None:
+        yield fixed, ""
+        return
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        problems.append(f"{where}.grid: expected a table of non-empty lists, found {grid!r}")
+        return
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        yield {**fixed, **dict(zip(keys, values))}, "".join(f"@{v}" for v in values)
+
+
+def _default_entries(kind: str, registry: Registry):
+    for reg in registry.entries(kind):
+        spec = reg.spec
+        if kind == "transform":
+            grid = dict(spec.default_grid)  # type: ignore[attr-defined]
+            if not grid:
+                continue
+            for params, suffix in _expand_grid({}, grid, "", []):
+                yield Entry(kind, spec.name, spec.name + suffix, spec.params.model_validate(params),
+                            spec.default_group or spec.name)  # type: ignore[attr-defined]
+        elif spec.default:
+            yield Entry(kind, spec.name, spec.name, spec.params())
+
+
+def _check_groups(groups: dict[str, list[str]], transforms: tuple[Entry, ...], problems: list[str]):
+    known = sorted({t.group for t in transforms})
+    for name, members in groups.items():
+        for member in members:
+            if member != "*" and member not in known:
+                problems.append(
+                    f"detection.groups.{name}: unknown transform group {member!r}; valid: {', '.join(known + ['*'])}"
+                )
+
+
+def _check_model_datasets(models: tuple[Entry, ...], datasets: tuple[Entry, ...], problems: list[str]):
+    known = [d.label for d in datasets]
+    for i, model in enumerate(models):
+        for name in model.datasets:
+            if name not in known:
+                problems.append(f"models[{i}].datasets: unknown dataset {name!r}; valid: {', '.join(known)}")
+
+
+def stable_hash(obj: Any) -> str:
+    """A short content hash of a JSON-able object (the cache and store key)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _with_hash(bench: Benchmark) -> Benchmark:
+    from dataclasses import replace
+
+    ident = {
+        "settings": bench.settings.model_dump(mode="json"),
+        "database": bench.database.model_dump(mode="json"),
+        "prediction": bench.prediction.model_dump(mode="json"),
+        "detection": bench.detection.model_dump(mode="json"),
+        **{SECTION_FOR_KIND[k]: [e.identity() | {"label": e.label, "group": e.group}
+                                 for e in getattr(bench, SECTION_FOR_KIND[k])] for k in KINDS},
+    }
+    return replace(bench, config_hash=stable_hash(ident))

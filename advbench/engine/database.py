@@ -1,0 +1,175 @@
+"""The adversarial database (paper §2): clean selection, attacks with save/re-verify, split."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from advbench.errors import DataError
+from advbench.criteria import PaperCriterion, target_labels
+from advbench.imaging import load_image, pil_to_array, save_image, to_tensor, to_uint8
+from advbench.specs import AttackSpec, BuildContext, ImageSource, LoadedModel
+
+
+@torch.no_grad()
+def logits_of(model: LoadedModel, batch: np.ndarray, device: str) -> torch.Tensor:
+    return model.module(to_tensor(batch, device))
+
+
+def _prepared_batches(source: ImageSource, model: LoadedModel, batch_size: int) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
+    ids, images, labels = [], [], []
+    for sample in source:
+        ids.append(sample.id)
+        images.append(pil_to_array(model.prepare(sample.image)))
+        labels.append(sample.label)
+        if len(ids) == batch_size:
+            yield ids, np.stack(images), np.asarray(labels)
+            ids, images, labels = [], [], []
+    if ids:
+        yield ids, np.stack(images), np.asarray(labels)
+
+
+def select_clean(source: ImageSource, model: LoadedModel, *, top_k: int, n: int, seed: int,
+                 device: str, batch_size: int = 64) -> tuple[dict[str, Any], dict[str, float]]:
+    """Classify every image, keep those whose ground truth is in the top-k, pick ``n`` seeded.
+
+    Two passes over the source so that memory holds only the picked images, never the dataset.
+    """
+    correct: list[bool] = []
+    for _, batch, labels in _prepared_batches(source, model, batch_size):
+        topk = logits_of(model, batch, device).topk(min(top_k, model.num_classes), dim=1).indices.cpu()
+        correct.extend((topk == torch.from_numpy(labels).view(-1, 1)).any(dim=1).tolist())
+    candidates = np.flatnonzero(correct)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
+    wanted = set(picked.tolist())
+    ids, images, labels, top1 = [], [], [], []
+    position = 0
+    for batch_ids, batch, batch_labels in _prepared_batches(source, model, batch_size):
+        keep = [i for i in range(len(batch_ids)) if position + i in wanted]
+        position += len(batch_ids)
+        if keep:
+            ids += [batch_ids[i] for i in keep]
+            images.append(batch[keep])
+            labels.append(batch_labels[keep])
+            top1.append(logits_of(model, batch[keep], device).argmax(1).cpu().numpy())
+    h, w = model.input_size
+    arrays = {
+        "images": np.concatenate(images) if images else np.zeros((0, h, w, 3), np.uint8),
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        "top1": np.concatenate(top1) if top1 else np.zeros(0, np.int64),
+        "ids": np.asarray(ids, dtype=str),
+    }
+    metrics = {"seen": len(correct), "correct_topk": len(candidates), "selected": len(ids),
+               "skipped_files": getattr(source, "skipped", 0)}
+    return arrays, metrics
+
+
+def perturbation_norms(clean: np.ndarray, adv: np.ndarray) -> dict[str, np.ndarray]:
+    """L0 (changed values), L1, L2, L∞ of ``adv - clean`` per image, in [0, 1] pixel units."""
+    diff = (adv.astype(np.float32) - clean.astype(np.float32)).reshape(len(clean), -1) / 255.0
+    return {
+        "l0": (diff != 0).sum(1).astype(np.float64),
+        "l1": np.abs(diff).sum(1),
+        "l2": np.sqrt((diff**2).sum(1)),
+        "linf": np.abs(diff).max(1) if diff.size else np.zeros(len(clean)),
+    }
+
+
+def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[str, np.ndarray], *,
+               out_dir: Path, top_k: int, shift: int, threshold: float, fmt: str, quality: int,
+               batch_size: int, seed: int, ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Attack every clean image, save successes to files, reload and keep what still succeeds."""
+    images_dir = out_dir / "images"
+    images_dir.mkdir()
+    device = ctx.device
+    if spec.targeted and shift % model.num_classes == 0:
+        raise DataError(f"database.target_shift = {shift} is a multiple of the {model.num_classes} classes, so every "
+                        f"target would equal the top-1 label; choose a shift in 1..{model.num_classes - 1}")
+    top1_all = torch.from_numpy(clean["top1"]).long()
+    targets_all = target_labels(top1_all, shift, model.num_classes) if spec.targeted else None
+    kept_images, kept_source, manifest = [], [], []
+    attack_seconds = 0.0
+    for start in range(0, len(top1_all), batch_size):
+        index = slice(start, start + batch_size)
+        batch = clean["images"][index]
+        criterion = PaperCriterion(spec.targeted, top1_all[index].to(device),
+                                   None if targets_all is None else targets_all[index].to(device),
+                                   k=top_k, threshold=threshold)
+        torch.manual_seed(seed + start)
+        t0 = time.perf_counter()
+        adversarial = spec.run(model.module, to_tensor(batch, device), criterion, params, ctx)
+        attack_seconds += time.perf_counter() - t0
+        adv_uint8 = to_uint8(adversarial)
+        before = criterion(logits_of(model, adv_uint8, device)).cpu().numpy()
+        reloaded = np.stack([
+            load_image(save_image(a, images_dir / f"{start + i:06d}", fmt, quality)) if ok else a
+            for i, (a, ok) in enumerate(zip(adv_uint8, before))
+        ])
+        after = criterion(logits_of(model, reloaded, device)).cpu().numpy() & before
+        norms = perturbation_norms(batch, reloaded)
+        for i in range(len(batch)):
+            manifest.append({
+                "index": start + i, "source": str(clean["ids"][start + i]), "label": int(clean["labels"][start + i]),
+                "top1": int(top1_all[start + i]),
+                "target": None if targets_all is None else int(targets_all[start + i]),
+                "success_before_save": bool(before[i]), "success_after_save": bool(after[i]),
+                "file": f"images/{start + i:06d}.{'jpg' if fmt == 'jpeg' else 'png'}" if before[i] else None,
+                **({k: float(v[i]) for k, v in norms.items()} if after[i] else {}),
+            })
+            if before[i] and not after[i]:
+                (images_dir / manifest[-1]["file"].split("/")[1]).unlink(missing_ok=True)
+                manifest[-1]["file"] = None
+        kept_images.append(reloaded[after])
+        kept_source.append(np.flatnonzero(after) + start)
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    h, w = model.input_size
+    arrays = {
+        "images": np.concatenate(kept_images) if kept_images else np.zeros((0, h, w, 3), np.uint8),
+        "source": np.concatenate(kept_source) if kept_source else np.zeros(0, np.int64),
+    }
+    n = len(top1_all)
+    kept = [m for m in manifest if m["success_after_save"]]
+    metrics = {
+        "attempted": n,
+        "success_before_save": sum(m["success_before_save"] for m in manifest),
+        "success": len(kept),
+        "attack_seconds": attack_seconds,
+        "images_per_second": n / attack_seconds if attack_seconds > 0 else float("nan"),
+        **{f"mean_{k}": float(np.mean([m[k] for m in kept])) if kept else float("nan")
+           for k in ("l0", "l1", "l2", "linf")},
+    }
+    return arrays, metrics
+
+
+SPLITS = ("train", "dev", "eval")
+_GOLDEN = 0.6180339887498949
+
+
+def split_sources(n_sources: int, successes: dict[str, np.ndarray], shares: tuple[float, float, float],
+                  seed: int) -> np.ndarray:
+    """Assign each source image (and so all its adversarial versions) to one split.
+
+    Sources are grouped by which attacks succeeded on them and shuffled within the group;
+    walking the groups with a low-discrepancy sequence gives each group (hence each attack)
+    the split shares as closely as its size allows.
+    """
+    rng = np.random.default_rng(seed)
+    signatures = [tuple(bool(successes[a][i]) for a in sorted(successes)) for i in range(n_sources)]
+    order: list[int] = []
+    for sig in sorted(set(signatures)):
+        members = [i for i, s in enumerate(signatures) if s == sig]
+        order.extend(rng.permutation(members).tolist())
+    bounds = np.cumsum(shares)
+    split = np.zeros(n_sources, dtype=np.int8)
+    offset = rng.random()
+    for j, source in enumerate(order):
+        u = (offset + j * _GOLDEN) % 1.0
+        split[source] = int(np.searchsorted(bounds, u, side="right"))
+    return np.minimum(split, len(shares) - 1)

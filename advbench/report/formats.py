@@ -1,0 +1,96 @@
+"""Render :class:`Table` values as rich tables, Markdown, CSV, JSON or LaTeX (booktabs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from advbench.report.tables import Table
+
+FORMATS = ("rich", "markdown", "csv", "json", "latex")
+
+
+def cell_text(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def render_rich(tables: Sequence[Table], console: Console) -> None:
+    for t in tables:
+        rt = RichTable(title=t.title, title_justify="left", header_style="bold")
+        for i, col in enumerate(t.columns):
+            rt.add_column(col, justify="left" if i == 0 or not _numeric(t, i) else "right")
+        for row in t.rows:
+            rt.add_row(*(_styled(v) for v in row))
+        console.print(rt)
+        for note in t.notes:
+            console.print(f"[dim]{note}[/dim]")
+
+
+def _numeric(t: Table, i: int) -> bool:
+    return any(isinstance(r[i], (int, float)) for r in t.rows)
+
+
+def _styled(value: Any) -> str:
+    text = cell_text(value)
+    return f"[red]{text}[/red]" if isinstance(value, str) and value.startswith(("failed", "skipped")) else text
+
+
+def render_markdown(tables: Sequence[Table]) -> str:
+    out = []
+    for t in tables:
+        out.append(f"### {t.title}\n")
+        out.append("| " + " | ".join(t.columns) + " |")
+        out.append("|" + "|".join("---" for _ in t.columns) + "|")
+        out += ["| " + " | ".join(cell_text(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
+        out += [f"\n_{n}_" for n in t.notes]
+        out.append("")
+    return "\n".join(out)
+
+
+def render_csv(tables: Sequence[Table]) -> str:
+    """One CSV; the first column names the table, so several tables stay one parseable file."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for t in tables:
+        writer.writerow(["table", *t.columns])
+        for row in t.rows:
+            writer.writerow([t.title, *("" if v is None else v for v in row)])
+    return buf.getvalue()
+
+
+def render_json(tables: Sequence[Table]) -> str:
+    return json.dumps([{"title": t.title, "columns": list(t.columns), "rows": t.records(), "notes": list(t.notes)}
+                       for t in tables], indent=2, default=str)
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        text = text.replace(a, b)
+    return text
+
+
+def render_latex(tables: Sequence[Table]) -> str:
+    out = []
+    for t in tables:
+        spec = "l" + "r" * (len(t.columns) - 1)
+        out += [r"\begin{table}[t]", r"\centering", f"\\caption{{{_latex_escape(t.title)}}}",
+                f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
+                " & ".join(_latex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
+        out += [" & ".join(_latex_escape(cell_text(v)) for v in row) + r" \\" for row in t.rows]
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def render_text(tables: Sequence[Table], fmt: str) -> str:
+    return {"markdown": render_markdown, "csv": render_csv, "json": render_json, "latex": render_latex}[fmt](tables)

@@ -1,0 +1,191 @@
+"""What a plugin hands to the core: one frozen dataclass per plugin kind.
+
+Every spec carries a ``name`` (unique within its kind), a one-line ``summary``, and a pydantic
+``params`` model (``extra="forbid"``) that declares its parameters: names, types, defaults and
+help text. The config is validated against it, ``advbench plugins`` lists it, the docs are
+generated from it. ``default=True`` puts the plugin in the set used when a benchmark file
+omits that section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """Base class for plugin parameter models: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """For plugins that take no parameters."""
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    name: str
+    summary: str
+    params: type[Params] = NoParams
+    default: bool = False
+    kind: ClassVar[str] = ""
+
+
+# --- context handed to plugins -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Where a plugin may keep files and which device/seed to use."""
+
+    cache_dir: Path
+    device: str = "cpu"
+    seed: int = 0
+
+
+# --- datasets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image. ``image`` is a PIL image in RGB mode."""
+
+    id: str
+    image: Any
+    label: int
+
+
+class ImageSource(Protocol):
+    """What a dataset plugin returns: class names and an iterator of samples.
+
+    ``skipped`` counts unreadable files seen so far (they are skipped with a warning).
+    """
+
+    class_names: Sequence[str]
+    skipped: int
+
+    def __iter__(self) -> Iterator[Sample]: ...
+
+
+@dataclass(frozen=True)
+class DatasetSpec(PluginSpec):
+    load: Callable[[Any, BuildContext], ImageSource] = None  # type: ignore[assignment]
+    kind: ClassVar[str] = "dataset"
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier that takes float images in [0, 1] (N, 3, H, W) and returns logits.
+
+    Normalisation happens inside ``module`` so attacks and transforms work in pixel space.
+    ``prepare`` maps any RGB PIL image to the model's input size (resize/crop policy).
+    """
+
+    module: Any  # torch.nn.Module, in eval mode
+    input_size: tuple[int, int]
+    num_classes: int
+    prepare: Callable[[Any], Any]
+    fingerprint: str = ""  # identifies the weights, so caches follow a retrained model
+
+
+@dataclass(frozen=True)
+class ModelSpec(PluginSpec):
+    build: Callable[[Any, BuildContext], LoadedModel] = None  # type: ignore[assignment]
+    kind: ClassVar[str] = "model"
+
+
+# --- attacks -------------------------------------------------------------------------------
+
+
+class Criterion(Protocol):
+    """Decides, from logits, which rows are adversarial under the benchmark's success rule."""
+
+    targeted: bool
+    labels: Any  # (N,) original top-1 labels
+    targets: Any  # (N,) target labels, or None for non-targeted attacks
+
+    def __call__(self, logits: Any) -> Any: ...  # (N, C) -> bool (N,)
+
+
+@dataclass(frozen=True)
+class AttackSpec(PluginSpec):
+    """``run(model, images, criterion, params, ctx)`` returns candidate adversarial images.
+
+    ``images`` is a float tensor in [0, 1]; the result has the same shape and range. Rows the
+    attack could not make adversarial may be returned unchanged: the core re-checks every row
+    with the criterion, before and after saving to file.
+    """
+
+    targeted: bool = False
+    run: Callable[..., Any] = None  # type: ignore[assignment]
+    kind: ClassVar[str] = "attack"
+
+
+# --- transforms ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransformSpec(PluginSpec):
+    """An image operation. ``apply(image, params)`` maps an RGB PIL image to an RGB PIL image.
+
+    ``apply_tensor(batch, params)`` (optional) does the same on a float (N, 3, H, W) batch in
+    [0, 1] for the tensor backend. ``default_grid`` and ``default_group`` define the operations
+    used when a benchmark omits ``[[transforms]]`` (the paper's set).
+    """
+
+    apply: Callable[[Any, Any], Any] = None  # type: ignore[assignment]
+    apply_tensor: Callable[[Any, Any], Any] | None = None
+    default_grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    default_group: str = ""
+    kind: ClassVar[str] = "transform"
+
+
+# --- features ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSpec(PluginSpec):
+    """``compute(original, transformed, params)`` -> float matrix (N, D).
+
+    ``original`` is the (N, k) top-k labels of the untransformed images; ``transformed`` is
+    (N, n, k): the top-k labels under each of the n selected operations.
+    """
+
+    compute: Callable[[np.ndarray, np.ndarray, Any], np.ndarray] = None  # type: ignore[assignment]
+    kind: ClassVar[str] = "feature"
+
+
+# --- detectors -----------------------------------------------------------------------------
+
+
+class Detector(Protocol):
+    """A binary classifier: label 1 = adversarial. ``scores`` grow with adversarial-ness."""
+
+    def fit(self, features: np.ndarray, labels: np.ndarray) -> Any: ...
+
+    def predict(self, features: np.ndarray) -> np.ndarray: ...
+
+    def scores(self, features: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class DetectorSpec(PluginSpec):
+    """``build(params, seed)`` returns an unfitted :class:`Detector`."""
+
+    build: Callable[[Any, int], Detector] = None  # type: ignore[assignment]
+    kind: ClassVar[str] = "detector"
+
+
+SPEC_TYPES: dict[str, type[PluginSpec]] = {
+    s.kind: s for s in (DatasetSpec, ModelSpec, AttackSpec, TransformSpec, FeatureSpec, DetectorSpec)
+}
+KINDS: tuple[str, ...] = tuple(SPEC_TYPES)

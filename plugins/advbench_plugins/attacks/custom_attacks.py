@@ -1,0 +1,48 @@
+"""Registers the paper's attacks that foolbox 3 lacks, implemented here from their papers:
+L-BFGS (Szegedy et al. 2013), the saliency-map attack JSMA (Papernot et al. 2016) and ADef
+(Alaifari et al. 2019)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from advbench import hookimpl
+from advbench.specs import AttackSpec, Params
+
+from advbench_plugins.attacks.adef import adef_attack
+from advbench_plugins.attacks.jsma import jsma_attack
+from advbench_plugins.attacks.lbfgs import lbfgs_attack
+
+
+class LBFGSParams(Params):
+    initial_const: float = Field(1e-2, gt=0, description="Initial weight c of the distortion term.")
+    binary_search_steps: int = Field(5, ge=1, description="Searches over c per image.")
+    max_iterations: int = Field(50, ge=1, description="L-BFGS iterations per search step.")
+    learning_rate: float = Field(1.0, gt=0, description="L-BFGS step length.")
+
+
+class JSMAParams(Params):
+    theta: float = Field(1.0, description="Change applied to each chosen feature (+1: increase to max).")
+    gamma: float = Field(0.1, gt=0, le=1, description="Largest fraction of features changed.")
+    max_iterations: int | None = Field(None, ge=1, description="Iterations at most (default: from gamma).")
+
+
+class ADefParams(Params):
+    max_iterations: int = Field(50, ge=1, description="Deformation steps at most.")
+    sigma: float = Field(0.5, ge=0, description="Gaussian smoothing of the vector field, in pixels.")
+    overshoot: float = Field(1.2, ge=1, description="Step overshoot factor.")
+    candidates: int = Field(1, ge=1, description="Classes considered per step.")
+
+
+def _call(fn):
+    return lambda model, images, criterion, params, ctx: fn(model, images, criterion, **params.model_dump())
+
+
+@hookimpl
+def advbench_register_attacks(register):
+    register(AttackSpec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
+                        params=LBFGSParams, targeted=True, run=_call(lbfgs_attack)))
+    register(AttackSpec(name="jsma", summary="Jacobian saliency map attack (Papernot et al.), non-targeted rule.",
+                        params=JSMAParams, run=_call(jsma_attack)))
+    register(AttackSpec(name="adef", summary="ADef adversarial deformations (Alaifari et al.), non-targeted.",
+                        params=ADefParams, run=_call(adef_attack)))

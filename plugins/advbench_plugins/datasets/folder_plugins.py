@@ -1,0 +1,38 @@
+"""Registers the on-disk datasets: an image-folder tree and the ILSVRC2012 validation layout."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from advbench import hookimpl
+from advbench.specs import DatasetSpec, Params
+
+from advbench_plugins.datasets.folders import ImageFolderSource, ImageNetValSource
+
+
+class ImageFolderParams(Params):
+    root: str = Field(description="Folder holding <class name>/<image> files.")
+    limit_per_class: int | None = Field(None, ge=1, description="Read at most this many images per class.")
+
+
+class ImageNetValParams(Params):
+    root: str = Field(description="Flat folder of ILSVRC2012_val_*.JPEG files.")
+    labels_file: str = Field(description="Ground truth: one label per line, or '<file> <label>' lines.")
+    class_index_file: str | None = Field(None, description="imagenet_class_index.json or one wnid per line.")
+    label_base: int = Field(0, ge=0, le=1, description="Subtracted from integer labels (1 for 1-based IDs).")
+
+
+@hookimpl
+def advbench_register_datasets(register):
+    register(DatasetSpec(
+        name="image-folder", summary="Images in <root>/<class>/<file>; class index = sorted folder order.",
+        params=ImageFolderParams,
+        load=lambda p, ctx: ImageFolderSource(p.root, limit_per_class=p.limit_per_class),
+    ))
+    register(DatasetSpec(
+        name="imagenet-val", summary="ILSVRC2012 validation layout: flat folder + label file (+ class index).",
+        params=ImageNetValParams,
+        load=lambda p, ctx: ImageNetValSource(p.root, p.labels_file, p.class_index_file, label_base=p.label_base),
+    ))
+
+

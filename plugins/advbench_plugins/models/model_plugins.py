@@ -1,0 +1,99 @@
+"""Registers the pretrained classifiers: the paper's four torchvision models, any torchvision
+model by name, the CIFAR ResNet family and a local-checkpoint loader."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from advbench import hookimpl
+from advbench.specs import BuildContext, LoadedModel, ModelSpec, Params
+
+from advbench_plugins.models.cifar_resnet import cifar_resnet
+from advbench_plugins.models.loading import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalized,
+    imagenet_prepare,
+    load_checkpoint,
+    resize_prepare,
+    torchvision_classifier,
+)
+
+
+class TorchvisionParams(Params):
+    weights: str | None = Field("DEFAULT", description="torchvision weights name (from the local torch hub cache); null = random.")
+    resize: int = Field(256, ge=8, description="Shorter side before the centre crop.")
+    crop: int = Field(224, ge=8, description="Centre crop = input size.")
+    num_classes: int = Field(1000, ge=2, description="Output classes.")
+
+
+class AnyTorchvisionParams(TorchvisionParams):
+    arch: str = Field(description="Any torchvision classification model name, e.g. 'efficientnet_b0'.")
+
+
+def _torchvision(arch: str, p: TorchvisionParams) -> LoadedModel:
+    net = torchvision_classifier(arch, p.weights)
+    return LoadedModel(module=net.eval(), input_size=(p.crop, p.crop), num_classes=p.num_classes,
+                       prepare=imagenet_prepare(p.resize, p.crop), fingerprint=f"{arch}:{p.weights}")
+
+
+class CifarResNetParams(Params):
+    depth: Literal[20, 32, 44, 56] = Field(20, description="6n+2 layers.")
+    checkpoint: str | None = Field(None, description="State-dict file (torch.load weights_only); null = random init.")
+    strip_prefix: str = Field("module.", description="Prefix removed from state-dict keys.")
+    num_classes: int = Field(10, ge=2, description="Output classes.")
+    size: int = Field(32, ge=8, description="Input side in pixels.")
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Input normalisation mean.")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="Input normalisation std.")
+
+
+def _cifar(p: CifarResNetParams, ctx: BuildContext) -> LoadedModel:
+    net = cifar_resnet(p.depth, p.num_classes)
+    if p.checkpoint:
+        load_checkpoint(p.checkpoint, net, strip_prefix=p.strip_prefix)
+    return LoadedModel(module=Normalized(net, p.mean, p.std).eval(), input_size=(p.size, p.size),
+                       num_classes=p.num_classes, prepare=resize_prepare(p.size), fingerprint=str(p.checkpoint))
+
+
+class CheckpointParams(Params):
+    path: str = Field(description="Checkpoint file, read with torch.load(weights_only=True).")
+    arch: str = Field(description="torchvision architecture name, or cifar_resnet20/32/44/56.")
+    key: str | None = Field(None, description="Dict key holding the state dict (auto: state_dict/model/raw).")
+    strip_prefix: str = Field("module.", description="Prefix removed from state-dict keys.")
+    num_classes: int = Field(1000, ge=2, description="Output classes.")
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Input normalisation mean.")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="Input normalisation std.")
+    resize: int = Field(256, ge=8, description="Shorter side before the centre crop.")
+    crop: int = Field(224, ge=8, description="Centre crop = input size (resize = crop: plain resize).")
+
+
+def _checkpoint(p: CheckpointParams, ctx: BuildContext) -> LoadedModel:
+    import torchvision
+
+    if p.arch.startswith("cifar_resnet"):
+        net = cifar_resnet(int(p.arch.removeprefix("cifar_resnet")), p.num_classes)
+    else:
+        net = torchvision_classifier(p.arch, None).net if p.num_classes == 1000 else \
+            torchvision.models.get_model(p.arch, num_classes=p.num_classes)
+    load_checkpoint(p.path, net, key=p.key, strip_prefix=p.strip_prefix)
+    prepare = resize_prepare(p.crop) if p.resize == p.crop else imagenet_prepare(p.resize, p.crop)
+    return LoadedModel(module=Normalized(net, p.mean, p.std).eval(), input_size=(p.crop, p.crop),
+                       num_classes=p.num_classes, prepare=prepare, fingerprint=p.path)
+
+
+PAPER_MODELS = ("vgg16", "vgg19", "resnet18", "resnet50")
+
+
+@hookimpl
+def advbench_register_models(register):
+    for arch in PAPER_MODELS:
+        register(ModelSpec(name=arch, summary=f"torchvision {arch} with ImageNet weights from the local torch hub cache.",
+                           params=TorchvisionParams, build=lambda p, ctx, a=arch: _torchvision(a, p)))
+    register(ModelSpec(name="torchvision", summary="Any torchvision classification model by name ('arch').",
+                       params=AnyTorchvisionParams, build=lambda p, ctx: _torchvision(p.arch, p)))
+    register(ModelSpec(name="cifar-resnet", summary="CIFAR ResNet-20/32/44/56 (He et al., option-A shortcuts).",
+                       params=CifarResNetParams, build=_cifar))
+    register(ModelSpec(name="checkpoint", summary="A local state-dict checkpoint for a torchvision or CIFAR ResNet architecture.",
+                       params=CheckpointParams, build=_checkpoint))

@@ -1,0 +1,75 @@
+"""A small CNN for small images, trained on first use on the digits and cached: the embedded
+default model. Global average pooling lets it take any input size (scaled images included)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from filelock import FileLock
+from pydantic import Field
+from torch import nn
+
+from advbench import hookimpl
+from advbench.specs import BuildContext, LoadedModel, ModelSpec, Params
+
+from advbench_plugins.datasets.digits import digits_arrays
+from advbench_plugins.models.loading import Normalized, resize_prepare
+
+
+class SmallCNNParams(Params):
+    size: int = Field(32, ge=8, le=256, description="Input side in pixels (match the dataset's size).")
+    width: int = Field(16, ge=4, le=256, description="Channels of the first conv layer (doubles twice).")
+    epochs: int = Field(8, ge=1, le=200, description="Training epochs on the digits train subset.")
+    learning_rate: float = Field(2e-3, gt=0, description="Adam learning rate.")
+
+
+def small_cnn(num_classes: int = 10, width: int = 32) -> nn.Module:
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes),
+    )
+
+
+def train_digits_cnn(params: SmallCNNParams, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    images, labels = digits_arrays(params.size, "train")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(labels)
+    net = Normalized(small_cnn(10, params.width), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    opt = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(params.epochs):
+        for batch in torch.randperm(len(x), generator=gen).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
+            opt.step()
+    return net.eval()
+
+
+def build(params: SmallCNNParams, ctx: BuildContext) -> LoadedModel:
+    tag = hashlib.sha256(f"{params.model_dump_json()}|{ctx.seed}|v1".encode()).hexdigest()[:16]
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    path = ctx.cache_dir / f"digits-cnn-{tag}.pt"
+    net = Normalized(small_cnn(10, params.width), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with FileLock(str(path) + ".lock"):  # two processes must not train it twice
+        if not path.exists():
+            trained = train_digits_cnn(params, ctx.seed)
+            torch.save(trained.state_dict(), path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return LoadedModel(module=net.eval(), input_size=(params.size, params.size), num_classes=10,
+                       prepare=resize_prepare(params.size), fingerprint=tag)
+
+
+@hookimpl
+def advbench_register_models(register):
+    register(ModelSpec(
+        name="digits-cnn", summary="Small CNN trained on the digits train subset on first use, cached.",
+        params=SmallCNNParams, default=True, build=build,
+    ))
+
