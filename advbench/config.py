@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from advbench.errors import ConfigError
 from advbench.registry import Registry, unknown_plugin_message
@@ -47,11 +47,12 @@ class DatabaseSettings(_Strict):
     batch_size: int = Field(32, ge=1, description="Images per attack batch.")
     split: tuple[float, float, float] = Field((0.70, 0.15, 0.15), description="train/dev/eval shares.")
 
-    @model_validator(mode="after")
-    def _split_sums_to_one(self):
-        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
-            raise ValueError(f"split shares must be positive and sum to 1, got {list(self.split)}")
-        return self
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, split: tuple[float, float, float]):
+        if abs(sum(split) - 1.0) > 1e-6 or min(split) <= 0:
+            raise ValueError("split shares must be positive and sum to 1")
+        return split
 
 
 class PredictionSettings(_Strict):
@@ -168,14 +169,23 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         problems += _pydantic_problems(err)
         doc = None
     entries: dict[str, tuple[Entry, ...]] = {}
+    broken: set[str] = set()
     for kind in KINDS:
         section = SECTION_FOR_KIND[kind]
         items = raw.get(section)
         if items is not None and not isinstance(items, list):
             continue  # already reported by the schema
+        before = len(problems)
         entries[kind] = tuple(_entries(kind, items, registry, problems))
-    if doc is not None:
-        _check_groups(doc.detection.groups, entries.get("transform", ()), problems)
+        if len(problems) > before:
+            broken.add(kind)
+    try:  # checked even when other sections are broken, so every problem shows at once
+        detection = DetectionSettings.model_validate(raw.get("detection", {}))
+    except ValidationError:
+        detection = None  # already reported through the document schema
+    if detection is not None and "transform" not in broken:
+        _check_groups(detection.groups, entries.get("transform", ()), problems)
+    if "dataset" not in broken:
         _check_model_datasets(entries.get("model", ()), entries.get("dataset", ()), problems)
     if problems:
         raise ConfigError(str(path), problems)

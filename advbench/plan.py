@@ -60,9 +60,13 @@ class Plan:
         return [t for t in self.benchmark.transforms if "*" in members or t.group in members]
 
 
-def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images: int | None = None) -> Plan:
+def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images: int | None = None,
+              failed_attacks: frozenset[tuple[str, str, str]] = frozenset()) -> Plan:
     """Expand a benchmark into cells. ``versions(kind, plugin)`` gives the plugin package's
-    version, so upgrading a plugin invalidates exactly the cells it determines."""
+    version, so upgrading a plugin invalidates exactly the cells it determines.
+
+    ``failed_attacks`` holds (dataset, model, attack) whose attack cell failed: the split,
+    predictions and detectors of that dataset/model then go on without that attack."""
     s, db = bench.settings, bench.database
     n_images = min(s.images_per_model, max_images) if max_images else s.images_per_model
     cells: list[Cell] = []
@@ -85,7 +89,8 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
                     "top_k": s.top_k, "seed": s.seed,
                 })
                 cells.append(Cell("attack", key, d, m, attack=atk.label, deps=(clean_key,)))
-                imagesets[atk.label] = key
+                if (d, m, atk.label) not in failed_attacks:
+                    imagesets[atk.label] = key
             split_key = stable_hash({"stage": "split", "sets": imagesets, "split": db.split, "seed": s.seed})
             cells.append(Cell("split", split_key, d, m, deps=tuple(imagesets.values())))
             predict_keys: dict[tuple[str, str], str] = {}

@@ -99,6 +99,7 @@ class Runner:
         self.device = resolve_device(bench.settings.device)
         self.on_cell = on_cell or (lambda outcome: None)
         self.plan: Plan = make_plan(bench, self._plugin_version, options.max_images)
+        self.failed_attacks: frozenset[tuple[str, str, str]] = frozenset()
         self._index = {(c.stage, c.dataset, c.model, c.attack, c.transform): c.key
                        for c in self.plan.cells if c.stage != "detect"}
         self._entries = {(e.kind, e.label): e for k in ("datasets", "models", "attacks", "transforms",
@@ -150,6 +151,8 @@ class Runner:
         bad: set[str] = set()
         try:
             for stage in STAGES:
+                if stage == "split":
+                    self._replan_without_failed_attacks(outcomes)
                 for cell in self.plan.stage(stage):
                     outcome = self._run_cell(cell, bad)
                     if outcome.status != "ok":
@@ -164,6 +167,19 @@ class Runner:
             log.removeHandler(handler)
             handler.close()
         return RunResult(run_id, store.url, tuple(outcomes), log_path)
+
+    def _replan_without_failed_attacks(self, outcomes: list[CellOutcome]) -> None:
+        failed = frozenset((o.cell.dataset, o.cell.model, o.cell.attack) for o in outcomes
+                           if o.cell.stage == "attack" and o.status != "ok")
+        if failed:
+            self.failed_attacks = failed
+            self.plan = make_plan(self.bench, self._plugin_version, self.options.max_images, failed)
+            self._index.update({(c.stage, c.dataset, c.model, c.attack, c.transform): c.key
+                                for c in self.plan.cells if c.stage != "detect"})
+
+    def _attacks_of(self, cell: Cell) -> list[str]:
+        return [a.label for a in self.bench.attacks
+                if (cell.dataset, cell.model, a.label) not in self.failed_attacks]
 
     def _run_cell(self, cell: Cell, bad: set[str]) -> CellOutcome:
         upstream = [d for d in cell.deps if d in bad]
@@ -220,8 +236,7 @@ class Runner:
         return [(k, "", float(v)) for k, v in metrics.items()] + [("targeted", "", float(spec.targeted))]
 
     def _attack_sources(self, cell: Cell) -> dict[str, np.ndarray]:
-        return {a.label: load_array(self._dir("attack", cell.dataset, cell.model, a.label), "source")
-                for a in self.bench.attacks}
+        return {a: load_array(self._dir("attack", cell.dataset, cell.model, a), "source") for a in self._attacks_of(cell)}
 
     def _compute_split(self, cell: Cell, out: Path) -> MetricRows:
         n = len(self._clean_arrays(cell)["labels"])
@@ -269,7 +284,7 @@ class Runner:
         ops = [t.label for t in self.plan.group_ops(cell.transform)]
         split = load_array(self._dir("split", cell.dataset, cell.model), "split")
         parts = []
-        for set_label in [CLEAN] + [a.label for a in self.bench.attacks]:
+        for set_label in [CLEAN, *self._attacks_of(cell)]:
             def labels(op: str) -> np.ndarray:
                 return load_array(self._dir("predict", cell.dataset, cell.model, set_label, op), "labels")
             if set_label == CLEAN:

@@ -1,0 +1,209 @@
+"""Throughput of the prediction engine (``advbench.engine.predict``) vs its floor and a naive loop.
+
+For each model, every image goes through the original plus the paper's 38 operations
+(1 + 38 predictions per image, as the "predict" cells of a benchmark do):
+
+* engine (pillow): ``predict_under_operation`` with the Pillow operations, images read from a
+  memory-mapped .npy as the runner does;
+* engine (tensor): the same with the tensor backend (``apply_tensor`` functions);
+* floor: only the batched forward passes of the very same (1 + 38) x N input tensors
+  (transforms precomputed, not timed), same batch size;
+* naive: per image and per operation, Pillow op then a single-image forward pass.
+
+Throughput is images/s counted as (1 + 38) x N predictions per second. Engine and floor are
+measured alternately in the same process, ``--repeats`` times; medians are reported (the
+machine may be shared). Targets (Pillow backend, 2 cores): engine >= 0.75 x floor on
+ResNet-18 at 224x224 and >= 0.5 x floor on ResNet-20 at 32x32.
+
+    python bench/feature_extraction.py                       # both models, defaults
+    python bench/feature_extraction.py --models resnet20 --n20 128 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from advbench.engine import predict
+from advbench.imaging import array_to_pil, pil_to_array, to_tensor
+from advbench.specs import LoadedModel
+from advbench_plugins.models.cifar_resnet import cifar_resnet
+from advbench_plugins.models.loading import IMAGENET_MEAN, IMAGENET_STD, Normalized, load_checkpoint
+from advbench_plugins.transforms import operations as ops
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+CIFAR_CKPT = SHARED / "models" / "resnet20-cifar10-12fca82f.th"
+CIFAR_DATA = SHARED / "data" / "cifar10-test-1000"
+TOP_K = 5
+
+
+def paper_ops() -> list[tuple[str, Callable, Callable]]:
+    """(name, Pillow op, tensor op) for the paper's 38 operations."""
+    out = []
+    for family, _, value in ops.paper_operations():
+        p, t = ops.PILLOW_OPS[family], ops.TENSOR_OPS[family]
+        out.append((ops.op_key(family, value), lambda im, p=p, v=value: p(im, v), lambda b, t=t, v=value: t(b, v)))
+    return out
+
+
+def load_images(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """n RGB uint8 images (n, size, size, 3): real CIFAR-10 test images (upscaled for size > 32)
+    when ../shared is there, else smooth random images."""
+    files = sorted(CIFAR_DATA.glob("*/*.jpg")) if CIFAR_DATA.is_dir() else []
+    if files:
+        rng = np.random.default_rng(seed)
+        picked = [files[i] for i in rng.permutation(len(files))[:n]]
+        picked = (picked * (n // len(picked) + 1))[:n]
+        images = []
+        for f in picked:
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                images.append(np.asarray(im, dtype=np.uint8))
+        return np.stack(images), "CIFAR-10 test images" + (f" upscaled to {size}" if size != 32 else "")
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+    images = [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BICUBIC)) for a in low]
+    noise = rng.integers(-8, 9, size=(n, size, size, 3))
+    return np.clip(np.stack(images).astype(np.int16) + noise, 0, 255).astype(np.uint8), "synthetic smooth images"
+
+
+def build_model(name: str) -> tuple[LoadedModel, int, str]:
+    if name == "resnet20":
+        net = cifar_resnet(20)
+        source = "random weights"
+        if CIFAR_CKPT.is_file():
+            load_checkpoint(CIFAR_CKPT, net)
+            source = f"checkpoint {CIFAR_CKPT.name}"
+        module, size, classes = Normalized(net, IMAGENET_MEAN, IMAGENET_STD).eval(), 32, 10
+    elif name == "resnet18":
+        import torchvision
+
+        module = Normalized(torchvision.models.resnet18(weights=None), IMAGENET_MEAN, IMAGENET_STD).eval()
+        size, classes, source = 224, 1000, "random weights"
+    else:
+        raise SystemExit(f"unknown model {name!r}")
+    return LoadedModel(module=module, input_size=(size, size), num_classes=classes, prepare=lambda im: im), size, source
+
+
+def engine_pass(model: LoadedModel, images: np.ndarray, op_list, batch_size: int, backend: str) -> float:
+    """Seconds for the original plus every operation through the engine (as the runner calls it)."""
+    t0 = time.perf_counter()
+    ref = predict.predict_under_operation(model, images, top_k=TOP_K, batch_size=batch_size, device="cpu")["labels"]
+    for _, pil_op, tensor_op in op_list:
+        kwargs = {"op": pil_op} if backend == "pillow" else {"tensor_op": tensor_op}
+        predict.predict_under_operation(model, images, top_k=TOP_K, batch_size=batch_size, device="cpu",
+                                        reference=ref, **kwargs)
+    return time.perf_counter() - t0
+
+
+def floor_inputs(images: np.ndarray, op_list, batch_size: int) -> list[torch.Tensor]:
+    """The exact batches the engine feeds the model (Pillow backend), precomputed."""
+    arr = np.asarray(images)
+    batches = []
+    for op in [None] + [o[1] for o in op_list]:
+        for s in range(0, len(arr), batch_size):
+            part = arr[s:s + batch_size]
+            if op is not None:
+                part = np.stack([pil_to_array(op(array_to_pil(a))) for a in part])
+            batches.append(to_tensor(part))
+    return batches
+
+
+def floor_pass(model: LoadedModel, batches: list[torch.Tensor]) -> float:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in batches:
+            model.module(b)
+    return time.perf_counter() - t0
+
+
+def naive_pass(model: LoadedModel, images: np.ndarray, op_list) -> float:
+    """Per image, per operation: Pillow op, then a single-image forward (no batching, no overlap)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(len(images)):
+            a = np.asarray(images[i])
+            for op in [None] + [o[1] for o in op_list]:
+                x = a if op is None else pil_to_array(op(array_to_pil(a)))
+                p = torch.softmax(model.module(to_tensor(x[None])), dim=1)
+                p.topk(TOP_K, dim=1)
+    return time.perf_counter() - t0
+
+
+def bench_model(name: str, n: int, batch_size: int, repeats: int, naive_repeats: int, tensor: bool) -> dict:
+    model, size, source = build_model(name)
+    data, data_source = load_images(n, size)
+    op_list = paper_ops()
+    total = (1 + len(op_list)) * n
+    print(f"\n== {name} {size}x{size} ({source}); N={n} {data_source}; batch {batch_size}; "
+          f"{1 + len(op_list)} x {n} = {total} predictions; torch threads {torch.get_num_threads()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "images.npy", data)
+        images = np.load(Path(tmp) / "images.npy", mmap_mode="r")
+        batches = floor_inputs(images, op_list, batch_size)
+        # warm-up (allocator, oneDNN primitive caches for every input shape)
+        floor_pass(model, batches)
+        engine_pass(model, images[:min(n, batch_size)], op_list[:1], batch_size, "pillow")
+        times: dict[str, list[float]] = {"engine": [], "floor": [], "tensor": [], "naive": []}
+        for r in range(repeats):
+            times["engine"].append(engine_pass(model, images, op_list, batch_size, "pillow"))
+            times["floor"].append(floor_pass(model, batches))
+            if tensor:
+                times["tensor"].append(engine_pass(model, images, op_list, batch_size, "tensor"))
+            print(f"  repeat {r + 1}: " + ", ".join(f"{k} {total / v[-1]:.0f}/s" for k, v in times.items() if v),
+                  flush=True)
+        for _ in range(naive_repeats):
+            times["naive"].append(naive_pass(model, images, op_list))
+        del batches
+    rate = {k: total / statistics.median(v) for k, v in times.items() if v}
+    # per-repeat ratio (engine and floor of the same repeat), then the median
+    ratio_floor = statistics.median(f / e for e, f in zip(times["engine"], times["floor"]))
+    print(f"  images/s (median of {repeats}): engine(pillow) {rate['engine']:.0f}, floor {rate['floor']:.0f}"
+          + (f", engine(tensor) {rate['tensor']:.0f}" if "tensor" in rate else "")
+          + (f", naive {rate['naive']:.0f} (median of {naive_repeats})" if "naive" in rate else ""))
+    line = f"  engine/floor {ratio_floor:.2f}"
+    if "naive" in rate:
+        line += f", engine/naive {rate['engine'] / rate['naive']:.1f}x"
+    if "tensor" in rate:
+        line += f", tensor/floor {rate['tensor'] / rate['floor']:.2f}"
+    print(line, flush=True)
+    return {"rate": rate, "engine_over_floor": ratio_floor}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["resnet20", "resnet18"], choices=["resnet20", "resnet18"])
+    ap.add_argument("--n20", type=int, default=64, help="images for ResNet-20 (default 64)")
+    ap.add_argument("--n18", type=int, default=16, help="images for ResNet-18 (default 16)")
+    ap.add_argument("--batch-size", type=int, default=128, help="engine batch size (runner default 128)")
+    ap.add_argument("--repeats", type=int, default=3, help="engine/floor/tensor repeats; medians reported")
+    ap.add_argument("--naive-repeats", type=int, default=1)
+    ap.add_argument("--no-tensor", action="store_true", help="skip the tensor backend")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: leave default)")
+    args = ap.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    targets = {"resnet20": 0.5, "resnet18": 0.75}
+    ok = True
+    for name in args.models:
+        n = args.n20 if name == "resnet20" else args.n18
+        res = bench_model(name, n, args.batch_size, args.repeats, args.naive_repeats, not args.no_tensor)
+        met = res["engine_over_floor"] >= targets[name]
+        ok &= met
+        print(f"  target engine/floor >= {targets[name]}: {'met' if met else 'NOT met'}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+
+from advbench.config import load_benchmark, parse_benchmark
+from advbench.errors import ConfigError
+from advbench.testing import tiny_benchmark
+
+
+def problems(text: str, registry) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_benchmark(text, registry)
+    return info.value.problems
+
+
+def test_the_tiny_benchmark_is_valid(registry):
+    bench = parse_benchmark(tiny_benchmark(), registry)
+    assert [t.label for t in bench.transforms] == ["jpeg@90", "jpeg@60", "jpeg@30", "scaling@0.75", "scaling@1.25"]
+    assert bench.transforms[0].params.quality == 90 and bench.transforms[0].group == "jpeg"
+
+
+def test_omitted_sections_use_the_plugin_defaults(registry):
+    bench = parse_benchmark('[benchmark]\nname = "x"\n', registry)
+    assert len(bench.transforms) == 38
+    assert {t.group for t in bench.transforms} == {"jpeg", "blur", "rotation", "scaling"}
+    assert {d.plugin for d in bench.detectors} == {"svm", "random-forest", "lda", "mlp"}
+    assert [d.plugin for d in bench.datasets] == ["sklearn-digits"]
+
+
+def test_unknown_attack_is_one_problem_with_valid_names(registry):
+    found = problems('[benchmark]\nname = "bad"\n[[attacks]]\nplugin = "no-such-attack"\n', registry)
+    assert len(found) == 1
+    assert found[0].startswith("attacks[0].plugin: unknown attack plugin 'no-such-attack'")
+    assert "fgsm" in found[0] and "pgd" in found[0]
+
+
+@pytest.mark.parametrize("section,kind", [("datasets", "dataset"), ("models", "model"), ("attacks", "attack"),
+                                          ("transforms", "transform"), ("features", "feature"), ("detectors", "detector")])
+def test_unknown_plugin_of_each_kind(registry, section, kind):
+    found = problems(f'[benchmark]\nname = "x"\n[[{section}]]\nplugin = "nope"\n', registry)
+    assert found == [found[0]] and found[0].startswith(f"{section}[0].plugin: unknown {kind} plugin 'nope'")
+
+
+def test_every_problem_is_reported_at_once_with_key_paths(registry):
+    text = """
+[benchmark]
+name = "x"
+colour = "blue"
+top_k = 0
+[database]
+split = [0.5, 0.5, 0.5]
+[[attacks]]
+plugin = "fgsm"
+epsilonz = [0.1]
+[[attacks]]
+plugin = "pgd"
+steps = "many"
+[[detectors]]
+plugin = "svm"
+kernel = "cubic"
+[detection]
+groups = { Mine = ["nosuchgroup"] }
+"""
+    found = problems(text, registry)
+    joined = "\n".join(found)
+    assert "benchmark.colour: unknown key" in joined
+    assert "benchmark.top_k:" in joined
+    assert "database.split:" in joined
+    assert "attacks[0].epsilonz: unknown key" in joined
+    assert "attacks[1].steps:" in joined and "'many'" in joined
+    assert "detectors[0].kernel:" in joined
+    assert "detection.groups.Mine: unknown transform group 'nosuchgroup'" in joined
+    assert len(found) >= 7
+
+
+def test_duplicate_entry_names_need_distinct_labels(registry):
+    found = problems('[benchmark]\nname = "x"\n[[attacks]]\nplugin = "fgsm"\n[[attacks]]\nplugin = "fgsm"\n', registry)
+    assert "duplicate attack name 'fgsm'" in found[0]
+    parse_benchmark('[benchmark]\nname = "x"\n[[attacks]]\nplugin = "fgsm"\n[[attacks]]\nplugin = "fgsm"\n'
+                    'name = "fgsm-big"\nepsilons = [0.3]\n', registry)
+
+
+def test_invalid_toml_and_missing_file(registry, tmp_path):
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        parse_benchmark("[benchmark\n", registry)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_benchmark(tmp_path / "none.toml", registry)
+
+
+def test_missing_name_and_bad_grid(registry):
+    found = problems('[benchmark]\n[[transforms]]\nplugin = "jpeg"\ngrid = { quality = 5 }\n', registry)
+    assert any(p.startswith("benchmark.name: required key is missing") for p in found)
+    assert any(p.startswith("transforms[0].grid:") for p in found)
+
+
+def test_config_hash_follows_content(registry):
+    a = parse_benchmark(tiny_benchmark(), registry)
+    b = parse_benchmark(tiny_benchmark() + "\n# a comment\n", registry)
+    c = parse_benchmark(tiny_benchmark(attacks='plugin = "fgsm"\nepsilons = [0.2]'), registry)
+    assert a.config_hash == b.config_hash != c.config_hash
