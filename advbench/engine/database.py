@@ -106,7 +106,9 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
         t0 = time.perf_counter()
         adversarial = spec.run(model.module, to_tensor(batch, device), criterion, params, ctx)
         attack_seconds += time.perf_counter() - t0
-        adv_uint8 = to_uint8(adversarial)
+        # a row a plugin left non-finite counts as a failed attempt, not as a crash
+        finite = torch.isfinite(adversarial).flatten(1).all(1).view(-1, 1, 1, 1)
+        adv_uint8 = to_uint8(torch.where(finite, adversarial, to_tensor(batch, device)))
         before = criterion(logits_of(model, adv_uint8, device)).cpu().numpy()
         reloaded = np.stack([
             load_image(save_image(a, images_dir / f"{start + i:06d}", fmt, quality)) if ok else a

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from advbench import metrics as M
+from advbench.errors import DataError
 from advbench.specs import Detector
 
 TRAIN, DEV, EVAL = 0, 1, 2
@@ -27,7 +28,7 @@ def evaluate_detector(detector: Detector, features: np.ndarray, data: LabelledSe
     """Fit on train; return (metric, subset, value) rows for dev and eval, per attack on eval."""
     train = data.split == TRAIN
     if len(np.unique(data.y[train])) < 2:
-        raise ValueError("the train split holds only one class; raise images_per_model or add attacks that succeed")
+        raise DataError("the train split holds only one class; raise images_per_model or add attacks that succeed")
     detector.fit(features[train], data.y[train])
     rows: list[tuple[str, str, float]] = [("n_train", "", float(train.sum()))]
     for split_id, split_name in ((DEV, "dev"), (EVAL, "eval")):

@@ -67,7 +67,9 @@ def _sweep(attack, model, images, criterion, epsilons: list[float]) -> torch.Ten
 def _minimize(attack, model, images, criterion) -> torch.Tensor:
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=images.device)
     _, clipped, _ = attack(fmodel, images, foolbox_criterion(criterion), epsilons=None)
-    return clipped
+    # NewtonFool divides by the gradient norm: a flat gradient gives NaN rows; keep those clean
+    finite = torch.isfinite(clipped).flatten(1).all(1)
+    return torch.where(finite.view(-1, 1, 1, 1), clipped, images).clamp(0, 1)
 
 
 # --- parameters ----------------------------------------------------------------------------

@@ -1,0 +1,156 @@
+"""The CLI end to end, in a subprocess where the exit code and the exact output matter."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advbench.cli import main
+
+SMALL = """
+[benchmark]
+name = "cli-small"
+images_per_model = 20
+top_k = 2
+device = "cpu"
+
+[database]
+target_shift = 3
+
+[detection]
+groups = { JPEG = ["jpeg"] }
+
+[[datasets]]
+plugin = "sklearn-digits"
+size = 16
+
+[[models]]
+plugin = "digits-cnn"
+size = 16
+width = 8
+epochs = 3
+
+[[attacks]]
+plugin = "fgsm"
+epsilons = [0.05, 0.1, 0.2, 0.3]
+
+[[transforms]]
+plugin = "jpeg"
+grid = { quality = [80, 40] }
+
+[[features]]
+plugin = "counting"
+
+[[detectors]]
+plugin = "lda"
+"""
+
+
+def advbench(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ADVBENCH_CACHE_DIR": str(cwd / "cache"), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "advbench.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("cli")
+    (cwd / "small.toml").write_text(SMALL)
+    proc = advbench("run", "small.toml", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd, proc
+
+
+def test_run_writes_results_db_in_the_working_directory(small_run):
+    cwd, proc = small_run
+    assert (cwd / "results.db").exists()
+    assert "0 failed" in proc.stderr
+
+
+def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
+    (tmp_path / "bad.toml").write_text('[benchmark]\nname = "bad"\n[[attacks]]\nplugin = "no-such-attack"\n')
+    proc = advbench("run", "bad.toml", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "bad.toml" in lines[0] and "attacks[0].plugin" in lines[0] and "fgsm" in lines[0]
+    assert not (tmp_path / "results.db").exists()  # validation happens before any work
+
+
+def test_missing_file_and_unknown_kind_exit_2(tmp_path):
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert main(["plugins", "--kind", "gizmo"]) == 2
+
+
+def test_report_formats_parse_back(small_run):
+    cwd, _ = small_run
+    as_json = json.loads(advbench("report", "--format", "json", cwd=cwd).stdout)
+    assert as_json[0]["columns"][:4] == ["Rank", "Detector", "Feature", "Group"]
+    assert as_json[0]["rows"][0]["Detector"] == "lda"
+    rows = list(csv.reader(io.StringIO(advbench("report", "--format", "csv", cwd=cwd).stdout)))
+    assert rows[0][:3] == ["table", "Rank", "Detector"] and len(rows) == 2
+    markdown = advbench("report", "--format", "markdown", cwd=cwd).stdout
+    assert "| Rank | Detector |" in markdown
+    for table in (1, 2, 3, 4):
+        proc = advbench("report", "--table", str(table), "--format", "json", cwd=cwd)
+        assert proc.returncode == 0 and json.loads(proc.stdout)[0]["rows"], (table, proc.stderr)
+
+
+def test_report_without_a_store_is_a_user_error(tmp_path):
+    proc = advbench("report", cwd=tmp_path)
+    assert proc.returncode == 2 and "no results store" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plugins_json_lists_every_kind_with_parameters(tmp_path):
+    proc = advbench("plugins", "--json", cwd=tmp_path)
+    plugins = json.loads(proc.stdout)
+    assert {p["kind"] for p in plugins} == {"dataset", "model", "attack", "transform", "feature", "detector"}
+    fgsm = next(p for p in plugins if p["name"] == "fgsm")
+    assert fgsm["package"] == "advbench" and "epsilons" in fgsm["parameters"]
+
+
+def test_missing_dataset_folder_fails_its_cell_with_exit_2(small_run, tmp_path):
+    (tmp_path / "fail.toml").write_text(SMALL.replace('name = "cli-small"', 'name = "cli-fail"'))
+    # an unreadable dataset folder fails the clean cell inside the run
+    text = (tmp_path / "fail.toml").read_text().replace('plugin = "sklearn-digits"\nsize = 16',
+                                                        'plugin = "image-folder"\nroot = "no/such/folder"')
+    (tmp_path / "fail.toml").write_text(text)
+    proc = advbench("run", "fail.toml", cwd=tmp_path)
+    assert proc.returncode == 2 and "no/such/folder" in proc.stderr  # a user's missing folder: exit 2
+    assert "Traceback" not in proc.stderr
+
+
+def test_internal_error_exits_1_with_a_log(tmp_path, monkeypatch):
+    import advbench.cli as cli
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(cli, "load_benchmark", broken)
+    monkeypatch.setenv("ADVBENCH_CACHE_DIR", str(tmp_path))
+    assert main(["run", "x.toml"]) == 1
+    assert any("ZeroDivisionError" in p.read_text() for p in (tmp_path / "logs").glob("crash-*.log"))
+
+
+def test_a_failed_cell_gives_exit_1_and_names_the_log(tmp_path, monkeypatch, capsys):
+    import advbench.cli as cli
+    from advbench.plan import Cell
+    from advbench.runner import CellOutcome, RunResult
+
+    def fake_run(self, on_cell):
+        cell = Cell("attack", "k", "d", "m", attack="a")
+        return RunResult(1, "sqlite://", (CellOutcome(cell, "failed", error="RuntimeError: x"),), tmp_path / "run.log")
+
+    monkeypatch.setattr(cli.Runner, "run_with", fake_run)
+    monkeypatch.setenv("ADVBENCH_CACHE_DIR", str(tmp_path))
+    (tmp_path / "ok.toml").write_text('[benchmark]\nname = "x"\n')
+    assert main(["run", str(tmp_path / "ok.toml")]) == 1
+    err = capsys.readouterr().err
+    assert "failed: attack:d/m/a: RuntimeError: x" in err and "run.log" in err
