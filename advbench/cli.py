@@ -49,16 +49,12 @@ def run(
     config: Annotated[Path, typer.Argument(help="Benchmark file (TOML).")],
     store: StoreOpt = None,
     max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, help="Cap clean images per model.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Torch threads for this run.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes for the prediction and detector cells.")] = 1,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached artefacts; recompute every cell.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")] = None,
 ) -> int:
     """Plan the benchmark matrix and execute it; results go to the store."""
-    import torch
-
     bench = load_benchmark(config, discover())
-    if workers > 1:
-        torch.set_num_threads(workers)
     runner = Runner(bench, discover(), RunOptions(store=store, max_images=max_images, workers=workers,
                                                   fresh=fresh, cache_dir=cache_dir))
     counts = {s: len(runner.plan.stage(s)) for s in STAGES}

@@ -26,6 +26,7 @@ from advbench.cache import Cache, default_cache_dir, load_array, save_arrays, wr
 from advbench.config import Benchmark, Entry
 from advbench.engine import database, detect, predict
 from advbench.errors import AdvbenchError, DataError
+from advbench.executor import InProcess, executor_for
 from advbench.plan import CLEAN, ORIGINAL, STAGES, Cell, Plan, make_plan
 from advbench.registry import Registry
 from advbench.specs import BuildContext, LoadedModel
@@ -153,20 +154,33 @@ class Runner:
             for stage in STAGES:
                 if stage == "split":
                     self._replan_without_failed_attacks(outcomes)
-                for cell in self.plan.stage(stage):
-                    outcome = self._run_cell(cell, bad)
-                    if outcome.status != "ok":
-                        bad.add(cell.key)
-                    store.record_cell(run_id, cell, status=outcome.status, cached=outcome.cached,
-                                      error=outcome.error, seconds=outcome.seconds, metrics=outcome.metrics)
-                    outcomes.append(outcome)
-                    self.on_cell(outcome)
+                pending = self.plan.stage(stage)
+                while pending:  # waves: cells whose inputs are all settled
+                    settled = {o.cell.key for o in outcomes}
+                    ready = [c for c in pending if all(d in settled for d in c.deps)]
+                    pending = [c for c in pending if not all(d in settled for d in c.deps)]
+                    for outcome in self._execute(stage, ready, bad):
+                        if outcome.status != "ok":
+                            bad.add(outcome.cell.key)
+                        store.record_cell(run_id, outcome.cell, status=outcome.status, cached=outcome.cached,
+                                          error=outcome.error, seconds=outcome.seconds, metrics=outcome.metrics)
+                        outcomes.append(outcome)
+                        self.on_cell(outcome)
         finally:
             status = "failed" if bad or len(outcomes) < len(self.plan.cells) else "ok"
             store.finish_run(run_id, status)
             log.removeHandler(handler)
             handler.close()
         return RunResult(run_id, store.url, tuple(outcomes), log_path)
+
+    def _execute(self, stage: str, cells: list[Cell], bad: set[str]):
+        """Run one wave; predictions and detectors fan out to forked workers (--workers)."""
+        todo = [c for c in cells if self.options.fresh or not self.cache.has(c.stage, c.key)]
+        if stage not in ("predict", "detect") or len(todo) < 2:
+            return InProcess().map(lambda c: self._run_cell(c, bad), cells)
+        for label in {c.model for c in todo}:
+            self.model(label)  # load once, before forking: workers share it copy-on-write
+        return executor_for(self.options.workers, len(cells)).map(lambda c: self._run_cell(c, bad), cells)
 
     def _replan_without_failed_attacks(self, outcomes: list[CellOutcome]) -> None:
         failed = frozenset((o.cell.dataset, o.cell.model, o.cell.attack) for o in outcomes

@@ -95,7 +95,7 @@ def test_third_party_package_is_discovered_and_runs_end_to_end(installed_example
     registry = registry_with()
     assert registry.package_of("attack", "example-noise") == "advbench-example-plugin"
     assert registry.package_of("detector", "example-threshold") == "advbench-example-plugin"
-    toml = tiny_benchmark(attacks='plugin = "example-noise"\nscale = 0.6', detectors='plugin = "example-threshold"')
+    toml = tiny_benchmark(attacks='plugin = "example-noise"', detectors='plugin = "example-threshold"')
     result = run_tiny(tmp_path, toml, registry=registry)
     assert not result.failed, [o.error for o in result.failed]
     detect = [o for o in result.outcomes if o.cell.stage == "detect"]
