@@ -96,7 +96,7 @@ def report(
     store: StoreOpt = None,
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="Benchmark name (default: the latest run's).")] = None,
     run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
-    table: Annotated[Optional[int], typer.Option("--table", min=1, max=4, help="Paper table 1-4 instead of the leaderboard.")] = None,
+    table: Annotated[Optional[int], typer.Option("--table", min=1, max=6, help="Paper table 1-6 instead of the leaderboard.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
     sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, eer, auroc, ...")] = "accuracy",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,

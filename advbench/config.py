@@ -77,17 +77,31 @@ class DetectionSettings(_Strict):
     )
 
 
+class PipelineSettings(_Strict):
+    detector: str = Field(description="Detector label whose eval predictions decide what gets corrected.")
+    feature: str = Field("", description="Feature label of that detector cell (features detectors).")
+    group: str = Field("", description="Feature group of that detector cell (features detectors).")
+
+
+class CorrectionSettings(_Strict):
+    groups: list[str] | None = Field(None, description="Operation groups (names from [detection] groups) voted "
+                                     "over; default: those of JPEG, Scaling, JPEG+Scaling that exist (the paper's).")
+    pipeline: PipelineSettings | None = Field(None, description="Detect, then correct only what the detector flags.")
+
+
 class _Document(_Strict):
     benchmark: BenchmarkSettings
     database: DatabaseSettings = DatabaseSettings()
     prediction: PredictionSettings = PredictionSettings()
     detection: DetectionSettings = DetectionSettings()
+    correction: CorrectionSettings = CorrectionSettings()
     datasets: list[dict[str, Any]] | None = None
     models: list[dict[str, Any]] | None = None
     attacks: list[dict[str, Any]] | None = None
     transforms: list[dict[str, Any]] | None = None
     features: list[dict[str, Any]] | None = None
     detectors: list[dict[str, Any]] | None = None
+    correctors: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,13 +127,20 @@ class Benchmark:
     database: DatabaseSettings
     prediction: PredictionSettings
     detection: DetectionSettings
+    correction: CorrectionSettings
     datasets: tuple[Entry, ...]
     models: tuple[Entry, ...]
     attacks: tuple[Entry, ...]
     transforms: tuple[Entry, ...]
     features: tuple[Entry, ...]
     detectors: tuple[Entry, ...]
+    correctors: tuple[Entry, ...]
     config_hash: str = field(default="")
+
+    def correction_groups(self) -> list[str]:
+        if self.correction.groups is not None:
+            return list(self.correction.groups)
+        return [g for g in ("JPEG", "Scaling", "JPEG+Scaling") if g in self.detection.groups]
 
     def models_for(self, dataset: Entry) -> list[Entry]:
         return [m for m in self.models if not m.datasets or dataset.label in m.datasets]
@@ -187,14 +208,17 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         _check_groups(detection.groups, entries.get("transform", ()), problems)
     if "dataset" not in broken:
         _check_model_datasets(entries.get("model", ()), entries.get("dataset", ()), problems)
+    if doc is not None and detection is not None:
+        _check_correction(doc.correction, detection.groups, entries, problems)
     if problems:
         raise ConfigError(str(path), problems)
     assert doc is not None
     bench = Benchmark(
         path=path, text=text, settings=doc.benchmark, database=doc.database,
-        prediction=doc.prediction, detection=doc.detection,
+        prediction=doc.prediction, detection=doc.detection, correction=doc.correction,
         datasets=entries["dataset"], models=entries["model"], attacks=entries["attack"],
         transforms=entries["transform"], features=entries["feature"], detectors=entries["detector"],
+        correctors=entries["corrector"],
     )
     return _with_hash(bench)
 
@@ -278,6 +302,23 @@ def _check_groups(groups: dict[str, list[str]], transforms: tuple[Entry, ...], p
                 )
 
 
+def _check_correction(correction: CorrectionSettings, groups: dict, entries: dict, problems: list[str]):
+    for i, name in enumerate(correction.groups or []):
+        if name not in groups:
+            problems.append(f"correction.groups[{i}]: unknown group {name!r}; valid: {', '.join(groups)}")
+    pipe = correction.pipeline
+    if pipe is None:
+        return
+    detectors = [d.label for d in entries.get("detector", ())]
+    features = [f.label for f in entries.get("feature", ())]
+    if pipe.detector not in detectors:
+        problems.append(f"correction.pipeline.detector: unknown detector {pipe.detector!r}; valid: {', '.join(detectors)}")
+    if pipe.feature and pipe.feature not in features:
+        problems.append(f"correction.pipeline.feature: unknown feature {pipe.feature!r}; valid: {', '.join(features)}")
+    if pipe.group and pipe.group not in groups:
+        problems.append(f"correction.pipeline.group: unknown group {pipe.group!r}; valid: {', '.join(groups)}")
+
+
 def _check_model_datasets(models: tuple[Entry, ...], datasets: tuple[Entry, ...], problems: list[str]):
     known = [d.label for d in datasets]
     for i, model in enumerate(models):
@@ -300,6 +341,7 @@ def _with_hash(bench: Benchmark) -> Benchmark:
         "database": bench.database.model_dump(mode="json"),
         "prediction": bench.prediction.model_dump(mode="json"),
         "detection": bench.detection.model_dump(mode="json"),
+        "correction": bench.correction.model_dump(mode="json"),
         **{SECTION_FOR_KIND[k]: [e.identity() | {"label": e.label, "group": e.group}
                                  for e in getattr(bench, SECTION_FOR_KIND[k])] for k in KINDS},
     }

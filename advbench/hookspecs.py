@@ -78,6 +78,16 @@ def advbench_register_detectors(register):
     """
 
 
+@hookspec
+def advbench_register_correctors(register):
+    """Register label correctors.
+
+    Call ``register(spec)`` with a :class:`advbench.specs.CorrectorSpec` per corrector: a pure
+    function from the top-k labels under the selected operations to corrected top-k labels
+    (the paper's vote, §3.3). Returns nothing.
+    """
+
+
 HOOK_FOR_KIND = {
     "dataset": "advbench_register_datasets",
     "model": "advbench_register_models",
@@ -85,4 +95,5 @@ HOOK_FOR_KIND = {
     "transform": "advbench_register_transforms",
     "feature": "advbench_register_features",
     "detector": "advbench_register_detectors",
+    "corrector": "advbench_register_correctors",
 }

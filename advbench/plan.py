@@ -8,6 +8,8 @@ result, so it can be cached, skipped, retried or run elsewhere. Stages, in data-
     split   (dataset, model)                 train/dev/eval by source image
     predict (dataset, model, imageset, op)   top-k labels under one operation
     detect  (dataset, model, feature, group, detector)   metrics on eval
+            (dataset, model, detector)                  for detectors that see images
+    correct (dataset, model, group, corrector)       labels restored by voting (§3.3)
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import dataclass, field
 from advbench import __version__
 from advbench.config import Benchmark, Entry, stable_hash
 
-STAGES = ("clean", "attack", "split", "predict", "detect")
+STAGES = ("clean", "attack", "split", "predict", "detect", "correct")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
+IMAGES = "images"  # the "feature group" of detectors that see the images themselves
 CLEAN = "clean"  # the imageset of normal images
 
 
@@ -35,10 +38,11 @@ class Cell:
     detector: str = ""
     deps: tuple[str, ...] = ()
     group: str = ""  # predict: the transform group of the op
+    corrector: str = ""
 
     @property
     def title(self) -> str:
-        parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector]
+        parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector, self.corrector]
         return f"{self.stage}:" + "/".join(p for p in parts if p)
 
 
@@ -55,18 +59,31 @@ class Plan:
     def ops(self) -> list[Entry]:
         return list(self.benchmark.transforms)
 
+    def pipeline_key(self, dataset: str, model: str) -> str | None:
+        """The detect cell whose predictions drive the detect-then-correct pipeline."""
+        pipe = self.benchmark.correction.pipeline
+        if pipe is None:
+            return None
+        for c in self.cells:
+            wanted = ("detect", dataset, model, pipe.detector, pipe.feature, pipe.group or IMAGES)
+            if (c.stage, c.dataset, c.model, c.detector, c.feature, c.transform) == wanted:
+                return c.key
+        return None
+
     def group_ops(self, group: str) -> list[Entry]:
         members = self.benchmark.detection.groups[group]
         return [t for t in self.benchmark.transforms if "*" in members or t.group in members]
 
 
 def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images: int | None = None,
-              failed_attacks: frozenset[tuple[str, str, str]] = frozenset()) -> Plan:
+              failed_attacks: frozenset[tuple[str, str, str]] = frozenset(),
+              detector_inputs: Callable[[str], str] = lambda plugin: "features") -> Plan:
     """Expand a benchmark into cells. ``versions(kind, plugin)`` gives the plugin package's
     version, so upgrading a plugin invalidates exactly the cells it determines.
 
     ``failed_attacks`` holds (dataset, model, attack) whose attack cell failed: the split,
-    predictions and detectors of that dataset/model then go on without that attack."""
+    predictions and detectors of that dataset/model then go on without that attack.
+    ``detector_inputs(plugin)`` says whether a detector sees "features" or "images"."""
     s, db = bench.settings, bench.database
     n_images = min(s.images_per_model, max_images) if max_images else s.images_per_model
     cells: list[Cell] = []
@@ -106,17 +123,39 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
                     deps = (set_key,) if op is None else (set_key, predict_keys[(set_label, ORIGINAL)])
                     cells.append(Cell("predict", key, d, m, attack=set_label, transform=op_label,
                                       deps=deps, group=group))
+            feature_detectors = [x for x in bench.detectors if detector_inputs(x.plugin) == "features"]
+            detect_keys: dict[tuple[str, str, str], str] = {}
             for group, members in bench.detection.groups.items():
                 ops = [t.label for t in bench.transforms if "*" in members or t.group in members]
                 if not ops:
                     continue
                 inputs = sorted(predict_keys[(sl, op)] for sl in imagesets for op in [ORIGINAL, *ops])
                 for feat in bench.features:
-                    for det in bench.detectors:
+                    for det in feature_detectors:
                         key = stable_hash({
                             "stage": "detect", "split": split_key, "inputs": inputs, "ops": ops,
                             "feature": ident(feat), "detector": ident(det), "seed": s.seed,
                         })
+                        detect_keys[(det.label, feat.label, group)] = key
                         cells.append(Cell("detect", key, d, m, transform=group, feature=feat.label,
                                           detector=det.label, deps=(split_key, *inputs)))
+            for det in bench.detectors:
+                if detector_inputs(det.plugin) != "images":
+                    continue
+                key = stable_hash({"stage": "detect", "split": split_key, "sets": imagesets,
+                                   "detector": ident(det), "seed": s.seed})
+                detect_keys[(det.label, "", "")] = key
+                cells.append(Cell("detect", key, d, m, transform=IMAGES, detector=det.label,
+                                  deps=(split_key, *imagesets.values())))
+            pipe = bench.correction.pipeline
+            pipeline_key = detect_keys.get((pipe.detector, pipe.feature, pipe.group)) if pipe else None
+            for group in bench.correction_groups():
+                members = bench.detection.groups[group]
+                ops = [t.label for t in bench.transforms if "*" in members or t.group in members]
+                inputs = sorted(predict_keys[(sl, op)] for sl in imagesets for op in [ORIGINAL, *ops])
+                deps = (split_key, *inputs, *((pipeline_key,) if pipeline_key else ()))
+                for cor in bench.correctors:
+                    key = stable_hash({"stage": "correct", "inputs": inputs, "ops": ops, "split": split_key,
+                                       "corrector": ident(cor), "pipeline": pipeline_key or "", "top_k": s.top_k})
+                    cells.append(Cell("correct", key, d, m, transform=group, corrector=cor.label, deps=deps))
     return Plan(bench, tuple(cells), max_images, {c.key: c for c in cells})

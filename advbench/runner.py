@@ -24,10 +24,10 @@ import torch
 from advbench import __version__
 from advbench.cache import Cache, default_cache_dir, load_array, save_arrays, write_complete
 from advbench.config import Benchmark, Entry
-from advbench.engine import database, detect, predict
+from advbench.engine import correct, database, detect, predict
 from advbench.errors import AdvbenchError, DataError
 from advbench.executor import InProcess, executor_for
-from advbench.plan import CLEAN, ORIGINAL, STAGES, Cell, Plan, make_plan
+from advbench.plan import CLEAN, IMAGES, ORIGINAL, STAGES, Cell, Plan, make_plan
 from advbench.registry import Registry
 from advbench.specs import BuildContext, LoadedModel
 from advbench.store import open_store
@@ -99,12 +99,16 @@ class Runner:
         self.cache = Cache(options.cache_dir or default_cache_dir())
         self.device = resolve_device(bench.settings.device)
         self.on_cell = on_cell or (lambda outcome: None)
-        self.plan: Plan = make_plan(bench, self._plugin_version, options.max_images)
+        self.plan: Plan = make_plan(bench, self._plugin_version, options.max_images,
+                                    detector_inputs=self._detector_inputs)
         self.failed_attacks: frozenset[tuple[str, str, str]] = frozenset()
         self._index = {(c.stage, c.dataset, c.model, c.attack, c.transform): c.key
                        for c in self.plan.cells if c.stage != "detect"}
         self._entries = {(e.kind, e.label): e for k in ("datasets", "models", "attacks", "transforms",
-                                                         "features", "detectors") for e in getattr(bench, k)}
+                                                         "features", "detectors", "correctors") for e in getattr(bench, k)}
+
+    def _detector_inputs(self, plugin: str) -> str:
+        return getattr(self.registry.get("detector", plugin), "inputs", "features")
 
     def _plugin_version(self, kind: str, plugin: str) -> str:
         import importlib.metadata as md
@@ -187,7 +191,8 @@ class Runner:
                            if o.cell.stage == "attack" and o.status != "ok")
         if failed:
             self.failed_attacks = failed
-            self.plan = make_plan(self.bench, self._plugin_version, self.options.max_images, failed)
+            self.plan = make_plan(self.bench, self._plugin_version, self.options.max_images, failed,
+                                  detector_inputs=self._detector_inputs)
             self._index.update({(c.stage, c.dataset, c.model, c.attack, c.transform): c.key
                                 for c in self.plan.cells if c.stage != "detect"})
 
@@ -294,32 +299,59 @@ class Runner:
         return [("topk_misclassified", "", float(predict.topk_misclassified(result["labels"], keep_labels))),
                 ("images", "", float(len(images)))]
 
-    def _labelled_set(self, cell: Cell) -> detect.LabelledSet:
-        ops = [t.label for t in self.plan.group_ops(cell.transform)]
+    def _labelled_set(self, cell: Cell, with_images: bool = False) -> detect.LabelledSet:
+        """Normal then adversarial images of a cell's dataset/model, in a fixed order."""
+        ops = [] if cell.transform == IMAGES else [t.label for t in self.plan.group_ops(cell.transform)]
         split = load_array(self._dir("split", cell.dataset, cell.model), "split")
+        clean = self._clean_arrays(cell, mmap=True)
         parts = []
         for set_label in [CLEAN, *self._attacks_of(cell)]:
             def labels(op: str) -> np.ndarray:
                 return load_array(self._dir("predict", cell.dataset, cell.model, set_label, op), "labels")
             if set_label == CLEAN:
-                source = np.arange(len(split))
+                source, images = np.arange(len(split)), clean["images"]
             else:
-                source = load_array(self._dir("attack", cell.dataset, cell.model, set_label), "source")
+                d = self._dir("attack", cell.dataset, cell.model, set_label)
+                source, images = load_array(d, "source"), load_array(d, "images", mmap=True)
             original = labels(ORIGINAL)
-            transformed = np.stack([labels(op) for op in ops], axis=1) if len(original) else \
-                np.zeros((0, len(ops), original.shape[1]), np.int32)
-            parts.append((original, transformed, np.full(len(source), int(set_label != CLEAN)),
-                          split[source], np.full(len(source), set_label, dtype=object)))
+            transformed = np.stack([labels(op) for op in ops], axis=1) if ops and len(original) else \
+                np.zeros((len(original), len(ops), original.shape[1]), np.int32)
+            parts.append((original, transformed, np.full(len(source), int(set_label != CLEAN)), split[source],
+                          np.full(len(source), set_label, dtype=object), clean["labels"][source],
+                          np.asarray(images) if with_images else np.zeros((len(source), 0))))
         return detect.LabelledSet(*(np.concatenate(p) for p in zip(*parts)))
 
     def _compute_detect(self, cell: Cell, out: Path) -> MetricRows:
-        data = self._labelled_set(cell)
-        feature = self._entries[("feature", cell.feature)]
         detector = self._entries[("detector", cell.detector)]
-        features = self.registry.get("feature", feature.plugin).compute(data.original, data.transformed, feature.params)
-        model = self.registry.get("detector", detector.plugin).build(detector.params, self.bench.settings.seed)
-        rows = detect.evaluate_detector(model, np.asarray(features, dtype=np.float64), data)
-        return rows + [("feature_size", "", float(features.shape[1]))]
+        spec = self.registry.get("detector", detector.plugin)
+        if cell.transform == IMAGES:
+            data = self._labelled_set(cell, with_images=True)
+            inputs, extra = data.images, []
+        else:
+            data = self._labelled_set(cell)
+            feature = self._entries[("feature", cell.feature)]
+            inputs = np.asarray(self.registry.get("feature", feature.plugin).compute(
+                data.original, data.transformed, feature.params), dtype=np.float64)
+            extra = [("feature_size", "", float(inputs.shape[1]))]
+        model = spec.build(detector.params, self.bench.settings.seed)
+        rows = detect.evaluate_detector(model, inputs, data)
+        save_arrays(out, pred=model.predict(inputs), scores=model.scores(inputs), y=data.y, split=data.split)
+        if hasattr(model, "logits"):  # for the logit scatter of §4 (Fig. 2)
+            save_arrays(out, logits=model.logits(inputs))
+        return rows + extra
+
+    def _compute_correct(self, cell: Cell, out: Path) -> MetricRows:
+        data = self._labelled_set(cell)
+        entry = self._entries[("corrector", cell.corrector)]
+        k = data.original.shape[1]
+        corrected = np.asarray(self.registry.get("corrector", entry.plugin).correct(data.transformed, k, entry.params))
+        save_arrays(out, corrected=corrected)
+        flagged = None
+        pipe = self.bench.correction.pipeline
+        if pipe is not None:
+            key = self.plan.pipeline_key(cell.dataset, cell.model)
+            flagged = load_array(self.cache.path("detect", key), "pred") if key else None
+        return correct.correction_metrics(data, corrected, flagged)
 
 
 def _rows(complete: dict[str, Any]) -> MetricRows:

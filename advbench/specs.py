@@ -179,13 +179,35 @@ class Detector(Protocol):
 
 @dataclass(frozen=True)
 class DetectorSpec(PluginSpec):
-    """``build(params, seed)`` returns an unfitted :class:`Detector`."""
+    """``build(params, seed)`` returns an unfitted :class:`Detector`.
+
+    ``inputs = "features"``: the detector sees a feature matrix, one cell per feature and
+    operation group. ``inputs = "images"``: it sees the uint8 images (N, H, W, 3) themselves
+    (CNN detectors, §4), one cell per dataset/model. ``fit`` may take ``dev=(X, y)`` for model
+    selection; the core passes it when the signature accepts it.
+    """
 
     build: Callable[[Any, int], Detector] = None  # type: ignore[assignment]
+    inputs: str = "features"
     kind: ClassVar[str] = "detector"
 
 
+# --- correctors ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorrectorSpec(PluginSpec):
+    """``correct(transformed, k, params)`` -> corrected top-k labels (N, k).
+
+    ``transformed`` is (N, n, k): the top-k labels of each image under the n selected
+    operations (§3.3). A pure function; ties must be broken deterministically.
+    """
+
+    correct: Callable[[np.ndarray, int, Any], np.ndarray] = None  # type: ignore[assignment]
+    kind: ClassVar[str] = "corrector"
+
+
 SPEC_TYPES: dict[str, type[PluginSpec]] = {
-    s.kind: s for s in (DatasetSpec, ModelSpec, AttackSpec, TransformSpec, FeatureSpec, DetectorSpec)
+    s.kind: s for s in (DatasetSpec, ModelSpec, AttackSpec, TransformSpec, FeatureSpec, DetectorSpec, CorrectorSpec)
 }
 KINDS: tuple[str, ...] = tuple(SPEC_TYPES)

@@ -199,7 +199,10 @@ def bench_model(name: str, n: int, batch_size: int, repeats: int, naive_n: int, 
                   flush=True)
         del per_op_batches
         naive_images = min(n, naive_n)
-        naive = naive_pass(model, images[:naive_images], op_list) if naive_images else None
+        naive = None
+        if naive_images:
+            with omp_helper():  # the faster regime for it too (see omp_helper)
+                naive = naive_pass(model, images[:naive_images], op_list)
     rate = {k: total / statistics.median(v) for k, v in times.items()}
     ratio_floor = statistics.median(f / e for e, f in zip(times["engine"], times["floor"]))
     print(f"  images/s (median of {repeats}): engine(pillow) {rate['engine']:.0f}, floor {rate['floor']:.0f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ class LabelledSet:
     y: np.ndarray  # (N,) 1 = adversarial
     split: np.ndarray  # (N,) 0 train, 1 dev, 2 eval
     origin: np.ndarray  # (N,) "clean" or the attack label
+    truth: np.ndarray  # (N,) ground-truth label of the source image
+    images: np.ndarray  # (N, H, W, 3) uint8 for image detectors, else (N, 0)
 
 
 def evaluate_detector(detector: Detector, features: np.ndarray, data: LabelledSet) -> list[tuple[str, str, float]]:
@@ -29,7 +32,11 @@ def evaluate_detector(detector: Detector, features: np.ndarray, data: LabelledSe
     train = data.split == TRAIN
     if len(np.unique(data.y[train])) < 2:
         raise DataError("the train split holds only one class; raise images_per_model or add attacks that succeed")
-    detector.fit(features[train], data.y[train])
+    dev = data.split == DEV
+    if "dev" in inspect.signature(detector.fit).parameters:  # model selection on dev, when supported
+        detector.fit(features[train], data.y[train], dev=(features[dev], data.y[dev]) if dev.any() else None)
+    else:
+        detector.fit(features[train], data.y[train])
     rows: list[tuple[str, str, float]] = [("n_train", "", float(train.sum()))]
     for split_id, split_name in ((DEV, "dev"), (EVAL, "eval")):
         mask = data.split == split_id

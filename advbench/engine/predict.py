@@ -1,19 +1,40 @@
 """The prediction engine: top-k labels of every image under one operation, batched.
 
 One operation gives one output size, so a batch stays rectangular. Images are read in chunks
-from a memory-mapped array (memory stays bounded); the operation on the next chunk runs in a
-thread pool while the model runs on the current one (Pillow releases the GIL in its codecs and
-filters, torch in its kernels).
+from a memory-mapped array (memory stays bounded: the chunk being predicted plus ``_LOOKAHEAD``
+chunks being prepared); the operation on the next chunk runs in helper threads while the model
+runs on the current one (Pillow releases the GIL in its codecs and filters, torch in its kernels).
+
+Performance notes (``bench/feature_extraction.py`` measures them; see ``bench/README.md``):
+
+* Pillow conversions go through ``Image.frombytes`` / ``Image.tobytes`` rather than
+  ``Image.fromarray`` / ``np.asarray``: the same pixels, several times less per-image overhead,
+  which matters at 32x32 where the conversions cost as much as the operation.
+* A chunk is split into one contiguous slice per Pillow thread (not one task per image), and the
+  arrays the engine owns are handed to torch without the defensive copy of ``to_tensor``.
+* The uint8 -> float conversion (and a tensor operation) runs in the helper thread, not in the
+  calling thread. Besides taking it off the forward pass's path, this gives the helper an OpenMP
+  team of its own; libgomp then has more OpenMP threads than CPUs and throttles its spin-waiting
+  at barriers. On a busy machine a 2-thread forward pass that spin-waits loses whole time slices
+  to a descheduled team mate: moving the conversion into the calling thread measured 3-6x slower
+  forward passes on a shared 2-core machine.
+* Deliberately unchanged, to keep results bit-identical: the batch composition (``batch_size``
+  chunks; oneDNN results depend on the batch size), the input layout (the channels-last strides
+  ``to_tensor`` produces; a contiguous or ``channels_last`` model changes the last bits), the
+  torch thread count (global state of the caller). ``torch.inference_mode`` is not used: a model
+  that caches a tensor during its first forward pass would then hold an inference tensor that
+  later breaks gradient attacks; ``no_grad`` costs the same here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from advbench.imaging import array_to_pil, pil_to_array, to_tensor
 from advbench.specs import LoadedModel
@@ -21,32 +42,79 @@ from advbench.specs import LoadedModel
 PillowOp = Callable[[Any], Any]  # PIL -> PIL
 TensorOp = Callable[[torch.Tensor], torch.Tensor]  # float NCHW -> float NCHW
 
-
-def _pillow_chunk(images: np.ndarray, op: PillowOp | None, pool: ThreadPoolExecutor, device: str) -> torch.Tensor:
-    chunk = np.asarray(images)
-    if op is not None:
-        chunk = np.stack(list(pool.map(lambda a: pil_to_array(op(array_to_pil(a))), chunk)))
-    return to_tensor(chunk, device)
+_LOOKAHEAD = 1  # chunks prepared ahead of the one being predicted (Pillow ops are much cheaper than the model)
 
 
-def _chunks(images: np.ndarray, batch_size: int, op: PillowOp | None, tensor_op: TensorOp | None,
+def _uint8_to_float(owned: np.ndarray, device: str) -> torch.Tensor:
+    """``to_tensor`` for an array nobody else holds: the same result, without its copy."""
+    return torch.from_numpy(owned).to(device).permute(0, 3, 1, 2).float().div_(255)
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """``pil_to_array`` without its copies: (H, W, 3) uint8, read-only."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    w, h = image.size
+    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(h, w, 3)
+
+
+def _apply_op(op: PillowOp, rows: np.ndarray) -> list[np.ndarray]:
+    """``op`` on each (H, W, 3) uint8 row, C-contiguous."""
+    if rows.ndim != 4 or rows.shape[-1] != 3:  # not RGB rows: the general (slower) conversions
+        return [pil_to_array(op(array_to_pil(a))) for a in rows]
+    size = (rows.shape[2], rows.shape[1])
+    return [_rgb_array(op(Image.frombytes("RGB", size, a))) for a in rows]
+
+
+def _pillow_chunk(part: Any, op: PillowOp, pool: ThreadPoolExecutor, threads: int, device: str) -> torch.Tensor:
+    rows = np.ascontiguousarray(part, dtype=np.uint8)
+    n = len(rows)
+    pieces = max(1, min(threads, n))
+    bounds = [n * i // pieces for i in range(pieces + 1)]
+    if pieces == 1:
+        arrays = _apply_op(op, rows)
+    else:
+        futures = [pool.submit(_apply_op, op, rows[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        arrays = [a for f in futures for a in f.result()]
+    return _uint8_to_float(np.stack(arrays), device)
+
+
+def _prepare(images: Any, start: int, batch_size: int, op: PillowOp | None, tensor_op: TensorOp | None,
+             pool: ThreadPoolExecutor, threads: int, device: str) -> torch.Tensor:
+    part = images[start:start + batch_size]
+    if op is not None and tensor_op is None:
+        return _pillow_chunk(part, op, pool, threads, device)
+    batch = to_tensor(np.asarray(part), device)  # copies the (memory-mapped) rows once
+    if tensor_op is not None:
+        batch = tensor_op(batch).clamp_(0, 1)
+    return batch
+
+
+def _chunks(images: Any, batch_size: int, op: PillowOp | None, tensor_op: TensorOp | None,
             device: str, threads: int) -> Iterator[torch.Tensor]:
-    starts = range(0, len(images), batch_size)
+    starts: Sequence[int] = range(0, len(images), batch_size)
     if not len(starts):
         return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        def prepare(start: int):
-            part = images[start:start + batch_size]
-            if tensor_op is not None:
-                return tensor_op(to_tensor(np.asarray(part), device)).clamp_(0, 1)
-            return _pillow_chunk(part, op, pool, device)
-
-        with ThreadPoolExecutor(max_workers=1) as ahead:  # one chunk of lookahead
-            pending = ahead.submit(prepare, starts[0])
-            for nxt in list(starts[1:]) + [None]:
-                current = pending.result()
-                pending = ahead.submit(prepare, nxt) if nxt is not None else None
+    threads = max(1, threads)
+    with ThreadPoolExecutor(max_workers=threads) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+        pending: list[Future[torch.Tensor]] = []
+        upcoming = iter(starts)
+        try:
+            for start in upcoming:
+                pending.append(ahead.submit(_prepare, images, start, batch_size, op, tensor_op, pool, threads, device))
+                if len(pending) > _LOOKAHEAD:
+                    break
+            while pending:
+                current = pending.pop(0).result()
+                nxt = next(upcoming, None)
+                if nxt is not None:
+                    pending.append(ahead.submit(_prepare, images, nxt, batch_size, op, tensor_op, pool, threads,
+                                                device))
                 yield current
+                del current
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 @torch.no_grad()

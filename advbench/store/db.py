@@ -102,7 +102,7 @@ class Store:
                 s.add(row)
             row.stage, row.dataset, row.model = cell.stage, cell.dataset, cell.model
             row.attack, row.transform = cell.attack, cell.transform
-            row.feature, row.detector = cell.feature, cell.detector
+            row.feature, row.detector, row.corrector = cell.feature, cell.detector, getattr(cell, "corrector", "")
             row.status, row.cached, row.error, row.seconds = status, cached, error, seconds
             if row.id is not None:  # replace: delete the old values before inserting the new
                 s.execute(delete(Metric).where(Metric.cell_id == row.id))

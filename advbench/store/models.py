@@ -50,6 +50,7 @@ class Cell(Base):
     transform: Mapped[str] = mapped_column(String(200), default="")
     feature: Mapped[str] = mapped_column(String(200), default="")
     detector: Mapped[str] = mapped_column(String(200), default="")
+    corrector: Mapped[str] = mapped_column(String(200), default="")
     status: Mapped[str] = mapped_column(String(20))  # ok, failed, skipped
     cached: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str] = mapped_column(Text, default="")

@@ -111,7 +111,7 @@ def test_report_without_a_store_is_a_user_error(tmp_path):
 def test_plugins_json_lists_every_kind_with_parameters(tmp_path):
     proc = advbench("plugins", "--json", cwd=tmp_path)
     plugins = json.loads(proc.stdout)
-    assert {p["kind"] for p in plugins} == {"dataset", "model", "attack", "transform", "feature", "detector"}
+    assert {p["kind"] for p in plugins} == {"dataset", "model", "attack", "transform", "feature", "detector", "corrector"}
     fgsm = next(p for p in plugins if p["name"] == "fgsm")
     assert fgsm["package"] == "advbench" and "epsilons" in fgsm["parameters"]
 

@@ -14,8 +14,9 @@ def plan_of(text, registry):
 def test_matrix_shape(registry):
     plan = plan_of(tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "pgd"'], detectors=['plugin = "lda"', 'plugin = "svm"']), registry)
     counts = Counter(c.stage for c in plan.cells)
-    # 1 clean, 2 attacks, 1 split, (1 clean + 2 attacks) x (original + 5 ops), 2 groups x 1 feature x 2 detectors
-    assert counts == {"clean": 1, "attack": 2, "split": 1, "predict": 18, "detect": 4}
+    # 1 clean, 2 attacks, 1 split, (1 clean + 2 attacks) x (original + 5 ops), 2 groups x 1 feature x 2
+    # detectors, 3 default correctors x the JPEG group
+    assert counts == {"clean": 1, "attack": 2, "split": 1, "predict": 18, "detect": 4, "correct": 3}
     assert len({c.key for c in plan.cells}) == len(plan.cells)
 
 
@@ -31,7 +32,7 @@ def test_changing_one_attack_changes_only_its_cells(registry):
     assert not any("/fgsm" in t for t in changed)
     assert not any(t.startswith("predict:testing-digits/testing-cnn/clean") for t in changed)
     assert "clean:testing-digits/testing-cnn" not in changed
-    assert all(t.startswith(("attack", "split", "predict", "detect")) for t in changed)
+    assert all(t.startswith(("attack", "split", "predict", "detect", "correct")) for t in changed)
 
 
 def test_adding_a_detector_adds_only_detect_cells(registry):

@@ -21,7 +21,7 @@ def _copy_world(tiny_run, tmp_path):
 def test_the_tiny_world_ran_every_stage(tiny_run):
     result, _ = tiny_run
     stages = {o.cell.stage for o in result.outcomes}
-    assert stages == {"clean", "attack", "split", "predict", "detect"}
+    assert stages == {"clean", "attack", "split", "predict", "detect", "correct"}
     assert all(o.status == "ok" for o in result.outcomes)
 
 
@@ -41,7 +41,7 @@ def test_changing_one_attack_parameter_recomputes_only_its_cells(tiny_run, tmp_p
     assert not any(t.startswith("attack:") and "fgsm" in t for t in computed)
     assert not any(t.startswith(("clean:", "predict:testing-digits/testing-cnn/clean",
                                  "predict:testing-digits/testing-cnn/fgsm")) for t in computed)
-    assert {t.split(":")[0] for t in computed} == {"attack", "split", "predict", "detect"}
+    assert {t.split(":")[0] for t in computed} == {"attack", "split", "predict", "detect", "correct"}
 
 
 def test_fresh_recomputes_and_gives_identical_results(tiny_run, tmp_path, registry):

@@ -21,7 +21,7 @@ def test_schema_comes_from_alembic_migrations(tmp_path):
     tables = set(inspect(store.engine).get_table_names())
     assert {"runs", "cells", "metrics", "alembic_version"} <= tables
     with sqlite3.connect(tmp_path / "r.db") as conn:
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0001",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0002",)
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
 
 

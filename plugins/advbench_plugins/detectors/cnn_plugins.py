@@ -1,0 +1,52 @@
+"""The paper's CNN detectors (§4, Table 6) as detector plugins that see the images themselves.
+
+Each trains without the final softmax by default (eq. 3 on raw logits); ``softmax = true``
+gives the usual cross-entropy baseline. None is in the default set: they train a network per
+dataset/model cell, which is costly next to the statistical detectors.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from advbench import hookimpl
+from advbench.specs import DetectorSpec
+
+from advbench_plugins.detectors.cnn import CNNDetector, CNNDetectorParams, CNNTrainParams, PretrainableParams
+
+
+class SmallCNNDetectorParams(CNNTrainParams):
+    """A small 4-layer CNN trained from scratch (fast on CPU, for small images)."""
+
+
+class ResNet50DetectorParams(PretrainableParams):
+    """ResNet-50; fine-tuned from ImageNet weights by default (the paper's better ResNet setting)."""
+
+    pretrained: bool = Field(True, description="Fine-tune from ImageNet weights read from the local torch hub "
+                                               "cache (never downloaded); false = train from scratch.")
+
+
+class XceptionDetectorParams(PretrainableParams):
+    """Xception (timm legacy_xception); trained from scratch by default (the paper's best detector)."""
+
+
+def _builder(arch: str, name: str):
+    def build(params: CNNTrainParams, seed: int) -> CNNDetector:
+        return CNNDetector(CNNDetectorParams(arch=arch, **params.model_dump()), seed=seed, name=name)
+
+    return build
+
+
+@hookimpl
+def advbench_register_detectors(register):
+    register(DetectorSpec(
+        name="cnn-small", summary="Small CNN on the images, trained from scratch without the final softmax (§4).",
+        params=SmallCNNDetectorParams, build=_builder("small-cnn", "cnn-small"), inputs="images"))
+    register(DetectorSpec(
+        name="cnn-resnet50", summary="ResNet-50 on the images, fine-tuned from local ImageNet weights "
+                                     "without the final softmax (§4, Table 6).",
+        params=ResNet50DetectorParams, build=_builder("resnet50", "cnn-resnet50"), inputs="images"))
+    register(DetectorSpec(
+        name="cnn-xception", summary="Xception on the images, trained from scratch without the final softmax "
+                                     "(§4, Table 6: the best detector).",
+        params=XceptionDetectorParams, build=_builder("xception", "cnn-xception"), inputs="images"))

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+from PIL import Image  # noqa: E402
+
+from advbench.report import plots  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _logits(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    z = rng.normal(size=(n, 2)) + np.where(y[:, None] == 1, [-2.0, 2.0], [2.0, -2.0])
+    return z, y
+
+
+def _check_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
+
+
+def _check_svg(path):
+    text = path.read_text()
+    assert "<svg" in text and text.rstrip().endswith("</svg>")
+
+
+def _draw(kind, path):
+    z, y = _logits()
+    if kind == "logit_scatter":
+        return plots.logit_scatter([("no softmax", z, y), ("softmax", z / 3, y), ("empty", z[:0], y[:0]),
+                                    ("one class", z[:5], y[:5])], path)
+    if kind == "roc_curves":
+        fpr = np.linspace(0, 1, 11)
+        return plots.roc_curves([("svm", fpr, np.sqrt(fpr)), ("cnn", fpr, fpr ** 0.2)], path)
+    if kind == "heatmap":
+        values = np.array([[10.0, 80.0, np.nan], [5.0, 50.0, 95.0]])
+        return plots.heatmap("labels changed (%)", ["jpeg", "scaling"], ["normal", "fgsm", "cw"], values, path)
+    return plots.accuracy_vs_cost([("1 op", 1, 0.8), ("2 ops", 2, 0.9), ("bad", 3, 0.7), ("all", 17, 0.95)], path)
+
+
+KINDS = ["logit_scatter", "roc_curves", "heatmap", "accuracy_vs_cost"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_writes_png(tmp_path, kind):
+    path = tmp_path / "sub" / f"{kind}.png"
+    assert _draw(kind, path) == path
+    _check_png(path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_writes_svg(tmp_path, kind):
+    path = tmp_path / f"{kind}.svg"
+    assert _draw(kind, path) == path
+    _check_svg(path)
+
+
+def test_unknown_suffix_and_bad_shapes_are_errors(tmp_path):
+    z, y = _logits()
+    with pytest.raises(ValueError, match="format"):
+        plots.logit_scatter([("x", z, y)], tmp_path / "fig.txt")
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        plots.logit_scatter([("x", z[:, :1], y)], tmp_path / "fig.png")
+    with pytest.raises(ValueError, match="shape"):
+        plots.heatmap("t", ["a"], ["b", "c"], np.zeros((2, 2)), tmp_path / "h.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_no_pyplot_state_left_behind(tmp_path):
+    import sys
+
+    z, y = _logits()
+    plots.logit_scatter([("x", z, y)], tmp_path / "a.png")
+    if "matplotlib.pyplot" in sys.modules:  # another test may have imported it; then no figure must leak
+        import matplotlib.pyplot as plt
+
+        assert plt.get_fignums() == []

@@ -1,0 +1,179 @@
+"""The prediction engine: results identical to a plain reference loop, bounded memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from torch import nn
+
+from advbench.engine.predict import predict_under_operation, topk_misclassified
+from advbench.imaging import to_tensor
+from advbench.specs import LoadedModel
+
+NUM_CLASSES = 7
+
+
+def _jpeg(image: Image.Image) -> Image.Image:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=60)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
+
+
+PILLOW_OPS = {
+    "jpeg": _jpeg,
+    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(radius=2)),
+    "rotate": lambda im: im.rotate(-5, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)),
+    "scale": lambda im: im.resize((9, 9), resample=Image.Resampling.BILINEAR),  # size changes
+    "gray": lambda im: im.convert("L"),  # a non-RGB result: the engine converts it to RGB
+}
+
+
+def _tensor_op(batch: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.avg_pool2d(batch, 3, stride=1, padding=1) * 1.1  # > 1 here and there: clamped
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES),
+    ).eval()
+    return LoadedModel(module=net, input_size=(12, 12), num_classes=NUM_CLASSES, prepare=lambda im: im)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    path = Path(tmp_path_factory.mktemp("engine")) / "images.npy"
+    np.save(path, rng.integers(0, 256, size=(11, 12, 12, 3), dtype=np.uint8))
+    return np.load(path, mmap_mode="r")
+
+
+def _reference(model: LoadedModel, images: np.ndarray, *, top_k: int, batch_size: int, op=None, tensor_op=None,
+               reference=None) -> dict[str, np.ndarray]:
+    """The straightforward loop: chunk by chunk, image by image, no threads."""
+    k = min(top_k, model.num_classes)
+    labels, probs = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            part = np.asarray(images[start:start + batch_size])
+            if op is not None:
+                part = np.stack([np.asarray(op(Image.fromarray(a, mode="RGB")).convert("RGB")) for a in part])
+            batch = to_tensor(part)
+            if tensor_op is not None:
+                batch = tensor_op(batch).clamp_(0, 1)
+            p = torch.softmax(model.module(batch).float(), dim=1)
+            top = p.topk(k, dim=1)
+            labels.append(top.indices.numpy().astype(np.int32))
+            if reference is None:
+                probs.append(top.values.numpy())
+            else:
+                ref = torch.from_numpy(np.asarray(reference[start:start + len(part)], dtype=np.int64))
+                probs.append(p.gather(1, ref).numpy())
+    return {"labels": np.concatenate(labels), "probs": np.concatenate(probs).astype(np.float32)}
+
+
+def _assert_identical(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert got["labels"].dtype == np.int32 and got["probs"].dtype == np.float32
+    np.testing.assert_array_equal(got["labels"], want["labels"])
+    assert got["probs"].tobytes() == want["probs"].tobytes()  # bit for bit
+
+
+@pytest.mark.parametrize("op_name", [None, *PILLOW_OPS])
+@pytest.mark.parametrize("batch_size, threads", [(4, 2), (64, 1), (1, 3)])
+def test_pillow_backend_matches_reference_loop(model, images, op_name, batch_size, threads) -> None:
+    op = PILLOW_OPS.get(op_name)
+    original = _reference(model, images, top_k=3, batch_size=batch_size)
+    reference = None if op is None else original["labels"]
+    got = predict_under_operation(model, images, top_k=3, batch_size=batch_size, device="cpu", op=op,
+                                  reference=reference, threads=threads)
+    _assert_identical(got, _reference(model, images, top_k=3, batch_size=batch_size, op=op, reference=reference))
+
+
+@pytest.mark.parametrize("batch_size", [3, 32])
+def test_tensor_backend_matches_reference_loop(model, images, batch_size) -> None:
+    reference = _reference(model, images, top_k=2, batch_size=batch_size)["labels"]
+    got = predict_under_operation(model, images, top_k=2, batch_size=batch_size, device="cpu",
+                                  tensor_op=_tensor_op, reference=reference)
+    _assert_identical(got, _reference(model, images, top_k=2, batch_size=batch_size, tensor_op=_tensor_op,
+                                      reference=reference))
+
+
+def test_top_k_is_capped_at_the_number_of_classes(model, images) -> None:
+    got = predict_under_operation(model, images, top_k=50, batch_size=5, device="cpu")
+    assert got["labels"].shape == got["probs"].shape == (len(images), NUM_CLASSES)
+    np.testing.assert_allclose(got["probs"].sum(axis=1), 1, rtol=1e-5)
+    _assert_identical(got, _reference(model, images, top_k=50, batch_size=5))
+
+
+def test_no_images(model, images) -> None:
+    got = predict_under_operation(model, images[:0], top_k=3, batch_size=4, device="cpu", op=PILLOW_OPS["jpeg"])
+    assert got["labels"].shape == got["probs"].shape == (0, 3)
+
+
+def test_errors_in_an_operation_propagate(model, images) -> None:
+    def broken(image):
+        raise RuntimeError("broken op")
+
+    with pytest.raises(RuntimeError, match="broken op"):
+        predict_under_operation(model, images, top_k=3, batch_size=4, device="cpu", op=broken)
+
+
+def test_images_of_different_sizes_in_one_batch_are_an_error(model, images) -> None:
+    counter = iter(range(1000))
+
+    def uneven(image):
+        return image.resize((8 + next(counter) % 2, 8))
+
+    with pytest.raises(ValueError):
+        predict_under_operation(model, images, top_k=3, batch_size=4, device="cpu", op=uneven, threads=1)
+
+
+class RecordingArray:
+    """An image array that records every read and refuses to be read whole."""
+
+    def __init__(self, array: np.ndarray):
+        self._array = array
+        self.shape, self.dtype = array.shape, array.dtype
+        self.requests: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, key):
+        assert isinstance(key, slice) and key.step in (None, 1), f"unexpected read {key!r}"
+        start, stop, _ = key.indices(len(self._array))
+        self.requests.append((start, stop))
+        return self._array[key]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole image array was read at once")
+
+
+@pytest.mark.parametrize("kind", ["original", "pillow", "tensor"])
+def test_reads_the_input_chunk_by_chunk(model, images, kind) -> None:
+    batch_size = 4
+    recorder = RecordingArray(images)
+    kwargs = {"pillow": {"op": PILLOW_OPS["blur"]}, "tensor": {"tensor_op": _tensor_op}}.get(kind, {})
+    got = predict_under_operation(model, recorder, top_k=3, batch_size=batch_size, device="cpu", **kwargs)
+    assert recorder.requests, "nothing was read"
+    assert all(stop - start <= batch_size for start, stop in recorder.requests), recorder.requests
+    rows = sorted(i for start, stop in recorder.requests for i in range(start, stop))
+    assert rows == list(range(len(images))), "every row read exactly once"
+    _assert_identical(got, _reference(model, images, top_k=3, batch_size=batch_size, **kwargs))
+
+
+def test_topk_misclassified() -> None:
+    labels = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.int32)
+    assert topk_misclassified(labels, np.array([2, 0, 5])) == 1
+    assert topk_misclassified(labels[:0], np.array([], dtype=np.int64)) == 0
