@@ -28,7 +28,7 @@ Performance notes (``bench/feature_extraction.py`` measures them; see ``bench/RE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -66,21 +66,21 @@ def _apply_op(op: PillowOp, rows: np.ndarray) -> list[np.ndarray]:
     return [_rgb_array(op(Image.frombytes("RGB", size, a))) for a in rows]
 
 
-def _pillow_chunk(part: Any, op: PillowOp, pool: ThreadPoolExecutor, threads: int, device: str) -> torch.Tensor:
+def _pillow_chunk(part: Any, op: PillowOp, pool: ThreadPoolExecutor | None, threads: int,
+                  device: str) -> torch.Tensor:
+    """The chunk under ``op``: one contiguous slice per thread, the last one in this thread."""
     rows = np.ascontiguousarray(part, dtype=np.uint8)
     n = len(rows)
-    pieces = max(1, min(threads, n))
+    pieces = max(1, min(threads, n)) if pool is not None else 1
     bounds = [n * i // pieces for i in range(pieces + 1)]
-    if pieces == 1:
-        arrays = _apply_op(op, rows)
-    else:
-        futures = [pool.submit(_apply_op, op, rows[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        arrays = [a for f in futures for a in f.result()]
+    futures = [pool.submit(_apply_op, op, rows[a:b]) for a, b in zip(bounds[:-2], bounds[1:-1])] if pool else []
+    last = _apply_op(op, rows[bounds[-2]:])
+    arrays = [a for f in futures for a in f.result()] + last
     return _uint8_to_float(np.stack(arrays), device)
 
 
 def _prepare(images: Any, start: int, batch_size: int, op: PillowOp | None, tensor_op: TensorOp | None,
-             pool: ThreadPoolExecutor, threads: int, device: str) -> torch.Tensor:
+             pool: ThreadPoolExecutor | None, threads: int, device: str) -> torch.Tensor:
     part = images[start:start + batch_size]
     if op is not None and tensor_op is None:
         return _pillow_chunk(part, op, pool, threads, device)
@@ -92,29 +92,32 @@ def _prepare(images: Any, start: int, batch_size: int, op: PillowOp | None, tens
 
 def _chunks(images: Any, batch_size: int, op: PillowOp | None, tensor_op: TensorOp | None,
             device: str, threads: int) -> Iterator[torch.Tensor]:
-    starts: Sequence[int] = range(0, len(images), batch_size)
-    if not len(starts):
-        return
+    upcoming = iter(range(0, len(images), batch_size))
     threads = max(1, threads)
-    with ThreadPoolExecutor(max_workers=threads) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-        pending: list[Future[torch.Tensor]] = []
-        upcoming = iter(starts)
-        try:
-            for start in upcoming:
-                pending.append(ahead.submit(_prepare, images, start, batch_size, op, tensor_op, pool, threads, device))
-                if len(pending) > _LOOKAHEAD:
-                    break
-            while pending:
-                current = pending.pop(0).result()
-                nxt = next(upcoming, None)
-                if nxt is not None:
-                    pending.append(ahead.submit(_prepare, images, nxt, batch_size, op, tensor_op, pool, threads,
-                                                device))
-                yield current
-                del current
-        finally:
-            for f in pending:
-                f.cancel()
+    # ``ahead`` prepares the chunks in order; ``pool`` lends it ``threads - 1`` more Pillow threads.
+    pool = ThreadPoolExecutor(max_workers=threads - 1) if threads > 1 else None
+    ahead = ThreadPoolExecutor(max_workers=1)
+    pending: list[Future[torch.Tensor]] = []
+
+    def submit() -> None:
+        start = next(upcoming, None)
+        if start is not None:
+            pending.append(ahead.submit(_prepare, images, start, batch_size, op, tensor_op, pool, threads, device))
+
+    try:
+        submit()
+        while pending:
+            current = pending.pop(0).result()
+            for _ in range(_LOOKAHEAD - len(pending)):  # prepare the next while the model runs on this one
+                submit()
+            yield current
+            del current
+    finally:
+        for f in pending:
+            f.cancel()
+        ahead.shutdown(wait=True)
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 @torch.no_grad()

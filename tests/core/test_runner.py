@@ -94,3 +94,21 @@ def test_artefacts_are_on_disk_with_a_manifest(tiny_run):
     kept = [m for m in manifest if m["success_after_save"]]
     assert len(kept) == len(np.load(directory / "images.npy"))
     assert all((directory / m["file"]).exists() and m["linf"] > 0 for m in kept)
+
+
+def test_adding_a_detector_recomputes_no_predictions(tiny_run, tmp_path, registry):
+    toml = _copy_world(tiny_run, tmp_path).replace('[[detectors]]\nplugin = "lda"',
+                                                   '[[detectors]]\nplugin = "lda"\n\n[[detectors]]\nplugin = "random-forest"')
+    more = run_tiny(tmp_path, toml, registry=registry)
+    assert more.computed and {o.cell.stage for o in more.computed} == {"detect"}
+    assert {o.cell.detector for o in more.computed} == {"random-forest"}
+
+
+def test_correction_cells_report_restored_labels(tiny_run):
+    result, _ = tiny_run
+    correct = [o for o in result.outcomes if o.cell.stage == "correct"]
+    assert {o.cell.corrector for o in correct} == {"vote", "top1-majority", "rank-weighted"}
+    for o in correct:
+        metrics = {(n, s): v for n, s, v in o.metrics}
+        assert 0 <= metrics[("topk_restored", "adversarial")] <= 1
+        assert metrics[("top1_before", "normal")] > 0.5  # normal images were correctly classified

@@ -327,6 +327,8 @@ class CNNDetector:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if len(images) < 2:
             raise ValueError("a CNN detector needs at least 2 training images")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"labels must be 0 (normal) or 1 (adversarial), got {sorted(set(labels.tolist()))}")
         if dev is not None:
             dev_images, dev_labels = _as_images(dev[0]), np.asarray(dev[1]).astype(np.int64).ravel()
             train_images, train_labels = images, labels
