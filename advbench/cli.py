@@ -39,6 +39,7 @@ class Format(str, Enum):
     csv = "csv"
     json = "json"
     latex = "latex"
+    html = "html"
 
 
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL or SQLite file (default: the config's, else results.db).")]
@@ -98,36 +99,108 @@ def report(
     run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
     table: Annotated[Optional[int], typer.Option("--table", min=1, max=6, help="Paper table 1-6 instead of the leaderboard.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
-    sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, eer, auroc, ...")] = "accuracy",
+    sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, balanced_accuracy, eer, auroc, tpr_at_5fpr.")] = "accuracy",
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="List the stored runs.")] = False,
+    leaderboard: Annotated[bool, typer.Option("--leaderboard", help="Best detector cells across every benchmark's latest run.")] = False,
+    compare_runs: Annotated[Optional[tuple[int, int]], typer.Option("--compare", help="RUN_A RUN_B: metric deltas between two runs.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache, for the plots of --format html.")] = None,
 ) -> int:
-    """Print the leaderboard (or a paper table) of a stored run."""
+    """Print the leaderboard (or a paper table, a comparison, the run list) of the store."""
+    if sort not in tables.LEADERBOARD_METRICS:
+        raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(tables.LEADERBOARD_METRICS)}")
     st = open_store(store, create=False)
+    images: list[tuple[str, bytes]] = []
     if runs:
         result = [tables.Table("Runs", ("Run", "Benchmark", "Config hash", "Started", "Status"),
                                tuple((r.id, r.benchmark, r.config_hash, f"{r.started_at:%Y-%m-%d %H:%M}", r.status)
                                      for r in st.runs(benchmark)))]
+    elif leaderboard:
+        latest = {r.benchmark: r for r in st.runs(benchmark)}.values()
+        result = tables.cross_run_leaderboard([(r, st.cells(r.id)) for r in latest], sort)
+    elif compare_runs:
+        a, b = (st.get_run(i) for i in compare_runs)
+        result = tables.compare(st.cells(a.id), st.cells(b.id), a.id, b.id)
     else:
         run_row = st.get_run(run_id) if run_id else st.latest_run(benchmark)
         cells = st.cells(run_row.id)
-        if sort not in tables.LEADERBOARD_METRICS:
-            raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(tables.LEADERBOARD_METRICS)}")
-        result = tables.TABLES[table](cells) if table else tables.leaderboard(cells, sort)
+        if table:
+            result = tables.TABLES[table](cells)
+        elif fmt == Format.html:  # the whole run on one page
+            result = tables.leaderboard(cells, sort) + [t for n in sorted(tables.TABLES) for t in tables.TABLES[n](cells)]
+            images = _run_figures(cells, cache_dir)
+        else:
+            result = tables.leaderboard(cells, sort)
         failed = tables.failures(cells)
         if failed and not table:
             result.append(failed)
-        if not result:
-            raise AdvbenchError(f"run {run_row.id} of {run_row.benchmark!r} has no cells for this table")
+    if not result:
+        raise AdvbenchError("nothing to report for this selection (no matching cells)")
     if fmt == Format.rich and out_file is None:
         formats.render_rich(result, out)
         return 0
-    text = formats.render_text(result, "markdown" if fmt == Format.rich else fmt.value)
+    if fmt == Format.html:
+        text = formats.render_html(result, images)
+    else:
+        text = formats.render_text(result, "markdown" if fmt == Format.rich else fmt.value)
     if out_file:
         out_file.write_text(text)
         err.print(f"wrote {out_file}", highlight=False)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _run_figures(cells, cache_dir: Path | None) -> list[tuple[str, bytes]]:
+    from advbench.cache import Cache, default_cache_dir
+    from advbench.report import figures
+
+    cache = Cache(cache_dir or default_cache_dir())
+    made = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in figures.KINDS:
+            path = Path(tmp) / f"{kind}.png"
+            try:
+                _draw(kind, cells, cache, path)
+            except AdvbenchError:
+                continue  # this run has nothing to draw for that kind
+            made.append((f"{kind} — {figures.CAPTIONS[kind]}", path.read_bytes()))
+    return made
+
+
+def _draw(kind: str, cells, cache, path: Path) -> Path:
+    from advbench.report import figures
+
+    if kind in ("roc", "logits"):
+        return getattr(figures, kind)(cells, cache, path)
+    return getattr(figures, kind)(cells, path)
+
+
+class PlotKind(str, Enum):
+    roc = "roc"
+    heatmap = "heatmap"
+    cost = "cost"
+    logits = "logits"
+
+
+@app.command()
+def plot(
+    kind: Annotated[PlotKind, typer.Argument(help="roc | heatmap (Table 3) | cost (accuracy vs operations) | logits (Fig. 2).")],
+    out_file: Annotated[Path, typer.Option("--out", help="PNG, SVG or PDF file to write.")] = Path("plot.png"),
+    store: StoreOpt = None,
+    benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="Benchmark name (default: the latest run's).")] = None,
+    run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache holding the run's scores and logits.")] = None,
+) -> int:
+    """Draw a plot of a stored run."""
+    from advbench.cache import Cache, default_cache_dir
+
+    if out_file.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise AdvbenchError(f"--out {out_file}: use a .png, .svg or .pdf file name")
+    st = open_store(store, create=False)
+    run_row = st.get_run(run_id) if run_id else st.latest_run(benchmark)
+    path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file)
+    err.print(f"wrote {path}", highlight=False)
     return 0
 
 

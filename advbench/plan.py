@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from advbench import __version__
 from advbench.config import Benchmark, Entry, stable_hash
 
+#: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
+ARTEFACT_SCHEMA = 2
+
 STAGES = ("clean", "attack", "split", "predict", "detect", "correct")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
 IMAGES = "images"  # the "feature group" of detectors that see the images themselves
@@ -95,7 +98,7 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
         for mdl in bench.models_for(ds):
             d, m = ds.label, mdl.label
             clean_key = stable_hash({
-                "stage": "clean", "advbench": __version__, "dataset": ident(ds), "model": ident(mdl),
+                "stage": "clean", "advbench": __version__, "schema": ARTEFACT_SCHEMA, "dataset": ident(ds), "model": ident(mdl),
                 "top_k": s.top_k, "n": n_images, "seed": s.seed,
             })
             cells.append(Cell("clean", clean_key, d, m))
@@ -133,7 +136,7 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
                 for feat in bench.features:
                     for det in feature_detectors:
                         key = stable_hash({
-                            "stage": "detect", "split": split_key, "inputs": inputs, "ops": ops,
+                            "stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key, "inputs": inputs, "ops": ops,
                             "feature": ident(feat), "detector": ident(det), "seed": s.seed,
                         })
                         detect_keys[(det.label, feat.label, group)] = key
@@ -142,7 +145,7 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
             for det in bench.detectors:
                 if detector_inputs(det.plugin) != "images":
                     continue
-                key = stable_hash({"stage": "detect", "split": split_key, "sets": imagesets,
+                key = stable_hash({"stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key, "sets": imagesets,
                                    "detector": ident(det), "seed": s.seed})
                 detect_keys[(det.label, "", "")] = key
                 cells.append(Cell("detect", key, d, m, transform=IMAGES, detector=det.label,

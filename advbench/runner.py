@@ -114,10 +114,11 @@ class Runner:
         import importlib.metadata as md
 
         package = self.registry.package_of(kind, plugin)
+        spec_version = self.registry.get(kind, plugin).version
         try:
-            return md.version(package)
+            return f"{md.version(package)}/{spec_version}"
         except (md.PackageNotFoundError, ValueError):
-            return ""
+            return f"/{spec_version}"
 
     # --- lazily built plugins -------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Runner:
                         self.on_cell(outcome)
         finally:
             status = "failed" if bad or len(outcomes) < len(self.plan.cells) else "ok"
-            store.finish_run(run_id, status)
+            store.finish_run(run_id, status, keep={c.key for c in self.plan.cells} | {o.cell.key for o in outcomes})
             log.removeHandler(handler)
             handler.close()
         return RunResult(run_id, store.url, tuple(outcomes), log_path)
@@ -332,7 +333,7 @@ class Runner:
             feature = self._entries[("feature", cell.feature)]
             inputs = np.asarray(self.registry.get("feature", feature.plugin).compute(
                 data.original, data.transformed, feature.params), dtype=np.float64)
-            extra = [("feature_size", "", float(inputs.shape[1]))]
+            extra = [("feature_size", "", float(inputs.shape[1])), ("operations", "", float(data.transformed.shape[1]))]
         model = spec.build(detector.params, self.bench.settings.seed)
         rows = detect.evaluate_detector(model, inputs, data)
         save_arrays(out, pred=model.predict(inputs), scores=model.scores(inputs), y=data.y, split=data.split)

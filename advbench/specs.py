@@ -34,6 +34,9 @@ class PluginSpec:
     summary: str
     params: type[Params] = NoParams
     default: bool = False
+    #: Bump when the plugin's results change within one package version: cached cells that it
+    #: determines are then recomputed.
+    version: str = "1"
     kind: ClassVar[str] = ""
 
 

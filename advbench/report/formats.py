@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 
 from advbench.report.tables import Table
 
-FORMATS = ("rich", "markdown", "csv", "json", "latex")
+FORMATS = ("rich", "markdown", "csv", "json", "latex", "html")
 
 
 def cell_text(value: Any) -> str:
@@ -94,3 +94,30 @@ def render_latex(tables: Sequence[Table]) -> str:
 
 def render_text(tables: Sequence[Table], fmt: str) -> str:
     return {"markdown": render_markdown, "csv": render_csv, "json": render_json, "latex": render_latex}[fmt](tables)
+
+
+def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (), title: str = "advbench report") -> str:
+    """One self-contained page: every table, and plots inlined as base64 PNG (readable offline)."""
+    import base64
+    import html
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+             "margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}"
+             "td.num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:left;font-weight:bold;"
+             "padding:4px 0}.note{color:#666;font-size:12px}img{max-width:100%}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for t in tables:
+        parts.append(f"<table><caption>{html.escape(t.title)}</caption><tr>"
+                     + "".join(f"<th>{html.escape(c)}</th>" for c in t.columns) + "</tr>")
+        for row in t.rows:
+            parts.append("<tr>" + "".join(
+                f"<td class='num'>{html.escape(cell_text(v))}</td>" if isinstance(v, (int, float))
+                else f"<td>{html.escape(cell_text(v))}</td>" for v in row) + "</tr>")
+        parts.append("</table>" + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in t.notes))
+    for caption, png in images:
+        data = base64.b64encode(png).decode()
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -60,6 +60,49 @@ def leaderboard(cells, sort: str = "accuracy") -> list[Table]:
     return tables
 
 
+def cross_run_leaderboard(runs_and_cells, sort: str = "accuracy", best: int = 3) -> list[Table]:
+    """The best ``best`` detector cells of each dataset/model across runs (latest run of each
+    benchmark), with the run id, config hash and date beside them."""
+    reverse = sort not in LOWER_IS_BETTER
+    rows_by_world: dict[tuple[str, str], list] = defaultdict(list)
+    for run, cells in runs_and_cells:
+        for c in cells:
+            if c.stage == "detect" and c.status == "ok" and metric(c, sort) is not None:
+                rows_by_world[(c.dataset, c.model)].append((run, c))
+    tables = []
+    for (dataset, model), entries in sorted(rows_by_world.items()):
+        entries.sort(key=lambda rc: -metric(rc[1], sort) if reverse else metric(rc[1], sort))
+        rows = tuple((i + 1, run.benchmark, run.id, run.config_hash[:10], f"{run.started_at:%Y-%m-%d}",
+                      c.detector, c.feature, c.transform, *(metric(c, m) for m in LEADERBOARD_METRICS))
+                     for i, (run, c) in enumerate(entries[:best]))
+        tables.append(Table(f"Leaderboard across runs — {dataset} / {model} (best by {sort})",
+                            ("Rank", "Benchmark", "Run", "Config", "Date", "Detector", "Feature", "Group",
+                             *(METRIC_TITLES[m] for m in LEADERBOARD_METRICS)), rows))
+    return tables
+
+
+def compare(cells_a, cells_b, run_a: int, run_b: int) -> list[Table]:
+    """Detector cells present in both runs, with each metric in A, in B, and B - A."""
+    def key(c):
+        return (c.dataset, c.model, c.detector, c.feature, c.transform)
+
+    b_by_key = {key(c): c for c in cells_b if c.stage == "detect" and c.status == "ok"}
+    rows = []
+    for a in cells_a:
+        b = b_by_key.get(key(a))
+        if a.stage != "detect" or a.status != "ok" or b is None:
+            continue
+        values = []
+        for m in ("accuracy", "eer", "auroc"):
+            va, vb = metric(a, m), metric(b, m)
+            values += [va, vb, None if va is None or vb is None else vb - va]
+        rows.append((f"{a.dataset}/{a.model}", a.detector, a.feature, a.transform, *values))
+    rows.sort(key=lambda r: -(abs(r[6]) if r[6] is not None else 0))
+    return [Table(f"Run {run_b} compared with run {run_a} (B - A; sorted by |Δ accuracy|)",
+                  ("Dataset/model", "Detector", "Feature", "Group", "Acc. A", "Acc. B", "Δ acc.",
+                   "EER A", "EER B", "Δ EER", "AUROC A", "AUROC B", "Δ AUROC"), tuple(rows))]
+
+
 def failures(cells) -> Table | None:
     bad = [c for c in cells if c.status != "ok"]
     if not bad:

@@ -87,10 +87,16 @@ class Store:
             s.flush()
             return run.id
 
-    def finish_run(self, run_id: int, status: str) -> None:
+    def finish_run(self, run_id: int, status: str, keep: set[str] | None = None) -> None:
+        """Close a run; with ``keep``, drop its cells that the current plan no longer has."""
         with self.session.begin() as s:
             run = s.get(Run, run_id)
             run.finished_at, run.status = _now(), status
+            if keep is not None:
+                stale = [c.id for c in s.scalars(select(Cell).where(Cell.run_id == run_id)) if c.key not in keep]
+                if stale:
+                    s.execute(delete(Metric).where(Metric.cell_id.in_(stale)))
+                    s.execute(delete(Cell).where(Cell.id.in_(stale)))
 
     def record_cell(self, run_id: int, cell, *, status: str, cached: bool = False, error: str = "",
                     seconds: float = 0.0, metrics: Iterable[tuple[str, str, float | None]] = ()) -> None:

@@ -1,5 +1,5 @@
 """A small CNN for small images, trained on first use on the digits and cached: the embedded
-default model. Global average pooling lets it take any input size (scaled images included)."""
+default model. Adaptive pooling lets it take any input size (scaled images included)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def small_cnn(num_classes: int = 10, width: int = 32) -> nn.Module:
         nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes),
+        # a 4x4 grid keeps where strokes are (global pooling alone loses it) and still takes any size
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * 4 * w, num_classes),
     )
 
 
@@ -52,7 +53,7 @@ def train_digits_cnn(params: SmallCNNParams, seed: int) -> nn.Module:
 
 
 def build(params: SmallCNNParams, ctx: BuildContext) -> LoadedModel:
-    tag = hashlib.sha256(f"{params.model_dump_json()}|{ctx.seed}|v1".encode()).hexdigest()[:16]
+    tag = hashlib.sha256(f"{params.model_dump_json()}|{ctx.seed}|v2".encode()).hexdigest()[:16]
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     path = ctx.cache_dir / f"digits-cnn-{tag}.pt"
     net = Normalized(small_cnn(10, params.width), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -70,6 +71,6 @@ def build(params: SmallCNNParams, ctx: BuildContext) -> LoadedModel:
 def advbench_register_models(register):
     register(ModelSpec(
         name="digits-cnn", summary="Small CNN trained on the digits train subset on first use, cached.",
-        params=SmallCNNParams, default=True, build=build,
+        params=SmallCNNParams, default=True, build=build, version="2",
     ))
 
