@@ -7,16 +7,21 @@ For each model, every image goes through the original plus the paper's 38 operat
   memory-mapped .npy as the runner does;
 * engine (tensor): the same with the tensor backend (``apply_tensor`` functions);
 * floor: only the batched forward passes of the very same (1 + 38) x N input tensors
-  (transforms precomputed, not timed), same batch size;
-* naive: per image and per operation, Pillow op then a single-image forward pass.
+  (transforms precomputed, not timed), same batch size, timed in both OpenMP regimes (see
+  ``omp_helper``) operation by operation; the faster of the two counts;
+* naive: per image and per operation, Pillow op then a single-image forward pass (on
+  ``--naive-images`` images; its rate is per prediction too).
 
-Throughput is images/s counted as (1 + 38) x N predictions per second. Engine and floor are
-measured alternately in the same process, ``--repeats`` times; medians are reported (the
-machine may be shared). Targets (Pillow backend, 2 cores): engine >= 0.75 x floor on
-ResNet-18 at 224x224 and >= 0.5 x floor on ResNet-20 at 32x32.
+Throughput is images/s counted as (1 + 38) x N predictions per second. All methods are timed
+operation by operation in turn, in one process, ``--repeats`` times; rates are medians over the
+repeats and ratios medians of the per-repeat ratios (the machine may be shared). Targets
+(Pillow backend, 2 cores): engine >= 0.75 x floor on ResNet-18 at 224x224 and >= 0.5 x floor on
+ResNet-20 at 32x32. ``--baseline-engine FILE`` also times another copy of ``predict.py`` (say,
+``git show HEAD~1:advbench/engine/predict.py > /tmp/old.py``) and checks its results are the same.
 
     python bench/feature_extraction.py                       # both models, defaults
     python bench/feature_extraction.py --models resnet20 --n20 128 --repeats 5
+    python bench/feature_extraction.py --baseline-engine /tmp/old.py --batch-size 16
 """
 
 from __future__ import annotations
@@ -145,8 +150,8 @@ def omp_helper(on: bool = True) -> Iterator[None]:
     libgomp spin-waits (~300k iterations) at every barrier unless the process has more OpenMP
     threads than CPUs, when it "throttles" (~1k). On a busy machine a 2-thread forward pass then
     burns its time slices spinning for a descheduled team mate (measured 2-6x slower). The
-    engine runs torch ops in a helper thread, so its forward passes run throttled; the floor
-    runs in whichever regime is faster (probed first).
+    engine picks the faster regime as it goes; the floor is timed in both, operation by
+    operation, and the faster counts.
     """
     if not on:
         yield
@@ -154,17 +159,6 @@ def omp_helper(on: bool = True) -> Iterator[None]:
     with ThreadPoolExecutor(max_workers=1) as ex:
         ex.submit(lambda: torch.ones(1 << 17).mul_(2)).result()
         yield
-
-
-def probe_floor_regime(model: LoadedModel, batches: list[torch.Tensor], tries: int = 3) -> tuple[bool, float, float]:
-    """(throttled is faster, seconds plain, seconds throttled): the median of ``tries`` alternations."""
-    plain, throttled = [], []
-    for _ in range(tries):
-        plain.append(floor_pass(model, batches))
-        with omp_helper():
-            throttled.append(floor_pass(model, batches))
-    p, t = statistics.median(plain), statistics.median(throttled)
-    return t < p, p, t
 
 
 def naive_pass(model: LoadedModel, images: np.ndarray, op_list) -> float:
@@ -180,11 +174,11 @@ def naive_pass(model: LoadedModel, images: np.ndarray, op_list) -> float:
     return time.perf_counter() - t0
 
 
-def one_repeat(model, images, op_list, per_op_batches, batch_size: int, tensor: bool, throttled: bool,
+def one_repeat(model, images, op_list, per_op_batches, batch_size: int, tensor: bool,
                baseline=None) -> dict[str, float]:
     """Seconds per method for all 1 + 38 operations, interleaved operation by operation so that
     load changes on a shared machine hit every method alike."""
-    t = {"engine": 0.0, "floor": 0.0}
+    t = {"engine": 0.0, "floor": 0.0, "floor_plain": 0.0, "floor_throttled": 0.0}
     if baseline is not None:
         t["baseline"] = 0.0
     if tensor:
@@ -196,15 +190,21 @@ def one_repeat(model, images, op_list, per_op_batches, batch_size: int, tensor: 
         t["engine"] += time.perf_counter() - t0
         if baseline is not None:
             t0 = time.perf_counter()
-            engine_call(baseline, model, images, batch_size, op=pil_op, reference=ref)
+            base = engine_call(baseline, model, images, batch_size, op=pil_op, reference=ref)
             t["baseline"] += time.perf_counter() - t0
+            if any(out[k].tobytes() != base[k].tobytes() for k in ("labels", "probs")):
+                raise SystemExit("the engine's results differ from the baseline engine's")
         if tensor:
             t0 = time.perf_counter()
             engine_call(predict, model, images, batch_size, tensor_op=tensor_op, reference=ref)
             t["tensor"] += time.perf_counter() - t0
         ref = out["labels"] if ref is None else ref
-        with omp_helper(throttled):
-            t["floor"] += floor_pass(model, per_op_batches[i])
+        plain = floor_pass(model, per_op_batches[i])
+        with omp_helper():
+            throttled = floor_pass(model, per_op_batches[i])
+        t["floor_plain"] += plain
+        t["floor_throttled"] += throttled
+        t["floor"] += min(plain, throttled)
     return t
 
 
@@ -227,14 +227,9 @@ def bench_model(name: str, n: int, batch_size: int, repeats: int, naive_n: int, 
         for batches in per_op_batches:  # warm-up: oneDNN primitives for every input shape
             floor_pass(model, batches[:1])
         engine_call(predict, model, images[:min(n, 8)], batch_size, op=op_list[0][1])
-        throttled, plain_s, throttled_s = probe_floor_regime(model, per_op_batches[0])
-        print(f"  floor regime probe (original images, median of 3): plain {fmt(n / plain_s)}/s, "
-              f"OpenMP-throttled {fmt(n / throttled_s)}/s -> floor measured {'throttled' if throttled else 'plain'}",
-              flush=True)
         times: dict[str, list[float]] = {}
         for r in range(repeats):
-            for k, v in one_repeat(model, images, op_list, per_op_batches, batch_size, tensor, throttled,
-                                   baseline).items():
+            for k, v in one_repeat(model, images, op_list, per_op_batches, batch_size, tensor, baseline).items():
                 times.setdefault(k, []).append(v)
             print(f"  repeat {r + 1}: " + ", ".join(f"{k} {fmt(total / v[-1])}/s" for k, v in times.items()),
                   flush=True)
@@ -242,14 +237,15 @@ def bench_model(name: str, n: int, batch_size: int, repeats: int, naive_n: int, 
         naive_images = min(n, naive_n)
         naive = None
         if naive_images:
-            with omp_helper(throttled):
+            with omp_helper(statistics.median(times["floor_throttled"]) < statistics.median(times["floor_plain"])):
                 naive = naive_pass(model, images[:naive_images], op_list)
 
     def ratio(a: str, b: str) -> float:  # median over repeats of rate(a) / rate(b)
         return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
 
     rate = {k: total / statistics.median(v) for k, v in times.items()}
-    print(f"  images/s (median of {repeats}): engine(pillow) {fmt(rate['engine'])}, floor {fmt(rate['floor'])}"
+    print(f"  images/s (median of {repeats}): engine(pillow) {fmt(rate['engine'])}, floor {fmt(rate['floor'])} "
+          f"(plain {fmt(rate['floor_plain'])}, throttled {fmt(rate['floor_throttled'])})"
           + (f", engine(tensor) {fmt(rate['tensor'])}" if "tensor" in rate else "")
           + (f", baseline engine(pillow) {fmt(rate['baseline'])}" if "baseline" in rate else ""))
     line = f"  engine/floor {ratio('engine', 'floor'):.2f}"

@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
+from advbench.engine import predict
 from advbench.engine.predict import predict_under_operation, topk_misclassified
 from advbench.imaging import to_tensor
 from advbench.specs import LoadedModel
@@ -105,13 +106,51 @@ def test_pillow_backend_matches_reference_loop(model, images, op_name, batch_siz
     _check_pillow_backend(model, images, op_name, batch_size, threads)
 
 
+@pytest.mark.parametrize("throttled", [False, True])
 @pytest.mark.parametrize("op_name", ["jpeg", "scale"])
-def test_identical_with_two_torch_threads(model, images, op_name) -> None:
+def test_identical_with_two_torch_threads_in_either_openmp_regime(model, images, op_name, throttled,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(predict._CONTENTION, "busy", throttled)
     torch.set_num_threads(2)
     try:
         _check_pillow_backend(model, images, op_name, batch_size=5, threads=2)
+        reference = _reference(model, images, top_k=2, batch_size=4)["labels"]
+        got = predict_under_operation(model, images, top_k=2, batch_size=4, device="cpu", tensor_op=_tensor_op,
+                                      reference=reference)
+        _assert_identical(got, _reference(model, images, top_k=2, batch_size=4, tensor_op=_tensor_op,
+                                          reference=reference))
     finally:
         torch.set_num_threads(1)
+
+
+def test_contention_decides_the_openmp_regime() -> None:
+    c = predict._Contention()
+    assert c.throttle()  # unknown: throttled, the safe side on a busy machine
+    c.record(0.01, 1.0)
+    assert not c.throttle()  # quiet: plain spin-waiting
+    c.record(0.9, 1.0)
+    assert c.throttle()
+    c.record(None, 1.0)  # no measurement: keeps the last decision
+    assert c.throttle()
+    delay = predict._run_delay()
+    assert delay is None or delay >= 0
+
+
+def test_the_regime_follows_the_measured_contention(model, images, monkeypatch) -> None:
+    contention = predict._Contention()
+    monkeypatch.setattr(predict, "_CONTENTION", contention)
+    delays = iter([0.0, 0.0, 5.0, 10.0])  # quiet first call, oversubscribed second
+    monkeypatch.setattr(predict, "_run_delay", lambda: next(delays))
+    torch.set_num_threads(2)
+    try:
+        predict_under_operation(model, images, top_k=2, batch_size=64, device="cpu")
+        assert contention.busy is False
+        predict_under_operation(model, images, top_k=2, batch_size=64, device="cpu")
+        assert contention.busy is True
+    finally:
+        torch.set_num_threads(1)
+    predict_under_operation(model, images, top_k=2, batch_size=64, device="cpu")  # one thread: not measured
+    assert contention.busy is True
 
 
 def _check_pillow_backend(model, images, op_name, batch_size, threads) -> None:

@@ -20,26 +20,28 @@ from advbench import hookimpl
 from advbench.specs import AttackSpec, BuildContext, Criterion, Params
 
 
-class _Untargeted(fb.criteria.Misclassification):
-    """foolbox's gradient attacks read ``labels`` for the loss; success is the paper's rule."""
+class _PaperRule:
+    """Success is the benchmark's rule; foolbox's own class only supplies labels/targets."""
+
+    paper: Criterion
+
+    def __call__(self, perturbed, outputs):
+        outputs_, restore = ep.astensor_(outputs)
+        return restore(ep.astensor(self.paper(outputs_.raw)))
+
+
+class _Untargeted(_PaperRule, fb.criteria.Misclassification):
+    """foolbox's gradient attacks read ``labels`` for the loss direction."""
 
     def __init__(self, criterion: Criterion):
         super().__init__(criterion.labels)
         self.paper = criterion
 
-    def __call__(self, perturbed, outputs):
-        outputs_, restore = ep.astensor_(outputs)
-        return restore(ep.astensor(self.paper(outputs_.raw)))
 
-
-class _Targeted(fb.criteria.TargetedMisclassification):
+class _Targeted(_PaperRule, fb.criteria.TargetedMisclassification):
     def __init__(self, criterion: Criterion):
         super().__init__(criterion.targets)
         self.paper = criterion
-
-    def __call__(self, perturbed, outputs):
-        outputs_, restore = ep.astensor_(outputs)
-        return restore(ep.astensor(self.paper(outputs_.raw)))
 
 
 def foolbox_criterion(criterion: Criterion):
@@ -193,13 +195,13 @@ ATTACKS = [
     AttackSpec(name="fgsm", summary="Fast gradient sign method (Goodfellow et al.), non-targeted, budget sweep.",
                params=FastParams, default=True, run=_fast(fb.attacks.FGSM, "linf")),
     AttackSpec(name="deepfool", summary="DeepFool, L2 (Moosavi-Dezfooli et al.), non-targeted.",
-               params=DeepFoolParams, run=lambda m, x, c, p, ctx: _minimize(
+               params=DeepFoolParams, version="2", run=lambda m, x, c, p, ctx: _minimize(
                    fb.attacks.L2DeepFoolAttack(steps=p.steps, candidates=p.candidates, overshoot=p.overshoot), m, x, c)),
     AttackSpec(name="newtonfool", summary="NewtonFool (Jang et al.), non-targeted.",
-               params=NewtonFoolParams, run=lambda m, x, c, p, ctx: newtonfool(
+               params=NewtonFoolParams, version="2", run=lambda m, x, c, p, ctx: newtonfool(
                    m, x, c, steps=p.steps, stepsize=p.stepsize)),
     AttackSpec(name="cw", summary="Carlini-Wagner L2, non-targeted.",
-               params=CWParams, run=lambda m, x, c, p, ctx: _minimize(
+               params=CWParams, version="2", run=lambda m, x, c, p, ctx: _minimize(
                    fb.attacks.L2CarliniWagnerAttack(**p.model_dump()), m, x, c)),
 ]
 
