@@ -29,7 +29,7 @@ def _figure(width: float, height: float) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise AdvbenchError("plots need matplotlib: pip install 'advbench[plots]'") from e
+        raise AdvbenchError("plots need matplotlib: pip install matplotlib") from e
     return Figure(figsize=(width, height), layout="constrained")
 
 
