@@ -1,8 +1,8 @@
 """Figures for reports: Fig. 2's logit scatter, ROC curves, heatmaps (Table 3), accuracy vs cost.
 
 Each function draws one figure from plain arrays and writes it to ``path``; the format follows
-the suffix (``.png``, ``.svg`` or ``.pdf``). The path is returned. matplotlib is an optional
-dependency (``pip install 'advbench[plots]'``), imported on first use; figures are drawn on a
+the suffix (``.png``, ``.svg`` or ``.pdf``). The path is returned. matplotlib is imported on first
+use (so commands that draw nothing do not pay for it); figures are drawn on a
 bare :class:`matplotlib.figure.Figure` (no pyplot, no global backend or state), so these are
 safe to call from worker threads and headless machines.
 """
