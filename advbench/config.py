@@ -209,7 +209,7 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
     if "dataset" not in broken:
         _check_model_datasets(entries.get("model", ()), entries.get("dataset", ()), problems)
     if doc is not None and detection is not None:
-        _check_correction(doc.correction, detection.groups, entries, problems)
+        _check_correction(doc.correction, detection.groups, entries, registry, problems)
     if problems:
         raise ConfigError(str(path), problems)
     assert doc is not None
@@ -302,7 +302,8 @@ def _check_groups(groups: dict[str, list[str]], transforms: tuple[Entry, ...], p
                 )
 
 
-def _check_correction(correction: CorrectionSettings, groups: dict, entries: dict, problems: list[str]):
+def _check_correction(correction: CorrectionSettings, groups: dict, entries: dict, registry: Registry,
+                      problems: list[str]):
     for i, name in enumerate(correction.groups or []):
         if name not in groups:
             problems.append(f"correction.groups[{i}]: unknown group {name!r}; valid: {', '.join(groups)}")
@@ -313,6 +314,14 @@ def _check_correction(correction: CorrectionSettings, groups: dict, entries: dic
     features = [f.label for f in entries.get("feature", ())]
     if pipe.detector not in detectors:
         problems.append(f"correction.pipeline.detector: unknown detector {pipe.detector!r}; valid: {', '.join(detectors)}")
+    else:
+        entry = next(d for d in entries["detector"] if d.label == pipe.detector)
+        on_images = getattr(registry.get("detector", entry.plugin), "inputs", "features") == "images"
+        if on_images and (pipe.feature or pipe.group):
+            problems.append(f"correction.pipeline: detector {pipe.detector!r} sees images; remove 'feature' and 'group'")
+        elif not on_images and not (pipe.feature and pipe.group):
+            problems.append(f"correction.pipeline: detector {pipe.detector!r} works on features; set both 'feature' "
+                            f"(valid: {', '.join(features)}) and 'group' (valid: {', '.join(groups)})")
     if pipe.feature and pipe.feature not in features:
         problems.append(f"correction.pipeline.feature: unknown feature {pipe.feature!r}; valid: {', '.join(features)}")
     if pipe.group and pipe.group not in groups:

@@ -335,11 +335,12 @@ class Runner:
                 data.original, data.transformed, feature.params), dtype=np.float64)
             extra = [("feature_size", "", float(inputs.shape[1])), ("operations", "", float(data.transformed.shape[1]))]
         model = spec.build(detector.params, self.bench.settings.seed)
-        rows = detect.evaluate_detector(model, inputs, data)
-        save_arrays(out, pred=model.predict(inputs), scores=model.scores(inputs), y=data.y, split=data.split)
+        detect.fit_detector(model, inputs, data)
+        pred, scores = np.asarray(model.predict(inputs)), np.asarray(model.scores(inputs), dtype=float)
+        save_arrays(out, pred=pred, scores=scores, y=data.y, split=data.split)
         if hasattr(model, "logits"):  # for the logit scatter of §4 (Fig. 2)
             save_arrays(out, logits=model.logits(inputs))
-        return rows + extra
+        return detect.detection_metrics(data, pred, scores) + extra
 
     def _compute_correct(self, cell: Cell, out: Path) -> MetricRows:
         data = self._labelled_set(cell)
@@ -351,7 +352,11 @@ class Runner:
         pipe = self.bench.correction.pipeline
         if pipe is not None:
             key = self.plan.pipeline_key(cell.dataset, cell.model)
-            flagged = load_array(self.cache.path("detect", key), "pred") if key else None
+            if key is None:
+                raise DataError(f"correction.pipeline = {pipe.model_dump()} matches no detector cell of "
+                                f"{cell.dataset}/{cell.model}: feature detectors need 'feature' and 'group', "
+                                f"image detectors neither")
+            flagged = load_array(self.cache.path("detect", key), "pred")
         return correct.correction_metrics(data, corrected, flagged)
 
 

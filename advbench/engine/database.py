@@ -42,9 +42,11 @@ def select_clean(source: ImageSource, model: LoadedModel, *, top_k: int, n: int,
     Two passes over the source so that memory holds only the picked images, never the dataset.
     """
     correct: list[bool] = []
+    top1_seen: list[int] = []  # kept from this pass so the second pass needs no model
     for _, batch, labels in _prepared_batches(source, model, batch_size):
         topk = logits_of(model, batch, device).topk(min(top_k, model.num_classes), dim=1).indices.cpu()
         correct.extend((topk == torch.from_numpy(labels).view(-1, 1)).any(dim=1).tolist())
+        top1_seen.extend(topk[:, 0].tolist())
     candidates = np.flatnonzero(correct)
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
@@ -53,12 +55,12 @@ def select_clean(source: ImageSource, model: LoadedModel, *, top_k: int, n: int,
     position = 0
     for batch_ids, batch, batch_labels in _prepared_batches(source, model, batch_size):
         keep = [i for i in range(len(batch_ids)) if position + i in wanted]
-        position += len(batch_ids)
         if keep:
             ids += [batch_ids[i] for i in keep]
             images.append(batch[keep])
             labels.append(batch_labels[keep])
-            top1.append(logits_of(model, batch[keep], device).argmax(1).cpu().numpy())
+            top1.append(np.asarray([top1_seen[position + i] for i in keep], dtype=np.int64))
+        position += len(batch_ids)
     h, w = model.input_size
     arrays = {
         "images": np.concatenate(images) if images else np.zeros((0, h, w, 3), np.uint8),

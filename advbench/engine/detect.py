@@ -27,28 +27,31 @@ class LabelledSet:
     images: np.ndarray  # (N, H, W, 3) uint8 for image detectors, else (N, 0)
 
 
-def evaluate_detector(detector: Detector, features: np.ndarray, data: LabelledSet) -> list[tuple[str, str, float]]:
-    """Fit on train; return (metric, subset, value) rows for dev and eval, per attack on eval."""
+def fit_detector(detector: Detector, features: np.ndarray, data: LabelledSet) -> None:
+    """Fit on train; a detector whose ``fit`` takes ``dev`` selects its model on dev."""
     train = data.split == TRAIN
     if len(np.unique(data.y[train])) < 2:
         raise DataError("the train split holds only one class; raise images_per_model or add attacks that succeed")
     dev = data.split == DEV
-    if "dev" in inspect.signature(detector.fit).parameters:  # model selection on dev, when supported
+    if "dev" in inspect.signature(detector.fit).parameters:
         detector.fit(features[train], data.y[train], dev=(features[dev], data.y[dev]) if dev.any() else None)
     else:
         detector.fit(features[train], data.y[train])
-    rows: list[tuple[str, str, float]] = [("n_train", "", float(train.sum()))]
-    for split_id, split_name in ((DEV, "dev"), (EVAL, "eval")):
+
+
+def detection_metrics(data: LabelledSet, pred: np.ndarray, scores: np.ndarray) -> list[tuple[str, str, float]]:
+    """(metric, subset, value) rows for dev and eval, and per attack on eval, from the
+    predictions and scores of every image (one pass of the detector, sliced here)."""
+    rows: list[tuple[str, str, float]] = [("n_train", "", float((data.split == TRAIN).sum()))]
+    for split_id, subset in ((DEV, "dev"), (EVAL, "")):
         mask = data.split == split_id
         if not mask.any():
             continue
-        y, pred, scores = data.y[mask], detector.predict(features[mask]), detector.scores(features[mask])
-        subset = "" if split_name == "eval" else "dev"
-        rows += [(name, subset, value) for name, value in M.binary_metrics(y, pred, scores).items()]
+        rows += [(name, subset, value) for name, value in M.binary_metrics(data.y[mask], pred[mask], scores[mask]).items()]
         rows.append(("n", subset, float(mask.sum())))
-        if split_name == "eval":
+        if split_id == EVAL:
             for origin in sorted(set(data.origin[mask].tolist())):
                 sub = data.origin[mask] == origin
                 name = "false_positive_rate" if origin == "clean" else "detection_rate"
-                rows.append((name, origin, float(pred[sub].mean())))
+                rows.append((name, origin, float(pred[mask][sub].mean())))
     return rows

@@ -112,3 +112,22 @@ def test_correction_cells_report_restored_labels(tiny_run):
         metrics = {(n, s): v for n, s, v in o.metrics}
         assert 0 <= metrics[("topk_restored", "adversarial")] <= 1
         assert metrics[("top1_before", "normal")] > 0.5  # normal images were correctly classified
+
+
+def test_a_pipeline_that_matches_no_detector_cell_is_a_config_error(tiny_run, tmp_path, registry):
+    import pytest
+
+    from advbench.errors import ConfigError
+
+    toml = _copy_world(tiny_run, tmp_path) + '\n[correction]\npipeline = { detector = "lda" }\n'
+    with pytest.raises(ConfigError, match=r"correction.pipeline: detector 'lda' works on features; set both 'feature'"):
+        run_tiny(tmp_path, toml, registry=registry)
+
+
+def test_pipeline_metrics_are_stored_when_it_matches(tiny_run, tmp_path, registry):
+    toml = _copy_world(tiny_run, tmp_path) + \
+        '\n[correction]\npipeline = { detector = "lda", feature = "counting", group = "All" }\n'
+    result = run_tiny(tmp_path, toml, registry=registry)
+    assert not result.failed
+    rows = {(n, s) for o in result.outcomes if o.cell.stage == "correct" for n, s, _ in o.metrics}
+    assert ("pipeline_accuracy_after", "eval") in rows
