@@ -21,7 +21,7 @@ from advbench import __version__
 from advbench.config import Benchmark, Entry, stable_hash
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
-ARTEFACT_SCHEMA = 2
+ARTEFACT_SCHEMA = 3
 
 STAGES = ("clean", "attack", "split", "predict", "detect", "correct")
 ORIGINAL = "original"  # the pseudo-operation "no operation"

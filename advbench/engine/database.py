@@ -73,6 +73,9 @@ def select_clean(source: ImageSource, model: LoadedModel, *, top_k: int, n: int,
     return arrays, metrics
 
 
+NORMS = ("l0", "l1", "l2", "linf")
+
+
 def perturbation_norms(clean: np.ndarray, adv: np.ndarray) -> dict[str, np.ndarray]:
     """L0 (changed values), L1, L2, L∞ of ``adv - clean`` per image, in [0, 1] pixel units."""
     diff = (adv.astype(np.float32) - clean.astype(np.float32)).reshape(len(clean), -1) / 255.0
@@ -117,7 +120,10 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
             for i, (a, ok) in enumerate(zip(adv_uint8, before))
         ])
         after = criterion(logits_of(model, reloaded, device)).cpu().numpy() & before
+        # the saved file is the database; the pre-save norms are what the attack itself spent
+        # (a JPEG q100 round trip alone changes most values by a little, which inflates L0)
         norms = perturbation_norms(batch, reloaded)
+        pre_save = perturbation_norms(batch, adv_uint8)
         for i in range(len(batch)):
             manifest.append({
                 "index": start + i, "source": str(clean["ids"][start + i]), "label": int(clean["labels"][start + i]),
@@ -126,6 +132,7 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
                 "success_before_save": bool(before[i]), "success_after_save": bool(after[i]),
                 "file": f"images/{start + i:06d}.{'jpg' if fmt == 'jpeg' else 'png'}" if before[i] else None,
                 **({k: float(v[i]) for k, v in norms.items()} if after[i] else {}),
+                **({f"pre_save_{k}": float(v[i]) for k, v in pre_save.items()} if after[i] else {}),
             })
             if before[i] and not after[i]:
                 (images_dir / manifest[-1]["file"].split("/")[1]).unlink(missing_ok=True)
@@ -147,7 +154,7 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
         "attack_seconds": attack_seconds,
         "images_per_second": n / attack_seconds if attack_seconds > 0 else float("nan"),
         **{f"mean_{k}": float(np.mean([m[k] for m in kept])) if kept else float("nan")
-           for k in ("l0", "l1", "l2", "linf")},
+           for k in (*NORMS, *(f"pre_save_{n}" for n in NORMS))},
     }
     return arrays, metrics
 

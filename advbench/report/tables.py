@@ -126,9 +126,19 @@ def table1(cells) -> list[Table]:
             rows.append((a, heading.split()[0].lower(),
                          *(_count(lookup.get((a, *w))) for w in worlds)))
     n_row = ("(clean images attacked)", "", *(_count(lookup.get((names[0], *w)), "attempted") if names else None for w in worlds))
+    budgets = tuple((a, *(_mean_norm(lookup.get((a, *w)), n) for w in worlds for n in ("l2", "linf")))
+                    for a in names)
     return [Table("Table 1 — successful adversarial images per attack and model",
                   ("Attack", "Type", *(f"{d}/{m}" for d, m in worlds)), tuple(rows) + (n_row,),
-                  ("success = paper criterion met before and after saving to file",))]
+                  ("success = paper criterion met before and after saving to file",)),
+            Table("Table 1 (budgets) — mean perturbation of the successes, before saving",
+                  ("Attack", *(f"{d}/{m} {n}" for d, m in worlds for n in ("L2", "L∞"))), budgets,
+                  ("pixel values in [0, 1]; the saved JPEG adds its own rounding on top",))]
+
+
+def _mean_norm(cell, norm: str):
+    value = None if cell is None or cell.status != "ok" else metric(cell, f"mean_pre_save_{norm}")
+    return None if value is None or value != value else round(value, 4)
 
 
 def _count(cell, name: str = "success"):

@@ -38,10 +38,12 @@ def test_every_table_has_rows_in_every_format(cells, number):
 
 
 def test_table1_counts_match_the_attack_cells(cells):
-    [t1] = tables.table1(cells)
+    t1, budgets = tables.table1(cells)
     by_attack = {r[0]: r[2] for r in t1.rows}
     attack_cells = {c.attack: c for c in cells if c.stage == "attack"}
     assert by_attack["fgsm"] == int(tables.metric(attack_cells["fgsm"], "success"))
+    linf = {r[0]: r[2] for r in budgets.rows}
+    assert linf["fgsm"] == round(tables.metric(attack_cells["fgsm"], "mean_pre_save_linf"), 4) > 0
     assert {r[1] for r in t1.rows if r[0] in ("bim", "fgsm")} == {"targeted", "non-targeted"}
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,25 @@ def test_png_keeps_what_jpeg_loses(tmp_path):
                                  fmt="png", quality=100, batch_size=4, seed=0, ctx=BuildContext(tmp_path))
     assert metrics["success"] == metrics["success_before_save"] > 0
     assert len(list((out / "images").glob("*.png"))) == metrics["success"] == len(arrays["source"])
+
+
+def test_manifest_records_the_attack_budget_before_the_jpeg_round_trip(tmp_path):
+    model, clean = _clean()
+    spec = _attack(lambda m, x, c, p, ctx: 1 - x)
+    out = tmp_path / "a"
+    out.mkdir()
+    _, metrics = run_attack(spec, spec.params(), model, clean, out_dir=out, top_k=1, shift=3, threshold=0.99,
+                            fmt="jpeg", quality=100, batch_size=4, seed=0, ctx=BuildContext(tmp_path))
+    kept = [m for m in json.loads((out / "manifest.json").read_text()) if m["success_after_save"]]
+    assert kept
+    for m in kept:
+        row = clean["images"][m["index"]].astype(np.float64) / 255
+        exact = np.abs(1 - 2 * row)  # |(1 - x) - x|: the inversion spends exactly this
+        assert np.isclose(m["pre_save_linf"], exact.max()) and np.isclose(m["pre_save_l1"], exact.sum(), rtol=1e-4)
+        assert m["pre_save_l0"] == (exact > 0).sum()
+    # JPEG at q100 still rounds: the saved images differ from what the attack produced
+    assert any(not np.isclose(m["l1"], m["pre_save_l1"]) for m in kept)
+    assert np.isclose(metrics["mean_pre_save_linf"], np.mean([m["pre_save_linf"] for m in kept]))
 
 
 def test_a_shift_that_is_a_multiple_of_the_classes_is_refused(tmp_path):
