@@ -39,6 +39,7 @@ class Format(str, Enum):
     csv = "csv"
     json = "json"
     latex = "latex"
+    svg = "svg"
     html = "html"
 
 

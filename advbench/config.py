@@ -3,7 +3,8 @@
 Each plugin entry is a table with ``plugin`` (the registered name), an optional ``name`` (a
 label, so one plugin can appear twice with different parameters) and the plugin's parameters
 inline. Transform entries also take ``group`` and ``grid`` (lists of values whose cartesian
-product gives one operation each). A section left out means the plugins flagged ``default``
+product gives one operation each); detector entries take ``search`` (the same kind of table:
+candidates chosen on the dev set). A section left out means the plugins flagged ``default``
 (for transforms: the paper's 38 operations).
 """
 
@@ -114,9 +115,13 @@ class Entry:
     params: Params
     group: str = ""  # transforms only
     datasets: tuple[str, ...] = ()  # models only: restrict to these dataset labels
+    candidates: tuple[Params, ...] = ()  # detectors only: the dev-set search, in config order
 
     def identity(self) -> dict[str, Any]:
-        return {"plugin": self.plugin, "params": self.params.model_dump(mode="json")}
+        ident = {"plugin": self.plugin, "params": self.params.model_dump(mode="json")}
+        if self.candidates:
+            ident["search"] = [c.model_dump(mode="json") for c in self.candidates]
+        return ident
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,7 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
         group = str(item.pop("group", getattr(spec, "default_group", "") or plugin)) if kind == "transform" else ""
         grid = item.pop("grid", None) if kind == "transform" else None
         datasets = item.pop("datasets", None) if kind == "model" else None
+        search = item.pop("search", None) if kind == "detector" else None
         if datasets is not None and not (isinstance(datasets, list) and all(isinstance(d, str) for d in datasets)):
             problems.append(f"{where}.datasets: expected a list of dataset names, found {datasets!r}")
             datasets = None
@@ -263,7 +269,8 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
                 problems.append(f"{where}.name: duplicate {kind} name {entry_label!r}; give each entry a distinct 'name'")
                 continue
             labels.add(entry_label)
-            yield Entry(kind, plugin, entry_label, validated, group, tuple(datasets or ()))
+            candidates = _search_candidates(spec, params, search, f"{where}.search", problems) if search is not None else ()
+            yield Entry(kind, plugin, entry_label, validated, group, tuple(datasets or ()), candidates)
 
 
 def _expand_grid(fixed: dict, grid: Any, where: str, problems: list[str]):
@@ -276,6 +283,28 @@ def _expand_grid(fixed: dict, grid: Any, where: str, problems: list[str]):
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
         yield {**fixed, **dict(zip(keys, values))}, "".join(f"@{v}" for v in values)
+
+
+def _search_candidates(spec, fixed: dict, search: Any, where: str, problems: list[str]) -> tuple[Params, ...]:
+    """The parameter sets a detector's dev-set search tries: ``fixed`` with each combination of
+    ``search`` (a table of lists, like a transform's ``grid``)."""
+    if not isinstance(search, dict) or not search or not all(isinstance(v, list) and v for v in search.values()):
+        problems.append(f"{where}: expected a table of non-empty lists (e.g. {{ C = [0.1, 1, 10] }}), found {search!r}")
+        return ()
+    unknown = [k for k in search if k not in spec.params.model_fields]
+    if unknown:
+        valid = ", ".join(spec.params.model_fields) or "none (this plugin has no parameters)"
+        problems.append(f"{where}: {', '.join(map(repr, unknown))} is not a parameter of {spec.name!r}; valid: {valid}")
+        return ()
+    fixed = {k: v for k, v in fixed.items() if k not in search}
+    candidates = []
+    for params, _ in _expand_grid(fixed, search, where, problems):
+        try:
+            candidates.append(spec.params.model_validate(params))
+        except ValidationError as err:
+            problems += _pydantic_problems(err, prefix=where)
+            return ()
+    return tuple(candidates)
 
 
 def _default_entries(kind: str, registry: Registry):

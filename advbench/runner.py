@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -334,8 +334,19 @@ class Runner:
             inputs = np.asarray(self.registry.get("feature", feature.plugin).compute(
                 data.original, data.transformed, feature.params), dtype=np.float64)
             extra = [("feature_size", "", float(inputs.shape[1])), ("operations", "", float(data.transformed.shape[1]))]
-        model = spec.build(detector.params, self.bench.settings.seed)
-        detect.fit_detector(model, inputs, data)
+        seed = self.bench.settings.seed
+        if detector.candidates:
+            chosen, model, dev_accuracies = detect.select_on_dev(
+                [partial(spec.build, c, seed) for c in detector.candidates], inputs, data)
+            (out / "search.json").write_text(json.dumps(
+                [{"params": c.model_dump(mode="json"), "dev_accuracy": a, "chosen": i == chosen}
+                 for i, (c, a) in enumerate(zip(detector.candidates, dev_accuracies))], indent=1))
+            extra.append(("search_candidates", "", float(len(dev_accuracies))))
+            extra += [(f"chosen_{k}", "", float(v)) for k, v in detector.candidates[chosen].model_dump().items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        else:
+            model = spec.build(detector.params, seed)
+            detect.fit_detector(model, inputs, data)
         pred, scores = np.asarray(model.predict(inputs)), np.asarray(model.scores(inputs), dtype=float)
         save_arrays(out, pred=pred, scores=scores, y=data.y, split=data.split)
         if hasattr(model, "logits"):  # for the logit scatter of §4 (Fig. 2)

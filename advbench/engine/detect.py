@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,27 @@ def fit_detector(detector: Detector, features: np.ndarray, data: LabelledSet) ->
         detector.fit(features[train], data.y[train], dev=(features[dev], data.y[dev]) if dev.any() else None)
     else:
         detector.fit(features[train], data.y[train])
+
+
+def select_on_dev(builds: Sequence[Callable[[], Detector]], features: np.ndarray,
+                  data: LabelledSet) -> tuple[int, Detector, list[float]]:
+    """Fit every candidate on train and keep the one with the best dev accuracy (the first of
+    equals, so the config's order breaks ties): the paper's "the dev set was used to select the
+    model". Returns its index, the fitted detector and every candidate's dev accuracy."""
+    dev = data.split == DEV
+    if not dev.any():
+        raise DataError("a detector search needs dev images to choose on; the dev split is empty "
+                        "(raise images_per_model or the dev share of database.split)")
+    best: tuple[int, Detector] | None = None
+    accuracies: list[float] = []
+    for index, build in enumerate(builds):
+        detector = build()
+        fit_detector(detector, features, data)
+        accuracies.append(M.accuracy(data.y[dev], np.asarray(detector.predict(features[dev]))))
+        if best is None or accuracies[-1] > accuracies[best[0]]:
+            best = (index, detector)
+    assert best is not None, "select_on_dev needs at least one candidate"
+    return best[0], best[1], accuracies
 
 
 def detection_metrics(data: LabelledSet, pred: np.ndarray, scores: np.ndarray) -> list[tuple[str, str, float]]:

@@ -1,4 +1,4 @@
-"""Render :class:`Table` values as rich tables, Markdown, CSV, JSON or LaTeX (booktabs)."""
+"""Render :class:`Table` values as rich tables, Markdown, CSV, JSON, LaTeX (booktabs), SVG or HTML."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 
 from advbench.report.tables import Table
 
-FORMATS = ("rich", "markdown", "csv", "json", "latex", "html")
+FORMATS = ("rich", "markdown", "csv", "json", "latex", "svg", "html")
 
 
 def cell_text(value: Any) -> str:
@@ -92,8 +92,16 @@ def render_latex(tables: Sequence[Table]) -> str:
     return "\n".join(out)
 
 
+def render_svg(tables: Sequence[Table], title: str = "advbench report", width: int = 120) -> str:
+    """The rich rendering as a standalone SVG (a terminal screenshot for READMEs and slides)."""
+    console = Console(record=True, file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor")
+    render_rich(tables, console)
+    return console.export_svg(title=title)
+
+
 def render_text(tables: Sequence[Table], fmt: str) -> str:
-    return {"markdown": render_markdown, "csv": render_csv, "json": render_json, "latex": render_latex}[fmt](tables)
+    return {"markdown": render_markdown, "csv": render_csv, "json": render_json, "latex": render_latex,
+            "svg": render_svg}[fmt](tables)
 
 
 def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (), title: str = "advbench report") -> str:

@@ -98,3 +98,31 @@ def test_config_hash_follows_content(registry):
     b = parse_benchmark(tiny_benchmark() + "\n# a comment\n", registry)
     c = parse_benchmark(tiny_benchmark(attacks='plugin = "fgsm"\nepsilons = [0.2]'), registry)
     assert a.config_hash == b.config_hash != c.config_hash
+
+
+def test_a_detector_search_lists_candidates_and_is_part_of_the_cell_identity(registry):
+    bench = parse_benchmark(tiny_benchmark(detectors='plugin = "svm"\nkernel = "linear"\nsearch = { C = [0.1, 10] }'), registry)
+    [svm] = bench.detectors
+    assert [(c.C, c.kernel) for c in svm.candidates] == [(0.1, "linear"), (10.0, "linear")]
+    plain = parse_benchmark(tiny_benchmark(detectors='plugin = "svm"\nkernel = "linear"'), registry).detectors[0]
+    assert plain.candidates == () and "search" in svm.identity() and plain.identity() != svm.identity()
+
+
+@pytest.mark.parametrize("search, message", [
+    ("{ depth = [1, 2] }", "'depth' is not a parameter of 'svm'; valid: C, kernel, gamma"),
+    ("{ C = 3 }", "expected a table of non-empty lists"),
+    ("{ C = [-1.0] }", "detectors[0].search.C"),
+])
+def test_a_bad_detector_search_names_the_key(registry, search, message):
+    [found] = problems(tiny_benchmark(detectors=f'plugin = "svm"\nsearch = {search}'), registry)
+    assert found.startswith("detectors[0].search") and message in found
+
+
+@pytest.mark.parametrize("path", ["benchmarks.toml", "benchmarks/cifar10-resnet20.toml", "benchmarks/imagenet-paper.toml"])
+def test_the_shipped_benchmark_files_are_valid(path):
+    from pathlib import Path
+
+    from advbench.registry import discover
+
+    bench = load_benchmark(Path(__file__).resolve().parents[2] / path, discover())
+    assert bench.attacks and bench.detectors and len(bench.transforms) == 38

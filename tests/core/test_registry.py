@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import types
@@ -13,7 +15,7 @@ from advbench.registry import build_registry, discover, entry_point_modules
 from advbench.specs import KINDS, DetectorSpec
 from advbench.testing import registry_with, run_tiny, tiny_benchmark
 
-EXAMPLE = Path(__file__).parents[1] / "fixtures" / "thirdparty_plugin"
+EXAMPLE = Path(__file__).resolve().parents[2] / "plugins" / "example-plugin"
 
 
 def test_builtins_are_found_through_the_entry_point_group():
@@ -80,12 +82,15 @@ def test_wrong_spec_type_names_the_module():
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory):
-    """The example third-party package, pip-installed (not editable) into a private folder."""
+    """The example third-party package, pip-installed (not editable) into a private folder;
+    built from a copy so the build leaves nothing in the repository."""
+    source = tmp_path_factory.mktemp("src") / "example-plugin"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(EXAMPLE)], check=True)
+                    "--target", str(target), str(source)], check=True)
     sys.path.insert(0, str(target))
-    yield target
+    yield source, target
     sys.path.remove(str(target))
     for name in [m for m in sys.modules if m.startswith("advbench_example_plugin")]:
         del sys.modules[name]
@@ -93,10 +98,21 @@ def installed_example(tmp_path_factory):
 
 def test_third_party_package_is_discovered_and_runs_end_to_end(installed_example, tmp_path):
     registry = registry_with()
-    assert registry.package_of("attack", "example-noise") == "advbench-example-plugin"
+    assert registry.package_of("attack", "example-blend") == "advbench-example-plugin"
     assert registry.package_of("detector", "example-threshold") == "advbench-example-plugin"
-    toml = tiny_benchmark(attacks='plugin = "example-noise"', detectors='plugin = "example-threshold"')
+    toml = tiny_benchmark(attacks='plugin = "example-blend"', detectors='plugin = "example-threshold"')
     result = run_tiny(tmp_path, toml, registry=registry)
     assert not result.failed, [o.error for o in result.failed]
+    attack = next(o for o in result.outcomes if o.cell.stage == "attack")
+    assert dict(((n, s), v) for n, s, v in attack.metrics)[("success", "")] > 0
     detect = [o for o in result.outcomes if o.cell.stage == "detect"]
     assert detect and all(dict(((n, s), v) for n, s, v in o.metrics).get(("accuracy", "")) is not None for o in detect)
+
+
+def test_the_example_package_passes_its_own_tests_once_installed(installed_example):
+    source, target = installed_example
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                          cwd=source, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout

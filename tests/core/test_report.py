@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+from xml.etree import ElementTree
 
 import pytest
 
@@ -35,6 +36,17 @@ def test_every_table_has_rows_in_every_format(cells, number):
     assert all(line.count("&") == len(built[0].columns) - 1 for line in body[:1])
     markdown = formats.render_markdown(built)
     assert sum(line.startswith("|---") for line in markdown.splitlines()) == len(built)
+    svg_text = "".join(_svg_text(formats.render_svg(built, width=200)).split())
+    assert all("".join(t.title.split()) in svg_text for t in built)  # rich wraps titles to the table's width
+
+
+def _svg_text(svg: str) -> str:
+    """The visible text of rich's SVG export: one <text> per styled segment, per line."""
+    root = ElementTree.fromstring(svg)
+    lines: dict[str, str] = {}
+    for node in root.iter("{http://www.w3.org/2000/svg}text"):
+        lines[node.get("y")] = lines.get(node.get("y"), "") + "".join(node.itertext())
+    return "\n".join(lines.values()).replace("\xa0", " ")
 
 
 def test_table1_counts_match_the_attack_cells(cells):

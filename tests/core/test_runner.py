@@ -104,6 +104,23 @@ def test_adding_a_detector_recomputes_no_predictions(tiny_run, tmp_path, registr
     assert {o.cell.detector for o in more.computed} == {"random-forest"}
 
 
+def test_a_detector_search_chooses_on_dev_and_records_the_choice(tiny_run, tmp_path, registry):
+    import json
+
+    toml = _copy_world(tiny_run, tmp_path).replace(
+        '[[detectors]]\nplugin = "lda"', '[[detectors]]\nplugin = "lda"\n\n[[detectors]]\nplugin = "random-forest"\n'
+        'name = "forest-searched"\nn_estimators = 10\nsearch = { max_depth = [1, 4] }')
+    result = run_tiny(tmp_path, toml, registry=registry)
+    searched = [o for o in result.computed if o.cell.detector == "forest-searched"]
+    assert searched and {o.cell.stage for o in result.computed} == {"detect"}
+    for outcome in searched:
+        metrics = {(n, s): v for n, s, v in outcome.metrics}
+        trials = json.loads(next((tmp_path / "cache" / "detect").rglob(f"{outcome.cell.key}/search.json")).read_text())
+        [chosen] = [t for t in trials if t["chosen"]]
+        assert metrics[("search_candidates", "")] == 2 and metrics[("chosen_max_depth", "")] == chosen["params"]["max_depth"]
+        assert chosen["dev_accuracy"] == max(t["dev_accuracy"] for t in trials) == metrics[("accuracy", "dev")]
+
+
 def test_correction_cells_report_restored_labels(tiny_run):
     result, _ = tiny_run
     correct = [o for o in result.outcomes if o.cell.stage == "correct"]
