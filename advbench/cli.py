@@ -101,6 +101,7 @@ def report(
     table: Annotated[Optional[int], typer.Option("--table", min=1, max=6, help="Paper table 1-6 instead of the leaderboard.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
     sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, balanced_accuracy, eer, auroc, tpr_at_5fpr.")] = "accuracy",
+    top: Annotated[Optional[int], typer.Option("--top", min=1, help="Leaderboard: show the best N cells per dataset/model (--leaderboard: default 3).")] = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="List the stored runs.")] = False,
     leaderboard: Annotated[bool, typer.Option("--leaderboard", help="Best detector cells across every benchmark's latest run.")] = False,
@@ -118,7 +119,7 @@ def report(
                                      for r in st.runs(benchmark)))]
     elif leaderboard:
         latest = {r.benchmark: r for r in st.runs(benchmark)}.values()
-        result = tables.cross_run_leaderboard([(r, st.cells(r.id)) for r in latest], sort)
+        result = tables.cross_run_leaderboard([(r, st.cells(r.id)) for r in latest], sort, best=top or 3)
     elif compare_runs:
         a, b = (st.get_run(i) for i in compare_runs)
         result = tables.compare(st.cells(a.id), st.cells(b.id), a.id, b.id)
@@ -128,10 +129,10 @@ def report(
         if table:
             result = tables.TABLES[table](cells)
         elif fmt == Format.html:  # the whole run on one page
-            result = tables.leaderboard(cells, sort) + [t for n in sorted(tables.TABLES) for t in tables.TABLES[n](cells)]
+            result = tables.leaderboard(cells, sort, top) + [t for n in sorted(tables.TABLES) for t in tables.TABLES[n](cells)]
             images = _run_figures(cells, cache_dir)
         else:
-            result = tables.leaderboard(cells, sort)
+            result = tables.leaderboard(cells, sort, top)
         failed = tables.failures(cells)
         if failed and not table:
             result.append(failed)

@@ -160,10 +160,14 @@ def heatmap(title: str, row_labels: Sequence[str], col_labels: Sequence[str], va
 # --- accuracy vs cost ----------------------------------------------------------------------
 
 
+LABEL_ALL_UP_TO = 8
+
+
 def accuracy_vs_cost(points: Sequence[tuple[str, float, float]], path: str | os.PathLike[str],
                      *, title: str = "Accuracy vs number of operations", ylabel: str = "accuracy") -> Path:
-    """Each ``(name, n_ops, accuracy)`` as a labelled point; the dashed line is the Pareto front
-    (the best accuracy reachable with at most that many image operations)."""
+    """Each ``(name, n_ops, accuracy)`` as a point; the dashed line is the Pareto front (the best
+    accuracy reachable with at most that many image operations). Only the front's points are
+    named when there are many (dozens of labels on one plot are unreadable)."""
     path = _target(path)
     fig = _figure(5.5, 4.0)
     ax = fig.subplots()
@@ -171,18 +175,19 @@ def accuracy_vs_cost(points: Sequence[tuple[str, float, float]], path: str | os.
         names = [str(p[0]) for p in points]
         x = np.asarray([p[1] for p in points], dtype=float)
         y = np.asarray([p[2] for p in points], dtype=float)
-        ax.scatter(x, y, s=24, c="tab:blue", zorder=3)
-        for name, xi, yi in zip(names, x, y):
-            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        front_x, front_y, best = [], [], -np.inf
+        front, best = [], -np.inf
         for i in np.lexsort((-y, x)):
             if np.isfinite(y[i]) and y[i] > best:
                 best = y[i]
-                front_x.append(x[i])
-                front_y.append(y[i])
-        if len(front_x) > 1:
-            ax.step(front_x, front_y, where="post", ls="--", lw=0.9, color="0.4", label="Pareto front")
-            ax.legend(loc="lower right", fontsize=8)
+                front.append(i)
+        labelled = range(len(points)) if len(points) <= LABEL_ALL_UP_TO else front
+        ax.scatter(x, y, s=20, c="tab:blue", alpha=0.45, zorder=3, label="detector cell")
+        ax.scatter(x[front], y[front], s=28, c="tab:blue", zorder=4)
+        for i in labelled:
+            ax.annotate(names[i], (x[i], y[i]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        if len(front) > 1:
+            ax.step(x[front], y[front], where="post", ls="--", lw=0.9, color="0.4", label="Pareto front")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("number of image operations")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

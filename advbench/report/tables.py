@@ -42,8 +42,9 @@ def _by_world(cells) -> dict[tuple[str, str], list]:
     return groups
 
 
-def leaderboard(cells, sort: str = "accuracy") -> list[Table]:
-    """Detector cells of a run ranked by ``sort`` (per dataset/model); failed cells last."""
+def leaderboard(cells, sort: str = "accuracy", top: int | None = None) -> list[Table]:
+    """Detector cells of a run ranked by ``sort`` (per dataset/model), the first ``top`` of
+    them if given; failed cells last, always shown."""
     tables = []
     reverse = sort not in LOWER_IS_BETTER
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "detect").items():
@@ -51,10 +52,11 @@ def leaderboard(cells, sort: str = "accuracy") -> list[Table]:
         ok.sort(key=lambda c: (metric(c, sort) is None, -(metric(c, sort) or 0) if reverse else (metric(c, sort) or 0),
                                c.detector, c.feature, c.transform))
         rows = [(i + 1, c.detector, c.feature, c.transform, *(metric(c, m) for m in LEADERBOARD_METRICS), "ok")
-                for i, c in enumerate(ok)]
+                for i, c in enumerate(ok[:top])]
         rows += [("-", c.detector, c.feature, c.transform, *([None] * len(LEADERBOARD_METRICS)),
                   f"{c.status}: {c.error}") for c in group if c.status != "ok"]
-        tables.append(Table(f"Leaderboard — {dataset} / {model} (eval set, ranked by {sort})",
+        shown = f", best {top} of {len(ok)}" if top is not None and top < len(ok) else ""
+        tables.append(Table(f"Leaderboard — {dataset} / {model} (eval set, ranked by {sort}{shown})",
                             ("Rank", "Detector", "Feature", "Group", *(METRIC_TITLES[m] for m in LEADERBOARD_METRICS), "Status"),
                             tuple(rows)))
     return tables

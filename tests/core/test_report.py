@@ -69,6 +69,8 @@ def test_leaderboard_is_ranked_and_html_holds_every_table(cells):
     [board] = tables.leaderboard(cells)
     accuracies = [r[4] for r in board.rows]
     assert accuracies == sorted(accuracies, reverse=True)
+    [best2] = tables.leaderboard(cells, top=2)
+    assert best2.rows == board.rows[:2] and "best 2 of" in best2.title
     [by_eer] = tables.leaderboard(cells, sort="eer")
     assert [r[6] for r in by_eer.rows] == sorted(r[6] for r in by_eer.rows)
     everything = [board] + [t for n in tables.TABLES for t in tables.TABLES[n](cells)]

@@ -1,14 +1,23 @@
 """CNN detectors trained on the images themselves (§4 of the paper): label 1 = adversarial.
 
-The paper's training strategy is to *omit the final softmax layer during training*: the loss
-(eq. 3) ``L = -y log(y_adv) - (1 - y) log(y_norm)`` is applied to the raw logits, which are
-not limited to [0, 1]. In PyTorch terms this is ``nll_loss`` on the logits themselves,
-``mean_i(-logit_i[y_i])`` (:func:`no_softmax_loss`). It is unbounded below: the optimiser can
-always lower it by pushing the logit of the true class up, so it keeps separating the two
-classes instead of stopping once the softmax saturates (cross-entropy's gradient vanishes
-there). Fig. 2 shows the result: normal and adversarial images far apart, with the diagonal
-``logit_norm = logit_adv`` (through the origin) as the boundary. At test time both modes use
-the softmax to turn the logits into a probability.
+The paper's training strategy is to *omit the final softmax layer during training* and keep it
+at test time to turn the outputs into probabilities; its eq. 3, ``L = -y log(y_adv) - (1 - y)
+log(y_norm)``, is a cross-entropy. How we read the two settings:
+
+- ``softmax = true`` (the baseline): the network's last layer is a softmax and it is trained
+  with PyTorch's ``CrossEntropyLoss``, which applies its own log-softmax, so the loss sees a
+  softmax of probabilities (:func:`softmax_layer_loss`). Its inputs are squeezed into [0, 1], so
+  the loss barely moves and its gradient stays small: the paper's "training from scratch with
+  the final softmax layer was difficult" (EER ≈ 50 %) and its need of a lower learning rate.
+- ``softmax = false`` (the paper's method): the same loss on the raw logits
+  (:func:`logits_loss`), i.e. ordinary cross-entropy, with the decision boundary
+  ``logit_norm = logit_adv`` through the origin (Fig. 2).
+
+We do not read eq. 3 as ``log`` of raw logits (undefined below 0) nor as ``nll_loss`` on raw
+logits (``-logit[y]``): that loss is lowered without bound by raising *both* logits of every
+image, whatever the class, so nothing rewards telling the classes apart. Measured on the
+CIFAR-10 benchmark it collapsed to "everything adversarial" (EER 0.50), with or without class
+weights.
 
 Architectures: ``small-cnn`` (fast on CPU, for small images), ``resnet50`` (torchvision) and
 ``xception`` (timm's ``legacy_xception``, Chollet's original network). Pretrained weights are
@@ -41,20 +50,16 @@ MIN_SIDE = {"small-cnn": 0, "resnet50": 32, "xception": 71}  # Keras' minimum in
 # --- losses --------------------------------------------------------------------------------
 
 
-def no_softmax_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 3 on raw logits: ``-y * logit_adv - (1 - y) * logit_norm``, averaged over the batch.
-
-    Same as ``F.nll_loss(logits, y)`` with no (log-)softmax in front. Unbounded below, on
-    purpose: its gradient is a constant -1 on the true-class logit, so training never
-    saturates and keeps pushing the two logits apart (the paper's Fig. 2). ``weight``
-    (per class) gives a weighted mean, as in ``nll_loss``.
-    """
-    return F.nll_loss(logits, y, weight=weight)
-
-
-def softmax_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The usual training: softmax then cross-entropy (bounded below by 0, saturates)."""
+def logits_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """No final softmax layer: cross-entropy on the raw logits (the paper's method)."""
     return F.cross_entropy(logits, y, weight=weight)
+
+
+def softmax_layer_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """A final softmax layer trained with ``CrossEntropyLoss``: cross-entropy of the softmax
+    *probabilities* (the paper's baseline). For two classes it stays within [log(1 + 1/e),
+    log(1 + e)] ≈ [0.31, 1.31] whatever the logits, and flattens as the softmax saturates."""
+    return F.cross_entropy(torch.softmax(logits, dim=1), y, weight=weight)
 
 
 # --- networks ------------------------------------------------------------------------------
@@ -182,8 +187,9 @@ def build_network(arch: str, pretrained: bool = False, num_classes: int = 2,
 class CNNTrainParams(Params):
     """Training settings shared by every CNN detector (the paper: Adam, 5e-4; 5e-5 to fine-tune with softmax)."""
 
-    softmax: bool = Field(False, description="Train with softmax + cross-entropy (the baseline) instead of "
-                                             "the paper's loss on raw logits (eq. 3). Tests always use softmax.")
+    softmax: bool = Field(False, description="Train with a final softmax layer under cross-entropy (the paper's "
+                                             "baseline) instead of cross-entropy on the raw logits (its method). "
+                                             "Tests always use the softmax.")
     learning_rate: float | None = Field(None, gt=0, description="Adam learning rate; null = the paper's: 5e-5 "
                                                                 "when fine-tuning with softmax, else 5e-4.")
     epochs: int = Field(20, ge=1, description="Training epochs at most.")
@@ -351,7 +357,7 @@ class CNNDetector:
     def _train(self, module: nn.Module, x: np.ndarray, y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray,
                has_dev: bool) -> nn.Module:
         p = self.params
-        loss_fn = softmax_loss if p.softmax else no_softmax_loss
+        loss_fn = softmax_layer_loss if p.softmax else logits_loss
         weight = None
         if p.balance:
             counts = np.bincount(y, minlength=2).astype(np.float64)
@@ -440,5 +446,5 @@ class CNNDetector:
 
 __all__ = [
     "ARCHS", "TIMM_XCEPTION", "CNNDetector", "CNNDetectorParams", "CNNTrainParams", "PretrainableParams",
-    "build_network", "no_softmax_loss", "pretrained_weights_file", "softmax_loss", "small_cnn",
+    "build_network", "logits_loss", "pretrained_weights_file", "softmax_layer_loss", "small_cnn",
 ]

@@ -1,8 +1,9 @@
 """The paper's CNN detectors (§4, Table 6) as detector plugins that see the images themselves.
 
-Each trains without the final softmax by default (eq. 3 on raw logits); ``softmax = true``
-gives the usual cross-entropy baseline. None is in the default set: they train a network per
-dataset/model cell, which is costly next to the statistical detectors.
+Each trains without the final softmax layer by default (cross-entropy on the logits);
+``softmax = true`` gives the paper's baseline with a softmax layer (see ``cnn.py``). None is
+in the default set: they train a network per dataset/model cell, which is costly next to the
+statistical detectors.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class XceptionDetectorParams(PretrainableParams):
     """Xception (timm legacy_xception); trained from scratch by default (the paper's best detector)."""
 
 
+# "2": softmax = true/false mean a softmax layer under cross-entropy / cross-entropy on the
+# logits (version 1 trained without softmax on nll of raw logits, which collapses)
+LOSS_VERSION = "2"
+
+
 def _builder(arch: str, name: str):
     def build(params: CNNTrainParams, seed: int) -> CNNDetector:
         return CNNDetector(CNNDetectorParams(arch=arch, **params.model_dump()), seed=seed, name=name)
@@ -41,12 +47,12 @@ def _builder(arch: str, name: str):
 def advbench_register_detectors(register):
     register(DetectorSpec(
         name="cnn-small", summary="Small CNN on the images, trained from scratch without the final softmax (§4).",
-        params=SmallCNNDetectorParams, build=_builder("small-cnn", "cnn-small"), inputs="images"))
+        params=SmallCNNDetectorParams, build=_builder("small-cnn", "cnn-small"), inputs="images", version=LOSS_VERSION))
     register(DetectorSpec(
         name="cnn-resnet50", summary="ResNet-50 on the images, fine-tuned from local ImageNet weights "
                                      "without the final softmax (§4, Table 6).",
-        params=ResNet50DetectorParams, build=_builder("resnet50", "cnn-resnet50"), inputs="images"))
+        params=ResNet50DetectorParams, build=_builder("resnet50", "cnn-resnet50"), inputs="images", version=LOSS_VERSION))
     register(DetectorSpec(
         name="cnn-xception", summary="Xception on the images, trained from scratch without the final softmax "
                                      "(§4, Table 6: the best detector).",
-        params=XceptionDetectorParams, build=_builder("xception", "cnn-xception"), inputs="images"))
+        params=XceptionDetectorParams, build=_builder("xception", "cnn-xception"), inputs="images", version=LOSS_VERSION))

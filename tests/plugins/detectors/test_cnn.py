@@ -7,8 +7,8 @@ import torch
 from advbench.errors import DataError
 from advbench.registry import build_registry
 from advbench_plugins.detectors import cnn_plugins
-from advbench_plugins.detectors.cnn import (CNNDetector, CNNDetectorParams, build_network, no_softmax_loss,
-                                            softmax_loss)
+from advbench_plugins.detectors.cnn import (CNNDetector, CNNDetectorParams, build_network, logits_loss,
+                                            softmax_layer_loss)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,18 +36,29 @@ def toy_images(n, seed, side=16):
     return x, y
 
 
-# --- the loss (eq. 3) ------------------------------------------------------------------------
+# --- the losses ------------------------------------------------------------------------------
 
 
-def test_no_softmax_loss_is_eq3_on_raw_logits():
+def test_without_softmax_is_cross_entropy_on_logits_and_with_it_a_softmax_of_probabilities():
     logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
     y = torch.tensor([0, 1])
-    assert no_softmax_loss(logits, y).item() == pytest.approx(-(2 + 3) / 2)
-    yf = y.float()  # eq. 3 with y_norm, y_adv the raw logits
-    eq3 = (-yf * logits[:, 1] - (1 - yf) * logits[:, 0]).mean()
-    assert no_softmax_loss(logits, y).item() == pytest.approx(eq3.item())
-    assert softmax_loss(logits, y).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item())
-    assert no_softmax_loss(logits * 100, y).item() == pytest.approx(-250.0)  # unbounded below
+    assert logits_loss(logits, y).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item())
+    p = torch.softmax(logits, 1)
+    by_hand = -torch.log_softmax(p, 1)[torch.arange(2), y].mean()
+    assert softmax_layer_loss(logits, y).item() == pytest.approx(by_hand.item())
+    # bounded whatever the logits: the softmax layer squeezes them into [0, 1] first
+    huge = torch.tensor([[-50.0, 50.0], [50.0, -50.0]])
+    assert softmax_layer_loss(huge, y).item() == pytest.approx(np.log1p(np.e))
+    assert logits_loss(huge, y).item() == pytest.approx(100.0)
+
+
+def test_nll_on_raw_logits_is_not_used_it_rewards_raising_every_logit():
+    """Why eq. 3 is not read as ``nll_loss`` on raw logits: the loss drops by c when both logits
+    of every image rise by c, telling the classes apart or not."""
+    logits, y = torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])
+    nll = torch.nn.functional.nll_loss
+    assert nll(logits + 10, y).item() == pytest.approx(nll(logits, y).item() - 10)
+    assert logits_loss(logits + 10, y).item() == pytest.approx(logits_loss(logits, y).item())
 
 
 def _margins_under_sgd(loss_fn, steps=100, lr=4.0):
@@ -64,15 +75,11 @@ def _margins_under_sgd(loss_fn, steps=100, lr=4.0):
     return np.array(margins)
 
 
-def test_no_softmax_gradient_pushes_logits_apart_without_bound():
-    plain = _margins_under_sgd(no_softmax_loss)
-    steps = np.diff(plain)
-    assert (steps > 0).all()
-    assert steps[-1] == pytest.approx(steps[0])  # a constant push: no saturation
-    assert plain[-1] > 50
-    ce = np.diff(_margins_under_sgd(softmax_loss))
-    assert ce[-1] < 0.05 * ce[0]  # cross-entropy's gradient vanishes once the softmax saturates
-    assert ce[-1] < 0.05 * steps[-1]
+def test_the_softmax_layer_slows_the_separation_of_the_logits():
+    plain, layered = _margins_under_sgd(logits_loss), _margins_under_sgd(softmax_layer_loss)
+    assert (np.diff(plain) > 0).all() and (np.diff(layered) > 0).all()
+    assert layered[0] == pytest.approx(0.5 * plain[0])  # half the first step: the layer's slope is 1/4 at 0
+    assert (layered < plain).all()  # and it never catches up
 
 
 # --- training --------------------------------------------------------------------------------
