@@ -33,14 +33,7 @@ err = Console(stderr=True)
 out = Console(width=None if Console().is_terminal else 200)
 
 
-class Format(str, Enum):
-    rich = "rich"
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    latex = "latex"
-    svg = "svg"
-    html = "html"
+Format = Enum("Format", {name: name for name in formats.FORMATS}, type=str)  # one list: formats.FORMATS
 
 
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL or SQLite file (default: the config's, else results.db).")]
@@ -124,7 +117,7 @@ def report(
         a, b = (st.get_run(i) for i in compare_runs)
         result = tables.compare(st.cells(a.id), st.cells(b.id), a.id, b.id)
     else:
-        run_row = st.get_run(run_id) if run_id else st.latest_run(benchmark)
+        run_row = _pick_run(st, run_id, benchmark)
         cells = st.cells(run_row.id)
         if table:
             result = tables.TABLES[table](cells)
@@ -146,11 +139,16 @@ def report(
     else:
         text = formats.render_text(result, "markdown" if fmt == Format.rich else fmt.value)
     if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(text)
         err.print(f"wrote {out_file}", highlight=False)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _pick_run(st, run_id: int | None, benchmark: str | None):
+    return st.get_run(run_id) if run_id is not None else st.latest_run(benchmark)
 
 
 def _run_figures(cells, cache_dir: Path | None) -> list[tuple[str, bytes]]:
@@ -164,8 +162,9 @@ def _run_figures(cells, cache_dir: Path | None) -> list[tuple[str, bytes]]:
             path = Path(tmp) / f"{kind}.png"
             try:
                 _draw(kind, cells, cache, path)
-            except AdvbenchError:
-                continue  # this run has nothing to draw for that kind
+            except AdvbenchError as e:  # nothing to draw for that kind, or no artefacts: say which
+                err.print(f"report: no {kind} plot: {e}", highlight=False)
+                continue
             made.append((f"{kind} — {figures.CAPTIONS[kind]}", path.read_bytes()))
     return made
 
@@ -197,10 +196,8 @@ def plot(
     """Draw a plot of a stored run."""
     from advbench.cache import Cache, default_cache_dir
 
-    if out_file.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise AdvbenchError(f"--out {out_file}: use a .png, .svg or .pdf file name")
     st = open_store(store, create=False)
-    run_row = st.get_run(run_id) if run_id else st.latest_run(benchmark)
+    run_row = _pick_run(st, run_id, benchmark)
     path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file)
     err.print(f"wrote {path}", highlight=False)
     return 0

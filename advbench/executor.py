@@ -11,7 +11,10 @@ import multiprocessing
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from advbench.errors import DataError
 
 _task: Callable[[Any], Any] | None = None  # set in the parent just before forking
 
@@ -46,13 +49,17 @@ class ForkPool:
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         global _task
         _task = fn
+        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_init_worker)
         try:
-            context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker) as pool:
-                futures = [pool.submit(_call, item) for item in items]
-                for future in as_completed(futures):
-                    yield future.result()
+            futures = [pool.submit(_call, item) for item in items]
+            for future in as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool as e:
+            raise DataError(f"a --workers process died (killed, out of memory?); cells finished so far are "
+                            f"kept: run again with fewer workers ({self.workers} now)") from e
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C or an error: drop the queued cells
             _task = None
 
 

@@ -21,7 +21,8 @@ def to_uint8(batch: torch.Tensor) -> np.ndarray:
 
 
 def pil_to_array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """(H, W, 3) uint8, read-only; converts (a copy) only images that are not RGB already."""
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 def array_to_pil(array: np.ndarray) -> Image.Image:

@@ -55,27 +55,24 @@ class Plan:
     cells: tuple[Cell, ...]
     max_images: int | None = None
     by_key: dict[str, Cell] = field(default_factory=dict, compare=False)
+    #: (dataset, model) -> key of the detect cell named by [correction] pipeline
+    pipelines: dict[tuple[str, str], str] = field(default_factory=dict, compare=False)
 
     def stage(self, name: str) -> list[Cell]:
         return [c for c in self.cells if c.stage == name]
 
-    def ops(self) -> list[Entry]:
-        return list(self.benchmark.transforms)
-
     def pipeline_key(self, dataset: str, model: str) -> str | None:
         """The detect cell whose predictions drive the detect-then-correct pipeline."""
-        pipe = self.benchmark.correction.pipeline
-        if pipe is None:
-            return None
-        for c in self.cells:
-            wanted = ("detect", dataset, model, pipe.detector, pipe.feature, pipe.group or IMAGES)
-            if (c.stage, c.dataset, c.model, c.detector, c.feature, c.transform) == wanted:
-                return c.key
-        return None
+        return self.pipelines.get((dataset, model))
 
     def group_ops(self, group: str) -> list[Entry]:
-        members = self.benchmark.detection.groups[group]
-        return [t for t in self.benchmark.transforms if "*" in members or t.group in members]
+        return group_ops(self.benchmark, group)
+
+
+def group_ops(bench: Benchmark, group: str) -> list[Entry]:
+    """The operations of a [detection] group ("*" = all of them), in config order."""
+    members = bench.detection.groups[group]
+    return [t for t in bench.transforms if "*" in members or t.group in members]
 
 
 def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images: int | None = None,
@@ -90,6 +87,7 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
     s, db = bench.settings, bench.database
     n_images = min(s.images_per_model, max_images) if max_images else s.images_per_model
     cells: list[Cell] = []
+    pipelines: dict[tuple[str, str], str] = {}
 
     def ident(entry: Entry) -> dict:
         return entry.identity() | {"version": versions(entry.kind, entry.plugin)}
@@ -128,11 +126,14 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
                                       deps=deps, group=group))
             feature_detectors = [x for x in bench.detectors if detector_inputs(x.plugin) == "features"]
             detect_keys: dict[tuple[str, str, str], str] = {}
-            for group, members in bench.detection.groups.items():
-                ops = [t.label for t in bench.transforms if "*" in members or t.group in members]
+            def group_inputs(group: str) -> tuple[list[str], list[str]]:
+                ops = [t.label for t in group_ops(bench, group)]
+                return ops, sorted(predict_keys[(sl, op)] for sl in imagesets for op in [ORIGINAL, *ops])
+
+            for group in bench.detection.groups:
+                ops, inputs = group_inputs(group)
                 if not ops:
                     continue
-                inputs = sorted(predict_keys[(sl, op)] for sl in imagesets for op in [ORIGINAL, *ops])
                 for feat in bench.features:
                     for det in feature_detectors:
                         key = stable_hash({
@@ -152,13 +153,13 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
                                   deps=(split_key, *imagesets.values())))
             pipe = bench.correction.pipeline
             pipeline_key = detect_keys.get((pipe.detector, pipe.feature, pipe.group)) if pipe else None
+            if pipeline_key:
+                pipelines[(d, m)] = pipeline_key
             for group in bench.correction_groups():
-                members = bench.detection.groups[group]
-                ops = [t.label for t in bench.transforms if "*" in members or t.group in members]
-                inputs = sorted(predict_keys[(sl, op)] for sl in imagesets for op in [ORIGINAL, *ops])
+                ops, inputs = group_inputs(group)
                 deps = (split_key, *inputs, *((pipeline_key,) if pipeline_key else ()))
                 for cor in bench.correctors:
                     key = stable_hash({"stage": "correct", "inputs": inputs, "ops": ops, "split": split_key,
                                        "corrector": ident(cor), "pipeline": pipeline_key or "", "top_k": s.top_k})
                     cells.append(Cell("correct", key, d, m, transform=group, corrector=cor.label, deps=deps))
-    return Plan(bench, tuple(cells), max_images, {c.key: c for c in cells})
+    return Plan(bench, tuple(cells), max_images, {c.key: c for c in cells}, pipelines)

@@ -7,6 +7,7 @@ cells are all cached never loads a dataset or a model.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -72,11 +73,13 @@ class RunResult:
         return [o for o in self.outcomes if o.status == "ok" and not o.cached]
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, key: str = "benchmark.device") -> str:
+    """'auto' -> CUDA when available, else CPU; a CUDA device on a machine without one is a
+    one-line error naming ``key``."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"benchmark.device = {device!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        raise DataError(f"{key} = {device!r} but no CUDA device is available; use 'auto' or 'cpu'")
     return device
 
 
@@ -108,7 +111,7 @@ class Runner:
                                                          "features", "detectors", "correctors") for e in getattr(bench, k)}
 
     def _detector_inputs(self, plugin: str) -> str:
-        return getattr(self.registry.get("detector", plugin), "inputs", "features")
+        return self.registry.get("detector", plugin).inputs
 
     def _plugin_version(self, kind: str, plugin: str) -> str:
         import importlib.metadata as md
@@ -180,12 +183,19 @@ class Runner:
 
     def _execute(self, stage: str, cells: list[Cell], bad: set[str]):
         """Run one wave; predictions and detectors fan out to forked workers (--workers)."""
-        todo = [c for c in cells if self.options.fresh or not self.cache.has(c.stage, c.key)]
-        if stage not in ("predict", "detect") or len(todo) < 2:
-            return InProcess().map(lambda c: self._run_cell(c, bad), cells)
-        for label in {c.model for c in todo}:
-            self.model(label)  # load once, before forking: workers share it copy-on-write
-        return executor_for(self.options.workers, len(cells)).map(lambda c: self._run_cell(c, bad), cells)
+        run = lambda c: self._run_cell(c, bad)  # noqa: E731
+        # cached cells are answered here; image detectors train in this process (a forked worker
+        # cannot use CUDA, and on a CPU they use every core already)
+        forked = [c for c in cells if (self.options.fresh or not self.cache.has(c.stage, c.key))
+                  and c.transform != IMAGES and not any(d in bad for d in c.deps)]
+        if stage not in ("predict", "detect") or len(forked) < 2 or self.options.workers < 2:
+            return InProcess().map(run, cells)
+        if stage == "predict":
+            for label in {c.model for c in forked}:
+                self.model(label)  # load once, before forking: workers share it copy-on-write
+        forked_keys = {c.key for c in forked}
+        here = [c for c in cells if c.key not in forked_keys]
+        return itertools.chain(InProcess().map(run, here), executor_for(self.options.workers, len(forked)).map(run, forked))
 
     def _replan_without_failed_attacks(self, outcomes: list[CellOutcome]) -> None:
         failed = frozenset((o.cell.dataset, o.cell.model, o.cell.attack) for o in outcomes

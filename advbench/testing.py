@@ -14,6 +14,7 @@ registry path as every plugin, so a tiny end-to-end benchmark runs in seconds.
 from __future__ import annotations
 
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -167,7 +168,10 @@ grid = {{ factor = [0.75, 1.25] }}
 
 def run_tiny(tmp_path: Path, toml: str | None = None, *modules: ModuleType, fresh: bool = False,
              registry: Registry | None = None) -> RunResult:
-    """Run a tiny benchmark with its cache and store under ``tmp_path``."""
+    """Run a tiny benchmark with its cache and store under ``tmp_path``; ``modules`` are added to
+    the installed plugins, or pass a ready ``registry`` (then no modules)."""
+    if registry is not None and modules:
+        raise TypeError("run_tiny: pass plugin modules or a registry, not both")
     registry = registry or registry_with(*modules)
     path = Path(tmp_path) / "benchmark.toml"
     path.write_text(toml or tiny_benchmark())
@@ -189,8 +193,9 @@ def check_attack(spec: AttackSpec, params: Params | None = None, n: int = 16, mi
         top1 = model.module(x).argmax(1)
     targets = target_labels(top1, 3, 10) if spec.targeted else None
     criterion = PaperCriterion(spec.targeted, top1, targets, k=2, threshold=0.9)
-    out = spec.run(model.module, x.clone(), criterion, params or spec.params(),
-                   BuildContext(cache_dir=Path("."), device="cpu", seed=0))
+    with tempfile.TemporaryDirectory() as scratch:  # a plugin that caches must not write into the caller's folder
+        out = spec.run(model.module, x.clone(), criterion, params or spec.params(),
+                       BuildContext(cache_dir=Path(scratch), device="cpu", seed=0))
     assert isinstance(out, torch.Tensor) and out.shape == x.shape, f"{spec.name}: output shape {getattr(out, 'shape', None)} != {tuple(x.shape)}"
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1, f"{spec.name}: output must be finite, in [0, 1]"
     with torch.no_grad():

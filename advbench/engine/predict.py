@@ -7,8 +7,8 @@ runs on the current one (Pillow releases the GIL in its codecs and filters, torc
 
 Performance notes (``bench/feature_extraction.py`` measures them; see ``bench/README.md``):
 
-* Pillow conversions go through ``Image.frombytes`` / ``Image.tobytes`` rather than
-  ``Image.fromarray`` / ``np.asarray``, and uint8 -> float through a 256-entry table that torch
+* Rows become Pillow images through ``Image.frombytes`` rather than ``Image.fromarray``, and
+  uint8 -> float goes through a 256-entry table that torch
   itself computed: the same values with less per-image overhead and no extra copies. A chunk is
   split into one contiguous slice per Pillow thread, not one task per image.
 * OpenMP regime. libgomp spin-waits at its barriers (~300k iterations) unless the process has
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from advbench.imaging import array_to_pil, pil_to_array, to_tensor
+from advbench.imaging import pil_to_array, to_tensor
 from advbench.specs import LoadedModel
 
 PillowOp = Callable[[Any], Any]  # PIL -> PIL
@@ -114,20 +114,10 @@ def _uint8_to_float(rows: np.ndarray, device: str) -> torch.Tensor:
     return to_tensor(rows, device)
 
 
-def _rgb_array(image: Image.Image) -> np.ndarray:
-    """``pil_to_array`` without its copies: (H, W, 3) uint8, read-only."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    w, h = image.size
-    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(h, w, 3)
-
-
 def _apply_op(op: PillowOp, rows: np.ndarray) -> list[np.ndarray]:
-    """``op`` on each (H, W, 3) uint8 row of a C-contiguous array."""
-    if rows.ndim != 4 or rows.shape[-1] != 3:  # not RGB rows: the general (slower) conversions
-        return [pil_to_array(op(array_to_pil(a))) for a in rows]
+    """``op`` on each (H, W, 3) uint8 row of a C-contiguous (N, H, W, 3) array."""
     size = (rows.shape[2], rows.shape[1])
-    return [_rgb_array(op(Image.frombytes("RGB", size, a))) for a in rows]
+    return [pil_to_array(op(Image.frombytes("RGB", size, a))) for a in rows]
 
 
 def _pillow_chunk(rows: np.ndarray, op: PillowOp, pool: ThreadPoolExecutor | None, threads: int) -> np.ndarray:

@@ -26,17 +26,15 @@ _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only tr
 
 
 def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:
-        raise AdvbenchError("plots need matplotlib: pip install matplotlib") from e
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 
 def _target(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"cannot tell the figure format of {path}: use one of {', '.join(FORMATS)}")
+        raise AdvbenchError(f"{path}: cannot tell the figure format; use a file name ending in {', '.join(FORMATS)}")
     return path
 
 

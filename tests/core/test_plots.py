@@ -4,6 +4,7 @@ import pytest
 pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402
 
+from advbench.errors import AdvbenchError
 from advbench.report import plots  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -62,7 +63,7 @@ def test_writes_svg(tmp_path, kind):
 
 def test_unknown_suffix_and_bad_shapes_are_errors(tmp_path):
     z, y = _logits()
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(AdvbenchError, match="fig.txt: cannot tell the figure format"):  # a user error: exit 2
         plots.logit_scatter([("x", z, y)], tmp_path / "fig.txt")
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         plots.logit_scatter([("x", z[:, :1], y)], tmp_path / "fig.png")

@@ -55,7 +55,7 @@ def test_table1_counts_match_the_attack_cells(cells):
     attack_cells = {c.attack: c for c in cells if c.stage == "attack"}
     assert by_attack["fgsm"] == int(tables.metric(attack_cells["fgsm"], "success"))
     linf = {r[0]: r[2] for r in budgets.rows}
-    assert linf["fgsm"] == round(tables.metric(attack_cells["fgsm"], "mean_pre_save_linf"), 4) > 0
+    assert linf["fgsm"] == tables.metric(attack_cells["fgsm"], "mean_pre_save_linf") > 0
     assert {r[1] for r in t1.rows if r[0] in ("bim", "fgsm")} == {"targeted", "non-targeted"}
 
 

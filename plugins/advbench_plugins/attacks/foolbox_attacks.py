@@ -99,7 +99,7 @@ def newtonfool(model, images: torch.Tensor, criterion, *, steps: int = 100, step
     x0_norm = x0.flatten(1).norm(dim=1)
     active = torch.ones(n, dtype=torch.bool, device=x0.device)
     full = None  # latest logits of every row: the criterion is defined on the whole batch
-    for _ in range(steps + 1):
+    for _ in range(steps):  # the core re-checks the criterion after the last step
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
@@ -198,7 +198,7 @@ ATTACKS = [
                params=DeepFoolParams, version="2", run=lambda m, x, c, p, ctx: _minimize(
                    fb.attacks.L2DeepFoolAttack(steps=p.steps, candidates=p.candidates, overshoot=p.overshoot), m, x, c)),
     AttackSpec(name="newtonfool", summary="NewtonFool (Jang et al.), non-targeted.",
-               params=NewtonFoolParams, version="2", run=lambda m, x, c, p, ctx: newtonfool(
+               params=NewtonFoolParams, version="3", run=lambda m, x, c, p, ctx: newtonfool(
                    m, x, c, steps=p.steps, stepsize=p.stepsize)),
     AttackSpec(name="cw", summary="Carlini-Wagner L2, non-targeted.",
                params=CWParams, version="2", run=lambda m, x, c, p, ctx: _minimize(

@@ -38,6 +38,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from advbench.errors import DataError, PluginError
+from advbench.imaging import to_tensor
+from advbench.runner import resolve_device
 from advbench.specs import Params
 
 from advbench_plugins.models.loading import IMAGENET_MEAN, IMAGENET_STD, Normalized, load_checkpoint
@@ -228,19 +230,17 @@ class CNNDetectorParams(PretrainableParams):
 # --- the detector --------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def detector_device(name: str, detector: str) -> torch.device:
     try:
-        return torch.device(name)
+        return torch.device(resolve_device(name, key=f"{detector}.device"))
     except RuntimeError as e:
-        raise PluginError(f"invalid torch device {name!r}: {e}") from e
+        raise PluginError(f"{detector}.device: invalid torch device {name!r}: {e}") from e
 
 
 def _as_images(images: Any) -> np.ndarray:
     arr = np.asarray(images)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"CNN detectors take RGB images as an (N, H, W, 3) array, got shape {arr.shape}")
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"CNN detectors take uint8 RGB images as an (N, H, W, 3) array, got {arr.dtype} {arr.shape}")
     return arr
 
 
@@ -287,8 +287,9 @@ class CNNDetector:
         self.seed = int(seed)
         self.name = name or f"cnn-{self.params.arch}"
         self.progress = progress
-        self.device = resolve_device(self.params.device)
+        self.device = detector_device(self.params.device, self.name)
         self.module: nn.Module | None = None
+        self._last: tuple[Any, np.ndarray] | None = None  # (images, their logits), see logits()
         self.history: list[dict[str, float]] = []
         self.best_epoch = 0
         if self.params.pretrained:  # fail before any expensive work, not at fit time
@@ -304,8 +305,7 @@ class CNNDetector:
         return 5e-5 if (p.pretrained and p.softmax) else 5e-4
 
     def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
-        x = x.float() / 255.0 if batch.dtype == np.uint8 else x.float()
+        x = to_tensor(batch, self.device)
         side = self.params.max_side
         h, w = x.shape[-2:]
         if side is not None and max(h, w) > side:
@@ -352,6 +352,7 @@ class CNNDetector:
             torch.manual_seed(self.seed)
             module = build_network(p.arch, p.pretrained, 2, p.weights_file).to(self.device)
             self.module = self._train(module, train_images, train_labels, dev_images, dev_labels, has_dev)
+        self._last = None
         return self
 
     def _train(self, module: nn.Module, x: np.ndarray, y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray,
@@ -423,10 +424,15 @@ class CNNDetector:
         return module.eval()
 
     def logits(self, images: Any) -> np.ndarray:
-        """(N, 2) float logits: column 0 = normal, column 1 = adversarial (Fig. 2's axes)."""
+        """(N, 2) float logits: column 0 = normal, column 1 = adversarial (Fig. 2's axes).
+
+        The last result is kept for the same array object: predict(), scores() and logits() of
+        one image set then cost one pass of the network, not three."""
         if self.module is None:
             raise RuntimeError(f"{self.name} is not fitted: call fit() first")
-        return self._eval_logits(self.module, _as_images(images)).double().numpy()
+        if self._last is None or self._last[0] is not images:
+            self._last = (images, self._eval_logits(self.module, _as_images(images)).double().numpy())
+        return self._last[1]
 
     def scores(self, images: Any) -> np.ndarray:
         """Softmax probability of 'adversarial' (``score="margin"``: logit_adv - logit_norm)."""

@@ -178,3 +178,21 @@ def test_plugins_register_image_detectors(empty_torch_home):
     with pytest.raises(DataError, match="resnet50"):
         resnet.build(resnet.params(), 0)  # ... and the weights are not here
     assert not registry.get("detector", "cnn-xception").params().pretrained  # Xception from scratch
+
+
+def test_predict_scores_and_logits_of_one_image_set_cost_one_network_pass(monkeypatch):
+    x, y = toy_images(32, seed=4)
+    det = CNNDetector(CNNDetectorParams(softmax=True, epochs=1, batch_size=16), seed=0).fit(x, y)
+    passes = []
+    real = det._eval_logits
+    monkeypatch.setattr(det, "_eval_logits", lambda module, images: passes.append(len(images)) or real(module, images))
+    det.predict(x), det.scores(x), det.logits(x)
+    assert passes == [32]
+    det.predict(x.copy())  # another array: computed again
+    assert passes == [32, 32]
+
+
+def test_a_cuda_device_without_cuda_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DataError, match=r"cnn-small.device = 'cuda' but no CUDA device is available"):
+        CNNDetector(CNNDetectorParams(device="cuda"), seed=0, name="cnn-small")
