@@ -25,6 +25,7 @@ import torch
 from advbench import __version__
 from advbench.cache import Cache, default_cache_dir, load_array, save_arrays, write_complete
 from advbench.config import Benchmark, Entry
+from advbench.devices import resolve_device
 from advbench.engine import correct, database, detect, predict
 from advbench.errors import AdvbenchError, DataError
 from advbench.executor import InProcess, executor_for
@@ -71,16 +72,6 @@ class RunResult:
     @property
     def computed(self) -> list[CellOutcome]:
         return [o for o in self.outcomes if o.status == "ok" and not o.cached]
-
-
-def resolve_device(device: str, key: str = "benchmark.device") -> str:
-    """'auto' -> CUDA when available, else CPU; a CUDA device on a machine without one is a
-    one-line error naming ``key``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"{key} = {device!r} but no CUDA device is available; use 'auto' or 'cpu'")
-    return device
 
 
 def versions() -> dict[str, str]:

@@ -120,16 +120,69 @@ class Criterion(Protocol):
 
 
 @dataclass(frozen=True)
+class AttackOutput:
+    """What ``AttackSpec.run`` may return instead of a bare tensor: the candidates and per-image
+    numbers the core stores beside them (e.g. ``{"queries": (N,) tensor}`` for a black-box
+    attack: the mean, median and max go to the store, each value to the manifest)."""
+
+    images: Any  # float (N, 3, H, W) in [0, 1]
+    per_image: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Defense:
+    """The defense an adaptive attack targets (``AttackSpec.adaptive``), handed in as
+    ``ctx.defense`` (an :class:`AttackContext`). Built by the core from trained artefacts; every
+    callable takes float (N, 3, H, W) batches in [0, 1] on ``ctx.device``.
+
+    - ``operations``: the targeted group's image operations, differentiable (a straight-through
+      estimator, BPDA, stands in for the gradient of an operation that has none, e.g. JPEG);
+    - ``detector_scores``: differentiable detector scores (higher = more adversarial), flagged
+      when ``> threshold``; ``None`` when the detector is not differentiable;
+    - ``flags``: the whole detector as a decision (N,) bool, differentiable or not (label-only
+      attacks query it);
+    - ``correct``: the corrected top-1 labels (N,) of a detect-then-correct pipeline, or None.
+    """
+
+    kind: str  # "operations", "detector" or "pipeline"
+    name: str
+    operations: tuple[Callable[[Any], Any], ...] = ()
+    detector_scores: Callable[[Any], Any] | None = None
+    threshold: float = 0.0
+    flags: Callable[[Any], Any] | None = None
+    correct: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class AttackContext(BuildContext):
+    """The context of an attack cell: a :class:`BuildContext` plus, for adaptive attacks, the
+    :class:`Defense` they target (None for oblivious ones)."""
+
+    defense: Defense | None = None
+
+
+@dataclass(frozen=True)
 class AttackSpec(PluginSpec):
     """``run(model, images, criterion, params, ctx)`` returns candidate adversarial images.
 
-    ``images`` is a float tensor in [0, 1]; the result has the same shape and range. Rows the
-    attack could not make adversarial may be returned unchanged: the core re-checks every row
-    with the criterion, before and after saving to file.
+    ``images`` is a float tensor in [0, 1]; the result (a tensor, or an :class:`AttackOutput`)
+    has the same shape and range. Rows the attack could not make adversarial may be returned
+    unchanged: the core re-checks every row with the criterion, before and after saving to file.
+
+    ``budget_param`` names the parameter that an attack entry's ``budgets = [...]`` varies (one
+    adversarial set per budget; a list-valued parameter receives ``[budget]``), ``norm`` the norm
+    it is measured in (``linf``, ``l2``, ``l1``, or ``""``), ``threat`` what the attacker sees
+    (``white-box``, ``score-based`` or ``decision-based``). ``adaptive`` lists the kinds of
+    :class:`Defense` the attack can target (``operations``, ``detector``, ``pipeline``); empty
+    for an oblivious attack.
     """
 
     targeted: bool = False
     run: Callable[..., Any] = None  # type: ignore[assignment]
+    budget_param: str = ""
+    norm: str = ""
+    threat: str = "white-box"
+    adaptive: tuple[str, ...] = ()
     kind: ClassVar[str] = "attack"
 
 
@@ -147,6 +200,9 @@ class TransformSpec(PluginSpec):
 
     apply: Callable[[Any, Any], Any] = None  # type: ignore[assignment]
     apply_tensor: Callable[[Any, Any], Any] | None = None
+    #: ``apply_tensor`` has useful gradients (adaptive attacks differentiate through it); when
+    #: False they use a straight-through estimator (BPDA) in its place, if the size is kept
+    differentiable: bool = False
     default_grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     default_group: str = ""
     kind: ClassVar[str] = "transform"
@@ -156,11 +212,22 @@ class TransformSpec(PluginSpec):
 
 
 @dataclass(frozen=True)
+class Probabilities:
+    """The classifier's full softmax output, handed to features that take a ``probs`` argument:
+    ``original`` (N, C) without operation, ``transformed`` (N, n, C) under each operation
+    (float32; stored as float16)."""
+
+    original: np.ndarray
+    transformed: np.ndarray
+
+
+@dataclass(frozen=True)
 class FeatureSpec(PluginSpec):
     """``compute(original, transformed, params)`` -> float matrix (N, D).
 
     ``original`` is the (N, k) top-k labels of the untransformed images; ``transformed`` is
-    (N, n, k): the top-k labels under each of the n selected operations.
+    (N, n, k): the top-k labels under each of the n selected operations. A ``compute`` whose
+    signature has a ``probs`` parameter also receives ``probs=``:class:`Probabilities`.
     """
 
     compute: Callable[[np.ndarray, np.ndarray, Any], np.ndarray] = None  # type: ignore[assignment]
@@ -181,18 +248,41 @@ class Detector(Protocol):
 
 
 @dataclass(frozen=True)
+class DetectorContext(BuildContext):
+    """What a model-aware detector (``inputs = "model"``) is built with: a :class:`BuildContext`
+    (private ``cache_dir``, ``device``, ``seed``) and the classifier under attack. ``model.module``
+    is an ``nn.Module`` in eval mode taking [0, 1] images, so forward hooks reach its layers."""
+
+    model: LoadedModel | None = None
+
+
+@dataclass(frozen=True)
 class DetectorSpec(PluginSpec):
     """``build(params, seed)`` returns an unfitted :class:`Detector`.
 
     ``inputs = "features"``: the detector sees a feature matrix, one cell per feature and
     operation group. ``inputs = "images"``: it sees the uint8 images (N, H, W, 3) themselves
-    (CNN detectors, §4), one cell per dataset/model. ``fit`` may take ``dev=(X, y)`` for model
-    selection; the core passes it when the signature accepts it.
+    (CNN detectors, §4), one cell per dataset/model. ``inputs = "model"``: it sees the images
+    too and is built with ``build(params, ctx)``, ``ctx`` a :class:`DetectorContext` holding the
+    classifier (feature squeezing, kernel density, LID, Mahalanobis), one cell per
+    dataset/model. ``fit`` may take ``dev=(X, y)`` for model selection; the core passes it when
+    the signature accepts it.
+
+    Optional detector methods the core uses when present: ``logits(X)`` (Fig. 2);
+    ``torch_scores(x)`` for image and model detectors, differentiable scores of a float
+    (N, 3, H, W) batch in [0, 1] (adaptive attacks differentiate through it), with the
+    attribute ``threshold`` (flagged when ``torch_scores > threshold``);
+    ``save(directory)``/``load(directory)`` to keep a fitted detector in the cache, so cells that
+    score new images against it need not refit it (without them it is refit, seeded).
     """
 
-    build: Callable[[Any, int], Detector] = None  # type: ignore[assignment]
+    build: Callable[[Any, Any], Detector] = None  # type: ignore[assignment]
     inputs: str = "features"
     kind: ClassVar[str] = "detector"
+
+    @property
+    def sees_images(self) -> bool:
+        return self.inputs in ("images", "model")
 
 
 # --- correctors ----------------------------------------------------------------------------

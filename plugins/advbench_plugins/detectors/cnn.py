@@ -39,7 +39,7 @@ from torch import nn
 
 from advbench.errors import DataError, PluginError
 from advbench.imaging import to_tensor
-from advbench.runner import resolve_device
+from advbench.devices import resolve_device
 from advbench.specs import Params
 
 from advbench_plugins.models.loading import IMAGENET_MEAN, IMAGENET_STD, Normalized, load_checkpoint
