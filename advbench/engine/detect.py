@@ -72,8 +72,11 @@ def detection_metrics(data: LabelledSet, pred: np.ndarray, scores: np.ndarray) -
         rows += [(name, subset, value) for name, value in M.binary_metrics(data.y[mask], pred[mask], scores[mask]).items()]
         rows.append(("n", subset, float(mask.sum())))
         if split_id == EVAL:
+            rows += [("n_normal", "", float((data.y[mask] == 0).sum())),
+                     ("n_adversarial", "", float((data.y[mask] == 1).sum()))]
             for origin in sorted(set(data.origin[mask].tolist())):
                 sub = data.origin[mask] == origin
                 name = "false_positive_rate" if origin == "clean" else "detection_rate"
-                rows.append((name, origin, float(pred[mask][sub].mean())))
+                # the count beside each rate, so a report can put an interval on it
+                rows += [(name, origin, float(pred[mask][sub].mean())), ("n", origin, float(sub.sum()))]
     return rows
