@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import tomllib
+from typing import get_origin
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +60,10 @@ class DatabaseSettings(_Strict):
 class PredictionSettings(_Strict):
     backend: Literal["pillow", "tensor"] = Field("pillow", description="How operations are applied.")
     batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    default_operations: bool | None = Field(
+        None, description="Keep the default operations (the paper's 38) beside the listed [[transforms]]: "
+                          "true adds the listed ones to them; null (the default) keeps them only when no "
+                          "[[transforms]] is listed.")
 
 
 DEFAULT_GROUPS = {
@@ -71,11 +76,40 @@ DEFAULT_GROUPS = {
 }
 
 
+class PartitionSettings(_Strict):
+    train: list[str] = Field(min_length=1, description="Attack labels the detectors train on.")
+    test: list[str] = Field(min_length=1, description="Attack labels they are then scored on (never trained on).")
+
+
+class HoldoutCells(_Strict):
+    groups: list[str] | None = Field(None, description="Feature groups that get held-out cells (default: all).")
+    features: list[str] | None = Field(None, description="Features that get held-out cells (default: all).")
+    detectors: list[str] | None = Field(None, description="Detectors that get held-out cells (default: all).")
+
+
+class SubsetSearchSettings(_Strict):
+    detector: str = Field(description="Detector label whose operation subsets are searched.")
+    feature: str = Field(description="Feature label it is fitted on.")
+    group: str = Field("All", description="Feature group whose operations are the candidates.")
+    max_operations: int = Field(8, ge=1, description="Largest subset size the greedy search reaches.")
+
+
 class DetectionSettings(_Strict):
     groups: dict[str, list[str]] = Field(
         default_factory=lambda: dict(DEFAULT_GROUPS),
         description="Feature groups: name -> transform groups ('*' = all operations).",
     )
+    protocol: Literal["standard", "leave-one-attack-out"] = Field(
+        "standard", description="'leave-one-attack-out' adds, per attack, detector cells trained without it "
+                                "and scored on it alone (unseen attacks).")
+    partitions: dict[str, PartitionSettings] = Field(
+        default_factory=dict, description="Named train/test partitions of the attacks: detector cells trained "
+                                          "on 'train' and scored on 'test' (e.g. L∞ → L2).")
+    holdout_cells: HoldoutCells = Field(HoldoutCells(), description="Which detector cells get the held-out "
+                                                                    "variants of 'protocol' and 'partitions'.")
+    subset_search: list[SubsetSearchSettings] = Field(
+        default_factory=list, description="Greedy forward selection of operations on dev for a detector and "
+                                          "feature (the paper's cost question).")
 
 
 class PipelineSettings(_Strict):
@@ -96,6 +130,7 @@ class _Document(_Strict):
     prediction: PredictionSettings = PredictionSettings()
     detection: DetectionSettings = DetectionSettings()
     correction: CorrectionSettings = CorrectionSettings()
+    adaptive: list[dict[str, Any]] | None = None
     datasets: list[dict[str, Any]] | None = None
     models: list[dict[str, Any]] | None = None
     attacks: list[dict[str, Any]] | None = None
@@ -103,6 +138,25 @@ class _Document(_Strict):
     features: list[dict[str, Any]] | None = None
     detectors: list[dict[str, Any]] | None = None
     correctors: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """The defense an adaptive attack entry targets: a group's operations, a detector cell
+    (``feature``/``group`` empty for detectors that see images), or the [correction] pipeline."""
+
+    kind: str  # "operations", "detector" or "pipeline"
+    group: str = ""
+    feature: str = ""
+    detector: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind == "operations":
+            return self.group
+        if self.kind == "pipeline":
+            return "pipeline"
+        return "/".join(p for p in (self.detector, self.feature, self.group) if p)
 
 
 @dataclass(frozen=True)
@@ -116,11 +170,17 @@ class Entry:
     group: str = ""  # transforms only
     datasets: tuple[str, ...] = ()  # models only: restrict to these dataset labels
     candidates: tuple[Params, ...] = ()  # detectors only: the dev-set search, in config order
+    budget: float | None = None  # attacks: the budget of one point of a ``budgets`` grid
+    family: str = ""  # attacks: the entry's label without the budget suffix
+    targets: tuple[Target, ...] = ()  # adaptive attacks: the defenses attacked
+    k: int | None = None  # features: their own k (default: benchmark.top_k)
 
     def identity(self) -> dict[str, Any]:
         ident = {"plugin": self.plugin, "params": self.params.model_dump(mode="json")}
         if self.candidates:
             ident["search"] = [c.model_dump(mode="json") for c in self.candidates]
+        if self.k is not None:
+            ident["k"] = self.k
         return ident
 
 
@@ -140,7 +200,21 @@ class Benchmark:
     features: tuple[Entry, ...]
     detectors: tuple[Entry, ...]
     correctors: tuple[Entry, ...]
+    adaptive: tuple[Entry, ...] = ()
     config_hash: str = field(default="")
+
+    @property
+    def primary_attacks(self) -> tuple[Entry, ...]:
+        """Attacks without a budget grid: the mixture detectors train on and the split follows."""
+        return tuple(a for a in self.attacks if a.budget is None)
+
+    def feature_k(self, feature: Entry) -> int:
+        return feature.k or self.settings.top_k
+
+    @property
+    def labels_k(self) -> int:
+        """How many top labels predictions record: the largest k any feature or the rule needs."""
+        return max([self.settings.top_k, *(self.feature_k(f) for f in self.features)])
 
     def correction_groups(self) -> list[str]:
         if self.correction.groups is not None:
@@ -205,6 +279,16 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         entries[kind] = tuple(_entries(kind, items, registry, problems))
         if len(problems) > before:
             broken.add(kind)
+    prediction = raw.get("prediction", {})
+    default_ops = prediction.get("default_operations") if isinstance(prediction, dict) else None
+    if raw.get("transforms") is not None and default_ops is True and "transform" not in broken:
+        entries["transform"] = _with_default_operations(entries["transform"], registry, problems)
+    elif raw.get("transforms") is None and default_ops is False:
+        problems.append("prediction.default_operations: false, but no [[transforms]] is listed: there would be "
+                        "no operation; list [[transforms]] or remove the key")
+    adaptive_items = raw.get("adaptive")
+    adaptive = tuple(_entries("attack", adaptive_items, registry, problems, adaptive=True)) \
+        if isinstance(adaptive_items, list) else ()
     try:  # checked even when other sections are broken, so every problem shows at once
         detection = DetectionSettings.model_validate(raw.get("detection", {}))
     except ValidationError:
@@ -215,6 +299,8 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         _check_model_datasets(entries.get("model", ()), entries.get("dataset", ()), problems)
     if doc is not None and detection is not None:
         _check_correction(doc.correction, detection.groups, entries, registry, problems)
+        _check_protocol(detection, entries, problems)
+        _check_targets(adaptive, detection.groups, doc.correction, entries, registry, problems)
     if problems:
         raise ConfigError(str(path), problems)
     assert doc is not None
@@ -223,15 +309,16 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         prediction=doc.prediction, detection=doc.detection, correction=doc.correction,
         datasets=entries["dataset"], models=entries["model"], attacks=entries["attack"],
         transforms=entries["transform"], features=entries["feature"], detectors=entries["detector"],
-        correctors=entries["corrector"],
+        correctors=entries["corrector"], adaptive=adaptive,
     )
     return _with_hash(bench)
 
 
-def _entries(kind: str, items: list | None, registry: Registry, problems: list[str]):
-    section = SECTION_FOR_KIND[kind]
-    if items is None:  # omitted: the plugins' default set
-        yield from _default_entries(kind, registry)
+def _entries(kind: str, items: list | None, registry: Registry, problems: list[str], adaptive: bool = False):
+    section = "adaptive" if adaptive else SECTION_FOR_KIND[kind]
+    if items is None:  # omitted: the plugins' default set (no adaptive attack is run by default)
+        if not adaptive:
+            yield from _default_entries(kind, registry)
         return
     if not items:
         problems.append(f"{section}: empty; list at least one {kind} (valid: {', '.join(registry.names(kind))})")
@@ -255,22 +342,88 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
         grid = item.pop("grid", None) if kind == "transform" else None
         datasets = item.pop("datasets", None) if kind == "model" else None
         search = item.pop("search", None) if kind == "detector" else None
+        budgets = item.pop("budgets", None) if kind == "attack" else None
+        targets = item.pop("targets", None) if adaptive else None
+        k = item.pop("k", None) if kind == "feature" else None
         if datasets is not None and not (isinstance(datasets, list) and all(isinstance(d, str) for d in datasets)):
             problems.append(f"{where}.datasets: expected a list of dataset names, found {datasets!r}")
             datasets = None
+        if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            problems.append(f"{where}.k: expected a whole number >= 1 (the feature's own top-k), found {k!r}")
+            k = None
+        if adaptive:
+            if not spec.adaptive:  # type: ignore[attr-defined]
+                able = [n for n in registry.names("attack") if registry.get("attack", n).adaptive]  # type: ignore[attr-defined]
+                problems.append(f"{where}.plugin: {plugin!r} is not an adaptive attack; valid: {', '.join(able) or '(none installed)'}")
+                continue
+            if not isinstance(targets, list) or not targets:
+                problems.append(f"{where}.targets: required: a non-empty list of defenses, e.g. "
+                                f"[{{ group = \"JPEG\" }}, {{ detector = \"svm\", feature = \"differences\", group = \"All\" }}, \"pipeline\"]")
+                continue
+            parsed_targets = tuple(t for i, raw_t in enumerate(targets)
+                                   if (t := _target(raw_t, f"{where}.targets[{i}]", spec, problems)) is not None)
+        else:
+            parsed_targets = ()
         for params, suffix in _expand_grid(item, grid, where, problems):
-            try:
-                validated = spec.params.model_validate(params)
-            except ValidationError as err:
-                problems += _pydantic_problems(err, prefix=where)
-                continue
-            entry_label = label + suffix
-            if entry_label in labels:
-                problems.append(f"{where}.name: duplicate {kind} name {entry_label!r}; give each entry a distinct 'name'")
-                continue
-            labels.add(entry_label)
-            candidates = _search_candidates(spec, params, search, f"{where}.search", problems) if search is not None else ()
-            yield Entry(kind, plugin, entry_label, validated, group, tuple(datasets or ()), candidates)
+            for budget_params, budget in _expand_budgets(spec, params, budgets, f"{where}.budgets", problems):
+                try:
+                    validated = spec.params.model_validate(budget_params)
+                except ValidationError as err:
+                    problems += _pydantic_problems(err, prefix=where)
+                    continue
+                family = label + suffix
+                entry_label = family + ("" if budget is None else f"@{budget:g}")
+                if entry_label in labels:
+                    problems.append(f"{where}.name: duplicate {kind} name {entry_label!r}; give each entry a distinct 'name'")
+                    continue
+                labels.add(entry_label)
+                candidates = _search_candidates(spec, params, search, f"{where}.search", problems) if search is not None else ()
+                yield Entry(kind, plugin, entry_label, validated, group, tuple(datasets or ()), candidates,
+                            budget=budget, family=family if kind == "attack" else "", targets=parsed_targets, k=k)
+
+
+def _expand_budgets(spec, params: dict, budgets: Any, where: str, problems: list[str]):
+    """One parameter set per budget of an attack entry's ``budgets`` grid (or ``params`` alone)."""
+    if budgets is None:
+        yield params, None
+        return
+    name = getattr(spec, "budget_param", "")
+    if not name:
+        problems.append(f"{where}: attack {spec.name!r} has no budget parameter, so it cannot take budgets")
+        return
+    if not (isinstance(budgets, list) and budgets and all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                          and b > 0 for b in budgets)):
+        problems.append(f"{where}: expected a non-empty list of positive numbers, found {budgets!r}")
+        return
+    if name in params:
+        problems.append(f"{where}: set either budgets or {name!r}, not both (budgets sets {name!r})")
+        return
+    field_info = spec.params.model_fields.get(name)
+    as_list = field_info is not None and get_origin(field_info.annotation) is list or isinstance(
+        getattr(field_info, "default", None), list)
+    for budget in sorted(set(float(b) for b in budgets)):
+        yield {**params, name: [budget] if as_list else budget}, budget
+
+
+def _target(raw: Any, where: str, spec, problems: list[str]) -> Target | None:
+    """A ``targets`` item: "pipeline", { group = ... }, or { detector = ..., feature = ..., group = ... }."""
+    if raw == "pipeline":
+        target = Target("pipeline")
+    elif isinstance(raw, dict) and set(raw) <= {"group", "feature", "detector"} and all(isinstance(v, str) for v in raw.values()):
+        if "detector" in raw:
+            target = Target("detector", raw.get("group", ""), raw.get("feature", ""), raw["detector"])
+        elif set(raw) == {"group"}:
+            target = Target("operations", group=raw["group"])
+        else:
+            problems.append(f"{where}: a table with only 'group' targets a group's operations; add 'detector' to target a detector cell")
+            return None
+    else:
+        problems.append(f"{where}: expected \"pipeline\", {{ group = ... }} or {{ detector = ..., feature = ..., group = ... }}, found {raw!r}")
+        return None
+    if target.kind not in spec.adaptive:
+        problems.append(f"{where}: {spec.name!r} cannot attack a {target.kind} defense; it attacks: {', '.join(spec.adaptive)}")
+        return None
+    return target
 
 
 def _expand_grid(fixed: dict, grid: Any, where: str, problems: list[str]):
@@ -312,7 +465,7 @@ def _default_entries(kind: str, registry: Registry):
         spec = reg.spec
         if kind == "transform":
             grid = dict(spec.default_grid)  # type: ignore[attr-defined]
-            if not grid:
+            if not grid or not spec.default:
                 continue
             for params, suffix in _expand_grid({}, grid, "", []):
                 yield Entry(kind, spec.name, spec.name + suffix, spec.params.model_validate(params),
@@ -357,6 +510,71 @@ def _check_correction(correction: CorrectionSettings, groups: dict, entries: dic
         problems.append(f"correction.pipeline.group: unknown group {pipe.group!r}; valid: {', '.join(groups)}")
 
 
+def _with_default_operations(listed: tuple[Entry, ...], registry: Registry, problems: list[str]) -> tuple[Entry, ...]:
+    """The default operations followed by the listed ones (prediction.default_operations = true)."""
+    defaults = tuple(_default_entries("transform", registry))
+    taken = {e.label for e in defaults}
+    for i, entry in enumerate(listed):
+        if entry.label in taken:
+            problems.append(f"transforms[{i}]: {entry.label!r} is already a default operation; drop it or give it "
+                            f"another 'name'")
+    return defaults + tuple(e for e in listed if e.label not in taken)
+
+
+def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[str]) -> None:
+    attacks = [a.label for a in entries.get("attack", ()) if a.budget is None]
+    for name, part in detection.partitions.items():
+        for side in ("train", "test"):
+            for i, label in enumerate(getattr(part, side)):
+                if label not in attacks:
+                    problems.append(f"detection.partitions.{name}.{side}[{i}]: unknown attack {label!r}; valid: "
+                                    f"{', '.join(attacks)} (attacks without budgets)")
+        if set(part.train) & set(part.test):
+            problems.append(f"detection.partitions.{name}: {', '.join(sorted(set(part.train) & set(part.test)))} "
+                            f"in both train and test; an unseen attack must not be trained on")
+    if detection.protocol == "leave-one-attack-out" and len(attacks) < 2:
+        problems.append("detection.protocol: leave-one-attack-out needs at least two attacks without budgets; "
+                        f"found {len(attacks)}")
+    known = {"groups": list(detection.groups), "features": [f.label for f in entries.get("feature", ())],
+             "detectors": [d.label for d in entries.get("detector", ())]}
+    for key, valid in known.items():
+        for i, label in enumerate(getattr(detection.holdout_cells, key) or []):
+            if label not in valid:
+                problems.append(f"detection.holdout_cells.{key}[{i}]: unknown {key[:-1]} {label!r}; valid: {', '.join(valid)}")
+    for i, search in enumerate(detection.subset_search):
+        for key, value in (("detectors", search.detector), ("features", search.feature), ("groups", search.group)):
+            if value not in known[key]:
+                problems.append(f"detection.subset_search[{i}].{key[:-1]}: unknown {key[:-1]} {value!r}; valid: "
+                                f"{', '.join(known[key])}")
+
+
+def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: CorrectionSettings, entries: dict,
+                   registry: Registry, problems: list[str]) -> None:
+    detectors = {d.label: registry.get("detector", d.plugin) for d in entries.get("detector", ())}
+    features = [f.label for f in entries.get("feature", ())]
+    seen: set[int] = set()
+    for entry in adaptive:
+        if id(entry.targets) in seen:  # budgets share one targets tuple: check it once
+            continue
+        seen.add(id(entry.targets))
+        where = f"adaptive[{entry.family}].targets"
+        for t in entry.targets:
+            if t.kind == "pipeline" and correction.pipeline is None:
+                problems.append(f"{where}: 'pipeline' needs a [correction] pipeline to attack")
+            if t.group and t.group not in groups:
+                problems.append(f"{where}: unknown group {t.group!r}; valid: {', '.join(groups)}")
+            if t.kind != "detector":
+                continue
+            spec = detectors.get(t.detector)
+            if spec is None:
+                problems.append(f"{where}: unknown detector {t.detector!r}; valid: {', '.join(detectors)}")
+            elif spec.inputs == "features" and not (t.feature in features and t.group):  # type: ignore[attr-defined]
+                problems.append(f"{where}: detector {t.detector!r} works on features; give 'feature' (valid: "
+                                f"{', '.join(features)}) and 'group' (valid: {', '.join(groups)})")
+            elif spec.inputs != "features" and (t.feature or t.group):  # type: ignore[attr-defined]
+                problems.append(f"{where}: detector {t.detector!r} sees images; remove 'feature' and 'group'")
+
+
 def _check_model_datasets(models: tuple[Entry, ...], datasets: tuple[Entry, ...], problems: list[str]):
     known = [d.label for d in datasets]
     for i, model in enumerate(models):
@@ -382,5 +600,6 @@ def _with_hash(bench: Benchmark) -> Benchmark:
         "correction": bench.correction.model_dump(mode="json"),
         **{SECTION_FOR_KIND[k]: [e.identity() | {"label": e.label, "group": e.group}
                                  for e in getattr(bench, SECTION_FOR_KIND[k])] for k in KINDS},
+        "adaptive": [e.identity() | {"label": e.label, "targets": [t.label for t in e.targets]} for e in bench.adaptive],
     }
     return replace(bench, config_hash=stable_hash(ident))

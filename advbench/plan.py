@@ -1,29 +1,40 @@
-"""Benchmark -> cells: a pure function, easy to test and to print (``advbench plan``).
+"""Benchmark -> cells: a pure function, easy to test and to print (``advbench validate``).
 
 A cell is one unit of work named by the content hash of everything that determines its
-result, so it can be cached, skipped, retried or run elsewhere. Stages, in data-flow order:
+result, so it can be cached, skipped, retried or run elsewhere. ``deps`` lists every artefact a
+cell reads, so a cell is ready as soon as those are settled, and an executor that ships
+artefacts knows what to ship. Stages, in data-flow order:
 
-    clean   (dataset, model)                 correctly classified images, N picked
-    attack  (dataset, model, attack)         adversarial images, saved and re-verified
-    split   (dataset, model)                 train/dev/eval by source image
-    predict (dataset, model, imageset, op)   top-k labels under one operation
-    detect  (dataset, model, feature, group, detector)   metrics on eval
-            (dataset, model, detector)                  for detectors that see images
-    correct (dataset, model, group, corrector)       labels restored by voting (§3.3)
+    clean    (dataset, model)                       correctly classified images, N picked
+    attack   (dataset, model, attack[@budget])      adversarial images, saved and re-verified
+    split    (dataset, model)                       train/dev/eval by source image
+    predict  (dataset, model, imageset, op)         top-k labels and probabilities under one op
+    detect   (dataset, model, feature, group, detector[, holdout])   fit on train, metrics on eval
+             (dataset, model, detector[, holdout])  detectors that see images (or the model)
+    adaptive (dataset, model, attack@budget, target) adversarial images made against a trained defense
+    score    (dataset, model, imageset, defense)    a trained detector or corrector on an evaluation set
+    correct  (dataset, model, group, corrector)     labels restored by voting (§3.3)
+    subset   (dataset, model, detector, feature, group)  greedy operation-subset search on dev
+
+Image sets are of three roles. The clean set and the *primary* attacks (entries without
+``budgets``) make the split and the mixture every detector trains on. Attacks with ``budgets``
+(one set per budget) and adaptive attacks make *evaluation sets*: each source image keeps its
+split, trained detectors and correctors score their eval images (``score`` cells), and adding
+one never changes the detectors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from advbench import __version__
-from advbench.config import Benchmark, Entry, stable_hash
+from advbench.config import Benchmark, Entry, Target, stable_hash
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
-ARTEFACT_SCHEMA = 3
+ARTEFACT_SCHEMA = 4
 
-STAGES = ("clean", "attack", "split", "predict", "detect", "correct")
+STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "score", "correct", "subset")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
 IMAGES = "images"  # the "feature group" of detectors that see the images themselves
 CLEAN = "clean"  # the imageset of normal images
@@ -35,18 +46,45 @@ class Cell:
     key: str
     dataset: str
     model: str
-    attack: str = ""  # attack label, or "clean" for the normal imageset of a predict cell
-    transform: str = ""  # op label (predict) or feature group (detect)
+    attack: str = ""  # imageset label (attack, adaptive, predict, score)
+    transform: str = ""  # op label (predict) or feature group (detect, score, correct)
     feature: str = ""
     detector: str = ""
     deps: tuple[str, ...] = ()
     group: str = ""  # predict: the transform group of the op
     corrector: str = ""
+    holdout: str = ""  # detect: the attack (or partition) kept out of training and scored alone
+    budget: float | None = None  # attack, adaptive, score: the budget of the imageset
+    threat: str = ""  # attack, adaptive, score: "oblivious" or "adaptive"
+    target: str = ""  # adaptive, score: label of the defense the imageset was made against
 
     @property
     def title(self) -> str:
         parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector, self.corrector]
-        return f"{self.stage}:" + "/".join(p for p in parts if p)
+        title = f"{self.stage}:" + "/".join(p for p in parts if p)
+        if self.holdout:
+            title += f" (unseen {self.holdout})"
+        if self.stage == "adaptive" and self.target:
+            title += f" (against {self.target})"
+        return title
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One set of images of a dataset/model: clean, an oblivious attack, or an adaptive one."""
+
+    label: str
+    key: str  # the clean, attack or adaptive cell that makes it
+    attack: str = ""  # the attack entry's label
+    family: str = ""  # its label without the budget
+    budget: float | None = None
+    threat: str = "clean"  # "clean", "oblivious" or "adaptive"
+    target: str = ""  # adaptive: the defense it was made against
+    training: bool = False  # the clean set and primary attacks: split and detector training
+
+    @property
+    def evaluation_only(self) -> bool:
+        return not self.training and self.threat != "clean"
 
 
 @dataclass(frozen=True)
@@ -57,6 +95,9 @@ class Plan:
     by_key: dict[str, Cell] = field(default_factory=dict, compare=False)
     #: (dataset, model) -> key of the detect cell named by [correction] pipeline
     pipelines: dict[tuple[str, str], str] = field(default_factory=dict, compare=False)
+    #: (dataset, model) -> its image sets by label
+    imagesets: dict[tuple[str, str], dict[str, ImageSet]] = field(default_factory=dict, compare=False)
+    index: dict[tuple, str] = field(default_factory=dict, compare=False)
 
     def stage(self, name: str) -> list[Cell]:
         return [c for c in self.cells if c.stage == name]
@@ -68,11 +109,48 @@ class Plan:
     def group_ops(self, group: str) -> list[Entry]:
         return group_ops(self.benchmark, group)
 
+    def key(self, stage: str, dataset: str, model: str, attack: str = "", transform: str = "") -> str:
+        """Key of the clean, attack, adaptive, split or predict cell so named."""
+        return self.index[(stage, dataset, model, attack, transform)]
+
+    def detect_key(self, dataset: str, model: str, detector: str, feature: str = "", group: str = "",
+                   holdout: str = "") -> str | None:
+        return self.index.get(("detect", dataset, model, detector, feature, group, holdout))
+
+    def training_sets(self, cell: Cell) -> list[ImageSet]:
+        return [s for s in self.imagesets[(cell.dataset, cell.model)].values() if s.training]
+
+    def imageset(self, cell: Cell, label: str | None = None) -> ImageSet:
+        return self.imagesets[(cell.dataset, cell.model)][label or cell.attack]
+
+    def holdout_sets(self, holdout: str) -> tuple[list[str], list[str]]:
+        """(attacks trained on, attacks scored on) of a held-out detector cell."""
+        return holdout_sets(self.benchmark, holdout)
+
 
 def group_ops(bench: Benchmark, group: str) -> list[Entry]:
     """The operations of a [detection] group ("*" = all of them), in config order."""
     members = bench.detection.groups[group]
     return [t for t in bench.transforms if "*" in members or t.group in members]
+
+
+def holdout_sets(bench: Benchmark, holdout: str) -> tuple[list[str], list[str]]:
+    primary = [a.label for a in bench.primary_attacks]
+    part = bench.detection.partitions.get(holdout)
+    if part is not None:
+        return list(part.train), list(part.test)
+    return [a for a in primary if a != holdout], [holdout]
+
+
+def holdouts(bench: Benchmark) -> list[str]:
+    """Held-out variants of the detector cells: one per attack (leave-one-attack-out) and one
+    per named partition."""
+    out = [a.label for a in bench.primary_attacks] if bench.detection.protocol == "leave-one-attack-out" else []
+    return out + [name for name in bench.detection.partitions if name not in out]
+
+
+def _wanted(selection: list[str] | None, label: str) -> bool:
+    return selection is None or label in selection
 
 
 def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images: int | None = None,
@@ -83,83 +161,244 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
 
     ``failed_attacks`` holds (dataset, model, attack) whose attack cell failed: the split,
     predictions and detectors of that dataset/model then go on without that attack.
-    ``detector_inputs(plugin)`` says whether a detector sees "features" or "images"."""
-    s, db = bench.settings, bench.database
-    n_images = min(s.images_per_model, max_images) if max_images else s.images_per_model
-    cells: list[Cell] = []
-    pipelines: dict[tuple[str, str], str] = {}
-
-    def ident(entry: Entry) -> dict:
-        return entry.identity() | {"version": versions(entry.kind, entry.plugin)}
-
+    ``detector_inputs(plugin)`` says whether a detector sees "features", "images" or "model"."""
+    builder = _Builder(bench, versions, max_images, failed_attacks, detector_inputs)
     for ds in bench.datasets:
         for mdl in bench.models_for(ds):
-            d, m = ds.label, mdl.label
-            clean_key = stable_hash({
-                "stage": "clean", "advbench": __version__, "schema": ARTEFACT_SCHEMA, "dataset": ident(ds), "model": ident(mdl),
-                "top_k": s.top_k, "n": n_images, "seed": s.seed,
-            })
-            cells.append(Cell("clean", clean_key, d, m))
-            imagesets = {CLEAN: clean_key}
-            for atk in bench.attacks:
-                key = stable_hash({
-                    "stage": "attack", "clean": clean_key, "attack": ident(atk), "db": db.model_dump(mode="json"),
-                    "top_k": s.top_k, "seed": s.seed,
-                })
-                cells.append(Cell("attack", key, d, m, attack=atk.label, deps=(clean_key,)))
-                if (d, m, atk.label) not in failed_attacks:
-                    imagesets[atk.label] = key
-            split_key = stable_hash({"stage": "split", "sets": imagesets, "split": db.split, "seed": s.seed})
-            cells.append(Cell("split", split_key, d, m, deps=tuple(imagesets.values())))
-            predict_keys: dict[tuple[str, str], str] = {}
-            op_entries = [(ORIGINAL, None, "")] + [(t.label, t, t.group) for t in bench.transforms]
-            for set_label, set_key in imagesets.items():
-                for op_label, op, group in op_entries:
-                    key = stable_hash({
-                        "stage": "predict", "set": set_key, "op": ident(op) if op else ORIGINAL,
-                        "top_k": s.top_k, "backend": bench.prediction.backend if op else "",
-                    })
-                    predict_keys[(set_label, op_label)] = key
-                    # every op cell reads the original top-k of its imageset (probabilities of it)
-                    deps = (set_key,) if op is None else (set_key, predict_keys[(set_label, ORIGINAL)])
-                    cells.append(Cell("predict", key, d, m, attack=set_label, transform=op_label,
-                                      deps=deps, group=group))
-            feature_detectors = [x for x in bench.detectors if detector_inputs(x.plugin) == "features"]
-            detect_keys: dict[tuple[str, str, str], str] = {}
-            def group_inputs(group: str) -> tuple[list[str], list[str]]:
-                ops = [t.label for t in group_ops(bench, group)]
-                return ops, sorted(predict_keys[(sl, op)] for sl in imagesets for op in [ORIGINAL, *ops])
+            builder.world(ds, mdl)
+    cells = tuple(builder.cells)
+    return Plan(bench, cells, max_images, {c.key: c for c in cells}, builder.pipelines, builder.imagesets,
+                builder.index)
 
+
+class _Builder:
+    """Accumulates the cells of every dataset/model; one method per stage."""
+
+    def __init__(self, bench: Benchmark, versions, max_images, failed_attacks, detector_inputs):
+        self.bench, self.versions, self.failed = bench, versions, failed_attacks
+        self.inputs_of = detector_inputs
+        s = bench.settings
+        self.n_images = min(s.images_per_model, max_images) if max_images else s.images_per_model
+        self.cells: list[Cell] = []
+        self.pipelines: dict[tuple[str, str], str] = {}
+        self.imagesets: dict[tuple[str, str], dict[str, ImageSet]] = {}
+        self.index: dict[tuple, str] = {}
+
+    def ident(self, entry: Entry) -> dict:
+        return entry.identity() | {"version": self.versions(entry.kind, entry.plugin)}
+
+    def add(self, cell: Cell, *index: tuple) -> Cell:
+        self.cells.append(cell)
+        for i in index:
+            self.index[i] = cell.key
+        return cell
+
+    # --- one dataset/model ----------------------------------------------------------------
+
+    def world(self, ds: Entry, mdl: Entry) -> None:
+        bench, s, db = self.bench, self.bench.settings, self.bench.database
+        d, m = ds.label, mdl.label
+        clean_key = stable_hash({
+            "stage": "clean", "advbench": __version__, "schema": ARTEFACT_SCHEMA, "dataset": self.ident(ds),
+            "model": self.ident(mdl), "top_k": s.top_k, "n": self.n_images, "seed": s.seed,
+        })
+        self.add(Cell("clean", clean_key, d, m), ("clean", d, m, "", ""))
+        sets: dict[str, ImageSet] = {CLEAN: ImageSet(CLEAN, clean_key, training=True)}
+        self.imagesets[(d, m)] = sets
+        for atk in bench.primary_attacks:
+            key = self.attack_cell(d, m, atk, clean_key)
+            if (d, m, atk.label) not in self.failed:
+                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, None, "oblivious", training=True)
+        training = {label: st.key for label, st in sets.items()}
+        split_key = stable_hash({"stage": "split", "sets": training, "split": db.split, "seed": s.seed})
+        self.add(Cell("split", split_key, d, m, deps=tuple(training.values())), ("split", d, m, "", ""))
+        for atk in bench.attacks:
+            if atk.budget is not None:  # evaluation sets: made on the eval split's sources only
+                key = self.attack_cell(d, m, atk, clean_key, split_key)
+                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, atk.budget, "oblivious")
+        for st in list(sets.values()):
+            self.predictions(d, m, st)
+        detect = self.detectors(d, m, clean_key, split_key, sets)
+        corrects = self.correctors(d, m, clean_key, split_key, sets)
+        for entry in bench.adaptive:
+            for target in entry.targets:
+                st = self.adaptive(d, m, clean_key, split_key, entry, target, detect)
+                sets[st.label] = st
+                self.predictions(d, m, st)
+        for st in sets.values():
+            if st.evaluation_only:
+                self.scores(d, m, clean_key, split_key, st, detect, corrects)
+        self.subsets(d, m, clean_key, split_key, sets)
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def attack_cell(self, d: str, m: str, atk: Entry, clean_key: str, split_key: str = "") -> str:
+        s, db = self.bench.settings, self.bench.database
+        key = stable_hash({
+            "stage": "attack", "clean": clean_key, "attack": self.ident(atk), "db": db.model_dump(mode="json"),
+            "top_k": s.top_k, "seed": s.seed, **({"split": split_key} if split_key else {}),
+        })
+        deps = (clean_key, split_key) if split_key else (clean_key,)
+        self.add(Cell("attack", key, d, m, attack=atk.label, deps=deps, budget=atk.budget, threat="oblivious"),
+                 ("attack", d, m, atk.label, ""))
+        return key
+
+    def predictions(self, d: str, m: str, st: ImageSet) -> None:
+        bench = self.bench
+        for op in (None, *bench.transforms):
+            op_label = op.label if op else ORIGINAL
+            key = stable_hash({
+                "stage": "predict", "schema": ARTEFACT_SCHEMA, "set": st.key, "op": self.ident(op) if op else ORIGINAL,
+                "k": bench.labels_k, "backend": bench.prediction.backend if op else "",
+            })
+            # every op cell reads the original top-k of its imageset (probabilities of it)
+            deps = (st.key,) if op is None else (st.key, self.index[("predict", d, m, st.label, ORIGINAL)])
+            self.add(Cell("predict", key, d, m, attack=st.label, transform=op_label, deps=deps,
+                          group=op.group if op else "", budget=st.budget, threat=st.threat, target=st.target),
+                     ("predict", d, m, st.label, op_label))
+
+    def _predict_keys(self, d: str, m: str, sets: Iterable[ImageSet], ops: list[str]) -> list[str]:
+        return sorted(self.index[("predict", d, m, st.label, op)] for st in sets for op in [ORIGINAL, *ops])
+
+    def _set_keys(self, sets: Iterable[ImageSet]) -> list[str]:
+        return sorted(st.key for st in sets)
+
+    def detectors(self, d: str, m: str, clean_key: str, split_key: str, sets: dict[str, ImageSet]) -> list[Cell]:
+        bench, seed = self.bench, self.bench.settings.seed
+        training = [st for st in sets.values() if st.training]
+        variants = [""] + [h for h in holdouts(bench)
+                           if all(a in sets for a in holdout_sets(bench, h)[1])]  # a failed held-out attack: none
+        hold = bench.detection.holdout_cells
+        made: list[Cell] = []
+        for holdout in variants:
+            used = training if not holdout else [st for st in training if st.threat == "clean" or st.label in
+                                                   sum(holdout_sets(bench, holdout), [])]
             for group in bench.detection.groups:
-                ops, inputs = group_inputs(group)
-                if not ops:
+                ops = [t.label for t in group_ops(bench, group)]
+                if not ops or (holdout and not _wanted(hold.groups, group)):
                     continue
+                inputs = self._predict_keys(d, m, used, ops)
                 for feat in bench.features:
-                    for det in feature_detectors:
+                    if holdout and not _wanted(hold.features, feat.label):
+                        continue
+                    for det in bench.detectors:
+                        if self.inputs_of(det.plugin) != "features" or (holdout and not _wanted(hold.detectors, det.label)):
+                            continue
                         key = stable_hash({
-                            "stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key, "inputs": inputs, "ops": ops,
-                            "feature": ident(feat), "detector": ident(det), "seed": s.seed,
+                            "stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key, "inputs": inputs,
+                            "ops": ops, "feature": self.ident(feat), "k": bench.feature_k(feat),
+                            "detector": self.ident(det), "seed": seed, "holdout": holdout,
                         })
-                        detect_keys[(det.label, feat.label, group)] = key
-                        cells.append(Cell("detect", key, d, m, transform=group, feature=feat.label,
-                                          detector=det.label, deps=(split_key, *inputs)))
+                        made.append(self.add(
+                            Cell("detect", key, d, m, transform=group, feature=feat.label, detector=det.label,
+                                 deps=(split_key, clean_key, *self._set_keys(used), *inputs), holdout=holdout),
+                            ("detect", d, m, det.label, feat.label, group, holdout)))
             for det in bench.detectors:
-                if detector_inputs(det.plugin) != "images":
+                inputs = self.inputs_of(det.plugin)
+                if inputs == "features" or (holdout and not _wanted(hold.detectors, det.label)):
                     continue
-                key = stable_hash({"stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key, "sets": imagesets,
-                                   "detector": ident(det), "seed": s.seed})
-                detect_keys[(det.label, "", "")] = key
-                cells.append(Cell("detect", key, d, m, transform=IMAGES, detector=det.label,
-                                  deps=(split_key, *imagesets.values())))
+                key = stable_hash({"stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key,
+                                   "sets": self._set_keys(used), "detector": self.ident(det), "seed": seed,
+                                   "holdout": holdout})
+                made.append(self.add(
+                    Cell("detect", key, d, m, transform=IMAGES, detector=det.label,
+                         deps=(split_key, clean_key, *self._set_keys(used)), holdout=holdout),
+                    ("detect", d, m, det.label, "", "", holdout)))
+        pipe = bench.correction.pipeline
+        if pipe is not None:
+            key = self.index.get(("detect", d, m, pipe.detector, pipe.feature, pipe.group, ""))
+            if key:
+                self.pipelines[(d, m)] = key
+        return [c for c in made if not c.holdout]
+
+    def correctors(self, d: str, m: str, clean_key: str, split_key: str, sets: dict[str, ImageSet]) -> list[Cell]:
+        bench = self.bench
+        training = [st for st in sets.values() if st.training]
+        pipeline_key = self.pipelines.get((d, m))
+        made = []
+        for group in bench.correction_groups():
+            ops = [t.label for t in group_ops(bench, group)]
+            inputs = self._predict_keys(d, m, training, ops)
+            deps = (split_key, clean_key, *self._set_keys(training), *inputs, *((pipeline_key,) if pipeline_key else ()))
+            for cor in bench.correctors:
+                key = stable_hash({"stage": "correct", "inputs": inputs, "ops": ops, "split": split_key,
+                                   "corrector": self.ident(cor), "pipeline": pipeline_key or "", "k": bench.settings.top_k})
+                made.append(self.add(Cell("correct", key, d, m, transform=group, corrector=cor.label, deps=deps),
+                                     ("correct", d, m, cor.label, group)))
+        return made
+
+    def _defense_cells(self, d: str, m: str, target: Target) -> list[str]:
+        """Keys of the trained cells a target needs (none for a group's operations)."""
+        bench = self.bench
+        if target.kind == "operations":
+            return []
+        if target.kind == "pipeline":
             pipe = bench.correction.pipeline
-            pipeline_key = detect_keys.get((pipe.detector, pipe.feature, pipe.group)) if pipe else None
-            if pipeline_key:
-                pipelines[(d, m)] = pipeline_key
-            for group in bench.correction_groups():
-                ops, inputs = group_inputs(group)
-                deps = (split_key, *inputs, *((pipeline_key,) if pipeline_key else ()))
-                for cor in bench.correctors:
-                    key = stable_hash({"stage": "correct", "inputs": inputs, "ops": ops, "split": split_key,
-                                       "corrector": ident(cor), "pipeline": pipeline_key or "", "top_k": s.top_k})
-                    cells.append(Cell("correct", key, d, m, transform=group, corrector=cor.label, deps=deps))
-    return Plan(bench, tuple(cells), max_images, {c.key: c for c in cells}, pipelines)
+            key = self.pipelines.get((d, m))
+            cor = self.index.get(("correct", d, m, bench.correctors[0].label, bench.correction_groups()[0])) \
+                if bench.correctors and bench.correction_groups() else None
+            return [k for k in (key, cor) if k] if pipe else []
+        key = self.index.get(("detect", d, m, target.detector, target.feature, target.group, ""))
+        return [key] if key else []
+
+    def adaptive(self, d: str, m: str, clean_key: str, split_key: str, entry: Entry, target: Target,
+                 detect: list[Cell]) -> ImageSet:
+        bench, s, db = self.bench, self.bench.settings, self.bench.database
+        trained = self._defense_cells(d, m, target)
+        reads = sorted({dep for k in trained for dep in self._cell(k).deps} | set(trained))
+        label = f"{entry.label}>{target.label}"
+        key = stable_hash({
+            "stage": "adaptive", "schema": ARTEFACT_SCHEMA, "clean": clean_key, "attack": self.ident(entry),
+            "target": target.label, "ops": [self.ident(t) for t in group_ops(bench, target.group)] if target.group else [],
+            "trained": trained, "db": db.model_dump(mode="json"), "top_k": s.top_k, "seed": s.seed,
+        })
+        self.add(Cell("adaptive", key, d, m, attack=label, transform=target.group, feature=target.feature,
+                      detector=target.detector, deps=tuple(dict.fromkeys((clean_key, split_key, *reads))),
+                      budget=entry.budget, threat="adaptive", target=target.label),
+                 ("adaptive", d, m, label, ""))
+        return ImageSet(label, key, entry.label, entry.family, entry.budget, "adaptive", target.label)
+
+    def _cell(self, key: str) -> Cell:
+        return next(c for c in reversed(self.cells) if c.key == key)
+
+    def scores(self, d: str, m: str, clean_key: str, split_key: str, st: ImageSet, detect: list[Cell],
+               corrects: list[Cell]) -> None:
+        """Each trained detector and corrector of the world, and the detect-then-correct
+        pipeline, on one evaluation set."""
+        defenses: list[tuple[Cell, ...]] = [(c,) for c in (*detect, *corrects)]
+        pipeline = self._defense_cells(d, m, Target("pipeline"))
+        if len(pipeline) == 2:
+            defenses.append(tuple(self._cell(k) for k in pipeline))
+        for cells in defenses:
+            det = next((c for c in cells if c.stage == "detect"), None)
+            cor = next((c for c in cells if c.stage == "correct"), None)
+            groups = [c.transform for c in cells if c.transform != IMAGES]
+            reads = self._predict_keys(d, m, [st], [t.label for g in groups for t in group_ops(self.bench, g)])
+            keys = [c.key for c in cells]
+            key = stable_hash({"stage": "score", "schema": ARTEFACT_SCHEMA, "set": st.key, "defense": keys,
+                               "reads": reads})
+            deps = tuple(dict.fromkeys((st.key, clean_key, split_key, *keys, *(x for c in cells for x in c.deps), *reads)))
+            transform = cor.transform if cor else det.transform  # type: ignore[union-attr]
+            self.add(Cell("score", key, d, m, attack=st.label, transform=transform,
+                          feature=det.feature if det else "", detector=det.detector if det else "",
+                          corrector=cor.corrector if cor else "", deps=deps, budget=st.budget, threat=st.threat,
+                          target=st.target, group=det.transform if det and cor else ""),
+                     ("score", d, m, st.label, *keys))
+
+    def subsets(self, d: str, m: str, clean_key: str, split_key: str, sets: dict[str, ImageSet]) -> None:
+        bench = self.bench
+        training = [st for st in sets.values() if st.training]
+        for search in bench.detection.subset_search:
+            det = next(e for e in bench.detectors if e.label == search.detector)
+            feat = next(e for e in bench.features if e.label == search.feature)
+            if self.inputs_of(det.plugin) != "features":
+                continue
+            ops = [t.label for t in group_ops(bench, search.group)]
+            inputs = self._predict_keys(d, m, training, ops)
+            key = stable_hash({"stage": "subset", "schema": ARTEFACT_SCHEMA, "split": split_key, "inputs": inputs,
+                               "ops": ops, "feature": self.ident(feat), "k": bench.feature_k(feat),
+                               "detector": self.ident(det), "max": search.max_operations,
+                               "seed": bench.settings.seed})
+            self.add(Cell("subset", key, d, m, transform=search.group, feature=feat.label, detector=det.label,
+                          deps=(split_key, clean_key, *self._set_keys(training), *inputs)),
+                     ("subset", d, m, det.label, feat.label, search.group))

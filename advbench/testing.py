@@ -122,9 +122,11 @@ def registry_with(*modules: ModuleType, installed: bool = True) -> Registry:
 
 
 def tiny_benchmark(attacks: str = 'plugin = "fgsm"', detectors: str = 'plugin = "lda"', extra: str = "",
-                   name: str = "tiny", images: int = 30, features: str = 'plugin = "counting"') -> str:
+                   name: str = "tiny", images: int = 30, features: str = 'plugin = "counting"',
+                   groups: str = '{ JPEG = ["jpeg"], All = ["*"] }', detection: str = "") -> str:
     """TOML of a tiny benchmark on the tiny world; ``attacks``/``detectors`` are the bodies of
-    one ``[[attacks]]``/``[[detectors]]`` table each (or lists of bodies)."""
+    one ``[[attacks]]``/``[[detectors]]`` table each (or lists of bodies); ``groups`` the
+    [detection] groups and ``detection`` more lines of that section (e.g. a protocol)."""
     def tables(section: str, bodies: str | Iterable[str]) -> str:
         bodies = [bodies] if isinstance(bodies, str) else list(bodies)
         return "\n".join(f"[[{section}]]\n{textwrap.dedent(b).strip()}\n" for b in bodies)
@@ -143,7 +145,8 @@ target_threshold = 0.9
 batch_size = 32
 
 [detection]
-groups = {{ JPEG = ["jpeg"], All = ["*"] }}
+groups = {groups}
+{detection}
 
 [[datasets]]
 plugin = "testing-digits"

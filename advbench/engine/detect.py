@@ -10,9 +10,10 @@ import numpy as np
 
 from advbench import metrics as M
 from advbench.errors import DataError
-from advbench.specs import Detector
+from advbench.specs import Detector, Probabilities
 
 TRAIN, DEV, EVAL = 0, 1, 2
+UNUSED = -1  # rows a held-out detector cell neither trains nor is scored on
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,15 @@ class LabelledSet:
     origin: np.ndarray  # (N,) "clean" or the attack label
     truth: np.ndarray  # (N,) ground-truth label of the source image
     images: np.ndarray  # (N, H, W, 3) uint8 for image detectors, else (N, 0)
+    source: np.ndarray | None = None  # (N,) index of the source image in the clean set
+    probs: Probabilities | None = None  # full softmax outputs, for features that take them
+
+    def rows(self, mask: np.ndarray) -> LabelledSet:
+        """The subset of rows where ``mask`` holds."""
+        probs = None if self.probs is None else Probabilities(self.probs.original[mask], self.probs.transformed[mask])
+        return LabelledSet(self.original[mask], self.transformed[mask], self.y[mask], self.split[mask],
+                           self.origin[mask], self.truth[mask], self.images[mask],
+                           None if self.source is None else self.source[mask], probs)
 
 
 def fit_detector(detector: Detector, features: np.ndarray, data: LabelledSet) -> None:

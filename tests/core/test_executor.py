@@ -1,28 +1,21 @@
 from __future__ import annotations
 
 import os
+import types
 
+import numpy as np
 import pytest
 
+from advbench import hookimpl
 from advbench.config import parse_benchmark
 from advbench.errors import DataError
-from advbench.executor import ForkPool, InProcess, executor_for
+from advbench.executor import ForkPool
 from advbench.runner import RunOptions, Runner
+from advbench.specs import DetectorSpec
+from advbench.stages.execute import comparable
+from advbench.testing import registry_with, tiny_benchmark
 
 pytestmark = pytest.mark.skipif(not ForkPool.available(), reason="forked workers need Linux")
-
-
-def test_the_pool_runs_every_item_once():
-    assert sorted(ForkPool(2).map(lambda x: x * x, range(6))) == [0, 1, 4, 9, 16, 25]
-    assert isinstance(executor_for(1, 10), InProcess) and isinstance(executor_for(4, 1), InProcess)
-
-
-def test_a_dead_worker_is_a_one_line_error():
-    def die(x):
-        os._exit(1)
-
-    with pytest.raises(DataError, match="a --workers process died"):
-        list(ForkPool(2).map(die, range(3)))
 
 
 def test_workers_give_the_same_results_as_one_process(tiny_run, tmp_path, registry):
@@ -31,8 +24,42 @@ def test_workers_give_the_same_results_as_one_process(tiny_run, tmp_path, regist
     options = RunOptions(store=str(tmp_path / "r.db"), cache_dir=tmp_path / "cache", workers=2)
     pooled = Runner(bench, registry, options).run()
     assert not pooled.failed
+    assert {o.cell.key: comparable(o.metrics) for o in pooled.outcomes} == \
+        {o.cell.key: comparable(o.metrics) for o in result.outcomes}
 
-    def comparable(o):
-        return repr([m for m in o.metrics if m[0] not in ("attack_seconds", "images_per_second")])
 
-    assert {o.cell.key: comparable(o) for o in pooled.outcomes} == {o.cell.key: comparable(o) for o in result.outcomes}
+class _Dies:
+    """A detector that kills the process it is fitted in, when that is a forked worker."""
+
+    def __init__(self, parent: int):
+        self.parent = parent
+
+    def fit(self, features, labels):
+        if os.getpid() != self.parent:
+            os._exit(1)
+
+    def predict(self, features):
+        return np.zeros(len(features), dtype=int)
+
+    def scores(self, features):
+        return np.zeros(len(features))
+
+
+def test_a_dead_worker_is_a_one_line_error_and_keeps_finished_cells(tiny_run, tmp_path):
+    module = types.ModuleType("dying_detector")
+    parent = os.getpid()
+
+    @hookimpl
+    def advbench_register_detectors(register):
+        register(DetectorSpec(name="dies", summary="exits its worker", build=lambda p, seed: _Dies(parent)))
+
+    module.advbench_register_detectors = advbench_register_detectors
+    registry = registry_with(module)
+    bench = parse_benchmark(tiny_benchmark(detectors=['plugin = "lda"', 'plugin = "dies"']), registry)
+    options = RunOptions(store=str(tmp_path / "r.db"), cache_dir=tmp_path / "cache", workers=2)
+    with pytest.raises(DataError, match="a --workers process died"):
+        Runner(bench, registry, options).run()
+    from advbench.store import open_store
+
+    cells = open_store(str(tmp_path / "r.db")).cells(1)
+    assert any(c.stage == "predict" and c.status == "ok" for c in cells)  # finished work is kept

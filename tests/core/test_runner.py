@@ -7,6 +7,7 @@ import numpy as np
 
 from advbench import hookimpl
 from advbench.specs import AttackSpec
+from advbench.stages.execute import comparable
 from advbench.store import open_store
 from advbench.testing import registry_with, run_tiny
 
@@ -48,11 +49,8 @@ def test_fresh_recomputes_and_gives_identical_results(tiny_run, tmp_path, regist
     toml = _copy_world(tiny_run, tmp_path)
     fresh = run_tiny(tmp_path, toml, registry=registry, fresh=True)
     assert all(not o.cached for o in fresh.outcomes)
-    def comparable(outcome):  # attack timings differ between runs; everything else must not
-        return repr([m for m in outcome.metrics if m[0] not in ("attack_seconds", "images_per_second")])
-
-    first = {o.cell.key: comparable(o) for o in tiny_run[0].outcomes}
-    again = {o.cell.key: comparable(o) for o in fresh.outcomes}
+    first = {o.cell.key: comparable(o.metrics) for o in tiny_run[0].outcomes}
+    again = {o.cell.key: comparable(o.metrics) for o in fresh.outcomes}
     assert again == first  # determinism: same config and seed, same results
 
 
