@@ -61,11 +61,11 @@ class Cell:
     @property
     def title(self) -> str:
         parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector, self.corrector]
+        if self.stage == "adaptive":  # its label names the defense already
+            parts = [self.dataset, self.model, self.attack]
         title = f"{self.stage}:" + "/".join(p for p in parts if p)
         if self.holdout:
             title += f" (unseen {self.holdout})"
-        if self.stage == "adaptive" and self.target:
-            title += f" (against {self.target})"
         return title
 
 

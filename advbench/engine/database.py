@@ -14,7 +14,7 @@ import torch
 from advbench.errors import DataError
 from advbench.criteria import PaperCriterion, target_labels
 from advbench.imaging import load_image, pil_to_array, save_image, to_tensor, to_uint8
-from advbench.specs import AttackSpec, BuildContext, ImageSource, LoadedModel
+from advbench.specs import AttackOutput, AttackSpec, BuildContext, ImageSource, LoadedModel
 
 
 @torch.no_grad()
@@ -100,6 +100,7 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
     top1_all = torch.from_numpy(clean["top1"]).long()
     targets_all = target_labels(top1_all, shift, model.num_classes) if spec.targeted else None
     kept_images, kept_source, manifest = [], [], []
+    per_image: dict[str, list[float]] = {}  # e.g. queries of a black-box attack, per attacked image
     attack_seconds = 0.0
     for start in range(0, len(top1_all), batch_size):
         index = slice(start, start + batch_size)
@@ -111,6 +112,10 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
         t0 = time.perf_counter()
         adversarial = spec.run(model.module, to_tensor(batch, device), criterion, params, ctx)
         attack_seconds += time.perf_counter() - t0
+        if isinstance(adversarial, AttackOutput):
+            for name, values in adversarial.per_image.items():
+                per_image.setdefault(name, []).extend(torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
+            adversarial = adversarial.images
         # a row a plugin left non-finite counts as a failed attempt, not as a crash
         finite = torch.isfinite(adversarial).flatten(1).all(1).view(-1, 1, 1, 1)
         adv_uint8 = to_uint8(torch.where(finite, adversarial, to_tensor(batch, device)))
@@ -139,6 +144,11 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
                 manifest[-1]["file"] = None
         kept_images.append(reloaded[after])
         kept_source.append(np.flatnonzero(after) + start)
+    for name, values in per_image.items():
+        if len(values) != len(manifest):
+            raise DataError(f"attack {spec.name!r} returned {len(values)} values of {name!r} for {len(manifest)} images")
+        for row, value in zip(manifest, values):
+            row[name] = value
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     h, w = model.input_size
     arrays = {
@@ -156,6 +166,9 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
         **{f"mean_{k}": float(np.mean([m[k] for m in kept])) if kept else float("nan")
            for k in (*NORMS, *(f"pre_save_{n}" for n in NORMS))},
     }
+    for name, values in per_image.items():  # over every attacked image, successful or not
+        metrics |= {f"mean_{name}": float(np.mean(values)), f"median_{name}": float(np.median(values)),
+                    f"max_{name}": float(np.max(values))} if values else {}
     return arrays, metrics
 
 

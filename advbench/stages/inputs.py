@@ -54,6 +54,8 @@ def held_out(data: LabelledSet, trained_on: list[str], scored_on: list[str]) -> 
 def feature_matrix(ctx: CellContext, feature_label: str, data: LabelledSet) -> np.ndarray:
     """A feature plugin applied to a labelled set (``probs=`` when its signature asks)."""
     entry = ctx.entry("feature", feature_label)
+    if not len(data.original):  # an empty evaluation set: plugins need not handle zero rows
+        return np.zeros((0, 0))
     compute = ctx.registry.get("feature", entry.plugin).compute
     kwargs = {"probs": data.probs} if takes_probs(compute) else {}
     return np.asarray(compute(data.original, data.transformed, entry.params, **kwargs), dtype=np.float64)

@@ -49,8 +49,9 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         detector = detectors.trained(ctx, det_cell)
         data, inputs = detector_inputs(ctx, replace(det_cell, attack=cell.attack), [cell.attack])
         mask = data.split == EVAL
-        flagged = np.asarray(detector.predict(inputs[mask])).astype(int)
-        scores = np.asarray(detector.scores(inputs[mask]), dtype=float)
+        empty = not mask.any()  # an attack may succeed on no eval image: nothing to score
+        flagged = np.zeros(0, int) if empty else np.asarray(detector.predict(inputs[mask])).astype(int)
+        scores = np.zeros(0) if empty else np.asarray(detector.scores(inputs[mask]), dtype=float)
         rows += [("detection_rate", "", _mean(flagged)), ("mean_score", "", _mean(scores))]
     if cell.corrector:
         k = ctx.bench.settings.top_k
