@@ -22,7 +22,7 @@ from advbench_plugins.attacks.adaptive.joint import joint_attack
 
 
 class _PGDParams(Params):
-    epsilon: float = Field(0.03, gt=0, description="Budget per pixel value (L∞: per value; L2: times sqrt(C*H*W)).")
+    epsilon: float = Field(0.03, gt=0, description="Budget per pixel value, the L∞ norm (8/255 is about 0.031).")
     steps: int = Field(40, ge=1, description="Gradient steps per run (a row stops once it succeeds).")
     rel_stepsize: float = Field(0.1, gt=0, description="Step size relative to the budget.")
     random_start: bool = Field(True, description="Start each run from a uniform point of the budget ball.")
@@ -41,7 +41,7 @@ class EOTParams(_PGDParams):
 class CWJointParams(_PGDParams):
     steps: int = Field(100, ge=1, description="Gradient steps per round (a row stops once it succeeds).")
     rounds: int = Field(3, ge=1, description="Rounds of the search over c, each a run from a new start: c ×10 for "
-                                             "a row misclassified but flagged, ÷10 for one never misclassified.")
+                                             "a row misclassified (but flagged) in the last round, ÷10 otherwise.")
     const: float = Field(1.0, gt=0, description="Initial weight c of the detector term max(score - threshold + "
                                                 "margin, 0).")
     loss: Literal["ce", "cw"] = Field("cw", description="Classifier loss: cross-entropy or the Carlini-Wagner margin.")
@@ -61,6 +61,22 @@ class OPGDParams(_PGDParams):
         "orthogonal-sign", description="L∞ only: sign: the sign of the projected gradient (the authors' code); "
                                        "orthogonal-sign: that sign projected once more orthogonally to the other "
                                        "gradient, rescaled to unit L∞ norm.")
+
+
+_L2_EPSILON = Field(0.01, gt=0, description="Budget per pixel value: an L2 norm of epsilon * sqrt(C*H*W) (0.55 on "
+                                           "CIFAR-10's 32x32x3).")
+
+
+class EOTParamsL2(EOTParams):
+    epsilon: float = _L2_EPSILON
+
+
+class CWJointParamsL2(CWJointParams):
+    epsilon: float = _L2_EPSILON
+
+
+class OPGDParamsL2(OPGDParams):
+    epsilon: float = _L2_EPSILON
 
 
 class HSJParams(Params):
@@ -129,12 +145,12 @@ ATTACKS = [
                params=EOTParams, run=_eot("linf"), budget_param="epsilon", norm="linf", adaptive=_OPS),
     AttackSpec(name="eot-pgd-l2", summary="EOT-PGD, L2: one adversarial label under every operation of the group "
                                           "(Athalye et al. 2018; BPDA for JPEG).",
-               params=EOTParams, run=_eot("l2"), budget_param="epsilon", norm="l2", adaptive=_OPS),
+               params=EOTParamsL2, run=_eot("l2"), budget_param="epsilon", norm="l2", adaptive=_OPS),
     AttackSpec(name="cw-joint", summary="Classifier + detector combined loss (Carlini & Wagner 2017), L∞ PGD.",
                params=CWJointParams, run=_joint("linf", "cw"), budget_param="epsilon", norm="linf",
                adaptive=("detector",)),
     AttackSpec(name="cw-joint-l2", summary="Classifier + detector combined loss (Carlini & Wagner 2017), L2 PGD.",
-               params=CWJointParams, run=_joint("l2", "cw"), budget_param="epsilon", norm="l2",
+               params=CWJointParamsL2, run=_joint("l2", "cw"), budget_param="epsilon", norm="l2",
                adaptive=("detector",)),
     AttackSpec(name="opgd", summary="Orthogonal projected gradient descent against a detector (Bryniarski et al. "
                                     "2022), L∞.",
@@ -142,7 +158,7 @@ ATTACKS = [
                adaptive=("detector",)),
     AttackSpec(name="opgd-l2", summary="Orthogonal projected gradient descent against a detector (Bryniarski et al. "
                                        "2022), L2.",
-               params=OPGDParams, run=_joint("l2", None), budget_param="epsilon", norm="l2",
+               params=OPGDParamsL2, run=_joint("l2", None), budget_param="epsilon", norm="l2",
                adaptive=("detector",)),
     AttackSpec(name="system-hsj", summary="HopSkipJump, L2, on the defended system's label-only decision (Chen et "
                                           "al. 2020).",
