@@ -83,7 +83,7 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
     done after ``steps`` start a new round from a new random point; for ``cw`` the round also
     updates the row's constant: ×10 if it was misclassified in the last round (but always
     flagged then), ÷10 if it never was. Per row the image returned is the first success, else the
-    misclassified iterate of lowest score, else the last iterate.
+    misclassified iterate of lowest score, else the iterate (or the clean image) of lowest score.
     """
     x0 = images.detach()
     n = len(x0)
