@@ -2,6 +2,12 @@
 
 With no ``[[transforms]]`` in a benchmark, their default grids give the paper's 38 operations
 in the groups jpeg (16), blur (4), rotation (8) and scaling (10).
+
+The tensor backends of blur (convolutions), rotation (bilinear grid sampling times a constant
+mask) and scaling (antialiased bilinear interpolation) have finite, useful gradients
+(``differentiable=True``; checked in tests/plugins/attacks/test_adaptive_operations.py). JPEG's
+rounding and quantisation have none: adaptive attacks use a straight-through estimator for it
+(``advbench.differentiable``).
 """
 
 from __future__ import annotations
@@ -38,14 +44,14 @@ TRANSFORMS = [
     TransformSpec(name="blur", summary="Gaussian blur with the paper's kernel size.", params=BlurParams,
                   apply=lambda im, p: ops.gaussian_blur(im, p.kernel_size),
                   apply_tensor=lambda b, p: ops.gaussian_blur_tensor(b, p.kernel_size),
-                  default_grid={"kernel_size": list(ops.BLUR_KERNEL_SIZES)}, default_group="blur", default=True),
+                  differentiable=True, default_grid={"kernel_size": list(ops.BLUR_KERNEL_SIZES)}, default_group="blur", default=True),
     TransformSpec(name="rotation", summary="Clockwise rotation, same size, bilinear, black fill.",
                   params=RotationParams, apply=lambda im, p: ops.rotate(im, p.angle),
-                  apply_tensor=lambda b, p: ops.rotate_tensor(b, p.angle),
+                  apply_tensor=lambda b, p: ops.rotate_tensor(b, p.angle), differentiable=True,
                   default_grid={"angle": [int(a) for a in ops.ROTATION_ANGLES]}, default_group="rotation", default=True),
     TransformSpec(name="scaling", summary="Bilinear rescaling by a factor (the image size changes).",
                   params=ScalingParams, apply=lambda im, p: ops.scale(im, p.factor),
-                  apply_tensor=lambda b, p: ops.scale_tensor(b, p.factor),
+                  apply_tensor=lambda b, p: ops.scale_tensor(b, p.factor), differentiable=True,
                   default_grid={"factor": list(ops.SCALE_FACTORS)}, default_group="scaling", default=True),
 ]
 
