@@ -24,14 +24,15 @@ def cells(tiny_run):
     return open_store(str(root / "results.db")).cells(result.run_id)
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6, "detection"])
 def test_every_table_has_rows_in_every_format(cells, number):
-    built = tables.TABLES[number](cells)
+    built = (tables.TABLES | tables.EXTRA_TABLES)[number](cells)
     assert built and all(t.rows for t in built)
     as_json = json.loads(formats.render_json(built))
     assert [t["title"] for t in as_json] == [t.title for t in built]
     rows = list(csv.reader(io.StringIO(formats.render_csv(built))))
     assert rows[0][0] == "table" and len(rows) == sum(len(t.rows) + 1 for t in built)
+    assert all(len(r) == len(rows[0]) for r in rows[:len(built[0].rows) + 1])  # header and rows agree
     latex = formats.render_latex(built)
     assert latex.count(r"\begin{tabular}") == len(built) == latex.count(r"\bottomrule")
     for t in built:  # every row has as many cells as the header
@@ -194,6 +195,18 @@ def test_ties_on_auroc_and_eer_use_the_stored_bootstrap_bounds():
     assert [r[0].text() for r in board.rows] == ["=1", "=1", "3"]
     assert any("no auroc interval stored" in note for note in board.notes)
     assert board.rows[0][auroc].text() == "0.900 [–]"
+
+
+def test_failed_cells_stay_on_the_board_in_every_format():
+    cells = [_detector("ok"), _renamed(_with(_detector("x", status="failed"), accuracy=None), "broken")]
+    cells[1].error = "boom"
+    [board] = tables.leaderboard(cells)
+    assert board.rows[-1][0] == "-" and board.rows[-1][-1] == "failed: boom"
+    broken = board.records()[-1]
+    assert broken["Accuracy"] is None and broken["Accuracy lo"] is None and broken["Tied"] is None
+    text = _rendered([board], 100)
+    assert "failed: boom" in text and "…" not in text
+    assert len({len(r) for r in csv.reader(io.StringIO(formats.render_csv([board])))}) == 1
 
 
 def test_cross_run_leaderboard_marks_ties_and_keeps_run_columns():
