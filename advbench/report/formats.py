@@ -8,10 +8,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table as RichTable
+from rich.text import Text
 
-from advbench.report.tables import Table
+from advbench.report.tables import Estimate, Rank, Table
 
 FORMATS = ("rich", "markdown", "csv", "json", "latex", "svg", "html")
 
@@ -19,30 +21,65 @@ FORMATS = ("rich", "markdown", "csv", "json", "latex", "svg", "html")
 def cell_text(value: Any) -> str:
     if value is None:
         return "–"
+    if hasattr(value, "text"):  # Estimate, Rank: they know their digits
+        return value.text()
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
 
 
-def render_rich(tables: Sequence[Table], console: Console) -> None:
+def render_rich(tables: Sequence[Table], console: Console, max_columns: int | None = None) -> None:
+    """Every table at its natural width; one wider than the console (or with more than
+    ``max_columns`` columns) is split into parts that fit, each repeating the table's key
+    columns, so no number is ever cut to ``…``."""
     for t in tables:
-        rt = RichTable(title=t.title, title_justify="left", header_style="bold")
-        for i, col in enumerate(t.columns):
-            rt.add_column(col, justify="left" if i == 0 or not _numeric(t, i) else "right")
-        for row in t.rows:
-            rt.add_row(*(_styled(v) for v in row))
-        console.print(rt)
+        parts = column_parts(t, console.width, max_columns)
+        for k, columns in enumerate(parts):
+            title = t.title if len(parts) == 1 else f"{t.title} (part {k + 1} of {len(parts)})"
+            rt = RichTable(title=title, title_justify="left", header_style="bold")
+            for i in columns:
+                rt.add_column(t.columns[i], justify="left" if i == 0 or not _numeric(t, i) else "right",
+                              overflow="fold")  # a column narrower than its text folds it: nothing is hidden
+            for row in t.rows:
+                rt.add_row(*(_styled(row[i]) for i in columns))
+            console.print(rt)
         for note in t.notes:
-            console.print(f"[dim]{note}[/dim]")
+            console.print(Text(note, style="dim"))
+
+
+_COLUMN_OVERHEAD = 3  # rich's default box: one space of padding each side and one rule
+
+
+def column_parts(t: Table, width: int, max_columns: int | None = None) -> list[list[int]]:
+    """Column indices of each part of ``t`` for a console ``width`` wide: the key columns,
+    then as many further columns as fit (and at most ``max_columns`` in all)."""
+    sizes = [max([cell_len(c)] + [cell_len(cell_text(r[i])) for r in t.rows]) + _COLUMN_OVERHEAD
+             for i, c in enumerate(t.columns)]
+    keys = list(range(min(t.key_columns, len(t.columns))))
+    fits = 1 + sum(sizes) <= width and (max_columns is None or len(t.columns) <= max_columns)
+    if fits or len(keys) == len(t.columns):
+        return [list(range(len(t.columns)))]
+    budget = width - 1 - sum(sizes[k] for k in keys)
+    most = None if max_columns is None else max(1, max_columns - len(keys))
+    parts: list[list[int]] = [[]]
+    used = 0
+    for i in range(len(keys), len(t.columns)):
+        if parts[-1] and (used + sizes[i] > budget or (most is not None and len(parts[-1]) >= most)):
+            parts.append([])
+            used = 0
+        parts[-1].append(i)
+        used += sizes[i]
+    return [keys + p for p in parts]
 
 
 def _numeric(t: Table, i: int) -> bool:
-    return any(isinstance(r[i], (int, float)) for r in t.rows)
+    return any(isinstance(r[i], (int, float, Estimate, Rank)) for r in t.rows)
 
 
-def _styled(value: Any) -> str:
+def _styled(value: Any) -> Text:
     text = cell_text(value)
-    return f"[red]{text}[/red]" if isinstance(value, str) and value.startswith(("failed", "skipped")) else text
+    failed = isinstance(value, str) and value.startswith(("failed", "skipped"))
+    return Text(text, style="red" if failed else "")  # Text, not markup: "[0.88, 0.94]" stays literal
 
 
 def render_markdown(tables: Sequence[Table]) -> str:
@@ -58,18 +95,21 @@ def render_markdown(tables: Sequence[Table]) -> str:
 
 
 def render_csv(tables: Sequence[Table]) -> str:
-    """One CSV; the first column names the table, so several tables stay one parseable file."""
+    """One CSV; the first column names the table, so several tables stay one parseable file.
+    Each rate with an interval spreads over four columns: ``X``, ``X lo``, ``X hi``, ``X n``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     for t in tables:
-        writer.writerow(["table", *t.columns])
-        for row in t.rows:
+        columns, rows = t.flat()  # an interval is value, lo, hi, n columns here
+        writer.writerow(["table", *columns])
+        for row in rows:
             writer.writerow([t.title, *("" if v is None else v for v in row)])
     return buf.getvalue()
 
 
 def render_json(tables: Sequence[Table]) -> str:
-    return json.dumps([{"title": t.title, "columns": list(t.columns), "rows": t.records(), "notes": list(t.notes)}
+    """Each table's rows as records of plain values (intervals as ``X lo``/``X hi``/``X n`` keys)."""
+    return json.dumps([{"title": t.title, "columns": list(t.flat()[0]), "rows": t.records(), "notes": list(t.notes)}
                        for t in tables], indent=2, default=str)
 
 
@@ -120,7 +160,7 @@ def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (
                      + "".join(f"<th>{html.escape(c)}</th>" for c in t.columns) + "</tr>")
         for row in t.rows:
             parts.append("<tr>" + "".join(
-                f"<td class='num'>{html.escape(cell_text(v))}</td>" if isinstance(v, (int, float))
+                f"<td class='num'>{html.escape(cell_text(v))}</td>" if isinstance(v, (int, float, Estimate, Rank))
                 else f"<td>{html.escape(cell_text(v))}</td>" for v in row) + "</tr>")
         parts.append("</table>" + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in t.notes))
     for caption, png in images:

@@ -1,7 +1,8 @@
 """Tables built from a run's stored cells and metrics: the leaderboard and the paper's tables.
 
 Each builder is a pure function of the cell rows, returning :class:`Table` values that any
-format can render.
+format can render. A rate is an :class:`Estimate` (value, 95 % interval, count): human formats
+print it as ``0.91 [0.88, 0.94]``, machine formats (CSV, JSON) as separate value/lo/hi/n columns.
 """
 
 from __future__ import annotations
@@ -11,12 +12,75 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from advbench import metrics as M
+from advbench.errors import AdvbenchError
 from advbench.plan import IMAGES
 
 LEADERBOARD_METRICS = ("accuracy", "balanced_accuracy", "eer", "auroc", "tpr_at_5fpr")
 METRIC_TITLES = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. acc.", "eer": "EER", "auroc": "AUROC",
-                 "tpr_at_5fpr": "TPR@5%FPR"}
+                 "tpr_at_5fpr": "TPR@5%FPR", "detection_rate": "Det. rate", "fpr": "FPR"}
 LOWER_IS_BETTER = {"eer", "fpr"}
+# the leaderboard's rate columns, in order: the sortable ones plus the detector's operating point
+BOARD_RATES = ("accuracy", "balanced_accuracy", "detection_rate", "fpr", "eer", "auroc", "tpr_at_5fpr")
+CONFIDENCE = 0.95
+INTERVAL_NOTE = ("[lo, hi]: 95 % intervals — Wilson score for rates (balanced accuracy: effective n = "
+                 "4 / (1/n_normal + 1/n_adversarial)), stratified bootstrap for EER and AUROC; [–]: none stored")
+DECIMALS_NOTE = "decimals follow n (no more digits than the interval resolves): 2 below 100 images, 3 below 10,000, else 4"
+
+
+def decimals_for(n: float | None) -> int:
+    """Digits a rate over ``n`` items can carry: a 95 % interval is about ±1/sqrt(n) wide at
+    p = 1/2, so n < 100 resolves hundredths at best, n < 10,000 thousandths."""
+    if n is None:
+        return 3
+    return 2 if n < 100 else 3 if n < 10_000 else 4
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A rate with its 95 % interval and the number of items behind it; ``None`` = not stored."""
+
+    value: float | None
+    lo: float | None = None
+    hi: float | None = None
+    n: int | None = None
+
+    @property
+    def has_interval(self) -> bool:
+        return self.lo is not None and self.hi is not None
+
+    def text(self) -> str:
+        if self.value is None:
+            return "–"
+        d = decimals_for(self.n)
+        interval = f"{self.lo:.{d}f}, {self.hi:.{d}f}" if self.has_interval else "–"
+        return f"{self.value:.{d}f} [{interval}]"
+
+    def fields(self, column: str) -> list[tuple[str, Any]]:
+        return [(column, self.value), (f"{column} lo", self.lo), (f"{column} hi", self.hi), (f"{column} n", self.n)]
+
+    def overlaps(self, other: Estimate) -> bool:
+        return (self.has_interval and other.has_interval
+                and self.lo <= other.hi and other.lo <= self.hi)  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class Rank:
+    """A leaderboard position; ``tied``: shared with another item (shown ``=1``: not ranked
+    apart from the leader, whose interval it overlaps; ``=4``: an equal value)."""
+
+    position: int
+    tied: bool = False
+
+    def text(self) -> str:
+        return f"={self.position}" if self.tied else str(self.position)
+
+    def fields(self, column: str) -> list[tuple[str, Any]]:
+        return [(column, self.position)]
+
+    def trailing_fields(self, column: str) -> list[tuple[str, Any]]:
+        # after every other column, so machine readers keep the leading Rank/Detector/... layout
+        return [("Tied", self.tied)]
 
 
 @dataclass(frozen=True)
@@ -25,9 +89,36 @@ class Table:
     columns: tuple[str, ...]
     rows: tuple[tuple[Any, ...], ...]
     notes: tuple[str, ...] = field(default=())
+    key_columns: int = 1  # leading columns that name a row: repeated when a wide table is split
+
+    def flat(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Columns and rows with each Estimate spread into value, lo, hi, n columns and each
+        Rank into its position (plus a trailing "Tied" column): plain values, for CSV and JSON."""
+        templates = [next((r[i] for r in self.rows if hasattr(r[i], "fields")), None) for i in range(len(self.columns))]
+        columns: list[str] = []
+        trailing: list[str] = []
+        for col, tmpl in zip(self.columns, templates):
+            columns += [col] if tmpl is None else [name for name, _ in tmpl.fields(col)]
+            if hasattr(tmpl, "trailing_fields"):
+                trailing += [name for name, _ in tmpl.trailing_fields(col)]
+        rows = []
+        for row in self.rows:
+            values: list[Any] = []
+            extra: dict[str, Any] = {}
+            for col, tmpl, v in zip(self.columns, templates, row):
+                if tmpl is None:
+                    values.append(v)
+                elif hasattr(v, "fields"):
+                    values += [x for _, x in v.fields(col)]
+                    extra.update(v.trailing_fields(col) if hasattr(v, "trailing_fields") else ())
+                else:  # a failed cell's status or "-" in a column of estimates
+                    values += [v] + [None] * (len(tmpl.fields(col)) - 1)
+            rows.append((*values, *(extra.get(name) for name in trailing)))
+        return (*columns, *trailing), rows
 
     def records(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, row)) for row in self.rows]
+        columns, rows = self.flat()
+        return [dict(zip(columns, row)) for row in rows]
 
 
 def metric(cell, name: str, subset: str = "") -> float | None:
@@ -44,30 +135,135 @@ def _by_world(cells) -> dict[tuple[str, str], list]:
     return groups
 
 
+def wilson(value: float | None, n: float | None, exact: bool = True) -> Estimate:
+    """``value`` (a share of ``n`` items) with its Wilson interval; ``exact``: ``value · n`` is
+    a whole count (float dust rounded away), else an effective, fractional one."""
+    count = None if n is None else int(round(n))
+    if value is None or n is None or n <= 0:
+        return Estimate(value, n=count)
+    successes = min(max(round(value * n) if exact else value * n, 0), n)
+    lo, hi = M.wilson_interval(successes, n, CONFIDENCE)
+    return Estimate(value, lo, hi, count)
+
+
+def detection_rate_overall(cell) -> Estimate:
+    """TPR on the eval set at the detector's own threshold, recovered exactly from the stored
+    accuracy, FPR and counts: FP = fpr·n_normal, TP = accuracy·n − (n_normal − FP)."""
+    acc, fpr, n = metric(cell, "accuracy"), metric(cell, "fpr"), metric(cell, "n")
+    n_normal, n_adv = metric(cell, "n_normal"), metric(cell, "n_adversarial")
+    if acc is None or n is None or n_normal is None or not n_adv:
+        return Estimate(None, n=None if n_adv is None else int(n_adv))
+    false_pos = round((fpr or 0.0) * n_normal)  # fpr is not stored (nan) when n_normal = 0
+    true_pos = round(acc * n) - (round(n_normal) - false_pos)
+    return wilson(true_pos / n_adv, n_adv)
+
+
+def estimate(cell, name: str) -> Estimate:
+    """An eval-set metric of a detector cell with its 95 % interval, where the cell stores
+    what the interval needs (counts; bootstrap bounds for EER and AUROC), else without one."""
+    if name == "detection_rate":
+        return detection_rate_overall(cell)
+    value, n = metric(cell, name), metric(cell, "n")
+    if name in ("eer", "auroc"):
+        lo, hi = metric(cell, f"{name}_lo"), metric(cell, f"{name}_hi")
+        return Estimate(value, lo, hi, None if n is None else int(n))
+    if name == "balanced_accuracy":
+        n0, n1 = metric(cell, "n_normal"), metric(cell, "n_adversarial")
+        # Var((TPR + TNR)/2) = p(1-p)·(1/n0 + 1/n1)/4 when both recalls are near p
+        n_eff = 4 / (1 / n0 + 1 / n1) if n0 and n1 else n
+        return wilson(value, n_eff, exact=False) if n_eff else Estimate(value, n=None if n is None else int(n))
+    counts = {"accuracy": n, "fpr": metric(cell, "n_normal"), "tpr_at_5fpr": metric(cell, "n_adversarial")}
+    if name not in counts:  # a metric without an interval rule: its value, decimals from n
+        return Estimate(value, n=None if n is None else int(n))
+    return wilson(value, counts[name])
+
+
+def _rank(items: list, value: Callable[[Any], float | None], interval: Callable[[Any], Estimate],
+          lower_is_better: bool, tiebreak: Callable[[Any], tuple]) -> list[tuple[Rank, Any]]:
+    """Items best first, each with its rank. Those whose interval overlaps the leader's (or
+    whose value equals it) are not ranked apart from it: they come first, all ranked ``=1``;
+    the rest follow by value with their positions (competition ranking: equal values share
+    one, ``=4``); items without a value come last."""
+    def key(item):
+        v = value(item)
+        return (v is None, 0.0 if v is None else (v if lower_is_better else -v), *tiebreak(item))
+
+    ordered = sorted(items, key=key)
+    if not ordered or value(ordered[0]) is None:
+        return [(Rank(i + 1), item) for i, item in enumerate(ordered)]
+    top_value, top_interval = value(ordered[0]), interval(ordered[0])
+    with_leader = [item for item in ordered if value(item) is not None
+                   and (value(item) == top_value or interval(item).overlaps(top_interval))]
+    taken = {id(item) for item in with_leader}
+    ordered = with_leader + [item for item in ordered if id(item) not in taken]
+    positions = [1] * len(with_leader)
+    for i in range(len(with_leader), len(ordered)):
+        v = value(ordered[i])
+        same = v is not None and i > len(with_leader) and v == value(ordered[i - 1])
+        positions.append(positions[-1] if same else i + 1)
+    shared = {p for p in positions if positions.count(p) > 1}
+    return [(Rank(p, p in shared), item) for p, item in zip(positions, ordered)]
+
+
+def _board_notes(sort: str, ranked: list[tuple[Rank, Any]], leader_interval: Estimate | None,
+                 counts: Sequence[Any]) -> tuple[str, ...]:
+    notes = []
+    if any(r.tied for r, _ in ranked):
+        notes.append(f"= : shared rank; =1: the 95 % interval of {sort} overlaps the leader's (or equals its value): "
+                     "not ranked apart")
+    if leader_interval is not None and not leader_interval.has_interval:
+        notes.append(f"no {sort} interval stored for the leader: only equal values tie")
+    notes += [INTERVAL_NOTE, DECIMALS_NOTE,
+              "n: eval images; Det. rate: share of adversarial eval images flagged (TPR), FPR: of normal ones"
+              + _span_note("normal", [metric(c, "n_normal") for c in counts])
+              + _span_note("adversarial", [metric(c, "n_adversarial") for c in counts])]
+    return tuple(notes)
+
+
+def _span(values: Sequence[float | None]) -> str:
+    present = sorted({int(v) for v in values if v is not None})
+    if not present:
+        return "–"
+    return f"{present[0]}" if len(present) == 1 else f"{present[0]}–{present[-1]}"
+
+
+def _span_note(label: str, values: Sequence[float | None]) -> str:
+    return f"; {label}: {_span(values)}" if any(v is not None for v in values) else ""
+
+
+def _check_sort(sort: str) -> None:
+    if sort not in LEADERBOARD_METRICS:
+        raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(LEADERBOARD_METRICS)}")
+
+
 def leaderboard(cells, sort: str = "accuracy", top: int | None = None) -> list[Table]:
     """Detector cells of a run ranked by ``sort`` (per dataset/model), the first ``top`` of
-    them if given; failed cells last, always shown."""
+    them if given; failed cells last, always shown. Every rate carries its 95 % interval, and
+    cells whose ``sort`` interval overlaps the leader's are ranked ``=1`` with it."""
+    _check_sort(sort)
     tables = []
-    reverse = sort not in LOWER_IS_BETTER
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "detect").items():
         ok = [c for c in group if c.status == "ok"]
-        ok.sort(key=lambda c: (metric(c, sort) is None, -(metric(c, sort) or 0) if reverse else (metric(c, sort) or 0),
-                               c.detector, c.feature, c.transform))
-        rows = [(i + 1, c.detector, c.feature, c.transform, *(metric(c, m) for m in LEADERBOARD_METRICS), "ok")
-                for i, c in enumerate(ok[:top])]
-        rows += [("-", c.detector, c.feature, c.transform, *([None] * len(LEADERBOARD_METRICS)),
+        ranked = _rank(ok, lambda c: metric(c, sort), lambda c: estimate(c, sort), sort in LOWER_IS_BETTER,
+                       lambda c: (c.detector, c.feature, c.transform))
+        rows = [(rank, c.detector, c.feature, c.transform, _count(c, "n"), *(estimate(c, m) for m in BOARD_RATES), "ok")
+                for rank, c in ranked[:top]]
+        rows += [("-", c.detector, c.feature, c.transform, None, *([None] * len(BOARD_RATES)),
                   f"{c.status}: {c.error}") for c in group if c.status != "ok"]
         shown = f", best {top} of {len(ok)}" if top is not None and top < len(ok) else ""
+        leader = estimate(ranked[0][1], sort) if ranked else None
         tables.append(Table(f"Leaderboard — {dataset} / {model} (eval set, ranked by {sort}{shown})",
-                            ("Rank", "Detector", "Feature", "Group", *(METRIC_TITLES[m] for m in LEADERBOARD_METRICS), "Status"),
-                            tuple(rows)))
+                            ("Rank", "Detector", "Feature", "Group", "n", *(METRIC_TITLES[m] for m in BOARD_RATES),
+                             "Status"),
+                            tuple(rows), _board_notes(sort, ranked[:top], leader, ok), key_columns=4))
     return tables
 
 
 def cross_run_leaderboard(runs_and_cells, sort: str = "accuracy", best: int = 3) -> list[Table]:
     """The best ``best`` detector cells of each dataset/model across runs (latest run of each
-    benchmark), with the run id, config hash and date beside them."""
-    reverse = sort not in LOWER_IS_BETTER
+    benchmark), with the run id, config hash and date beside them; ties with the leader as in
+    :func:`leaderboard`."""
+    _check_sort(sort)
     rows_by_world: dict[tuple[str, str], list] = defaultdict(list)
     for run, cells in runs_and_cells:
         for c in cells:
@@ -75,13 +271,37 @@ def cross_run_leaderboard(runs_and_cells, sort: str = "accuracy", best: int = 3)
                 rows_by_world[(c.dataset, c.model)].append((run, c))
     tables = []
     for (dataset, model), entries in sorted(rows_by_world.items()):
-        entries.sort(key=lambda rc: -metric(rc[1], sort) if reverse else metric(rc[1], sort))
-        rows = tuple((i + 1, run.benchmark, run.id, run.config_hash[:10], f"{run.started_at:%Y-%m-%d}",
-                      c.detector, c.feature, c.transform, *(metric(c, m) for m in LEADERBOARD_METRICS))
-                     for i, (run, c) in enumerate(entries[:best]))
+        ranked = _rank(entries, lambda rc: metric(rc[1], sort), lambda rc: estimate(rc[1], sort),
+                       sort in LOWER_IS_BETTER, lambda rc: (rc[0].id, rc[1].detector, rc[1].feature, rc[1].transform))
+        rows = tuple((rank, run.benchmark, run.id, run.config_hash[:10], f"{run.started_at:%Y-%m-%d}",
+                      c.detector, c.feature, c.transform, _count(c, "n"), *(estimate(c, m) for m in BOARD_RATES))
+                     for rank, (run, c) in ranked[:best])
         tables.append(Table(f"Leaderboard across runs — {dataset} / {model} (best by {sort})",
-                            ("Rank", "Benchmark", "Run", "Config", "Date", "Detector", "Feature", "Group",
-                             *(METRIC_TITLES[m] for m in LEADERBOARD_METRICS)), rows))
+                            ("Rank", "Benchmark", "Run", "Config", "Date", "Detector", "Feature", "Group", "n",
+                             *(METRIC_TITLES[m] for m in BOARD_RATES)), rows,
+                            _board_notes(sort, ranked[:best], estimate(ranked[0][1][1], sort), [c for _, c in entries]),
+                            key_columns=8))
+    return tables
+
+
+def detection_by_attack(cells) -> list[Table]:
+    """Per detector cell: the false-positive rate on normal eval images and the detection rate
+    on each attack's eval images, each with its Wilson 95 % interval and count (the baseline
+    comparison of a detector across attacks)."""
+    tables = []
+    for (dataset, model), group in _by_world(c for c in cells if c.stage == "detect" and c.status == "ok").items():
+        attacks = list(dict.fromkeys(m.subset for c in group for m in c.metrics if m.name == "detection_rate"))
+        rows = tuple((c.detector, c.feature, c.transform,
+                      wilson(metric(c, "false_positive_rate", "clean"), metric(c, "n", "clean")),
+                      *(wilson(metric(c, "detection_rate", a), metric(c, "n", a)) for a in attacks)) for c in group)
+        counts = "; ".join(f"{label} {_span([metric(c, 'n', subset) for c in group])}"
+                           for label, subset in (("normal", "clean"), *((a, a) for a in attacks)))
+        tables.append(Table(f"Detection rate per attack and false-positive rate — {dataset} / {model} (eval set)",
+                            ("Detector", "Feature", "Group", "FPR (normal)", *attacks), rows,
+                            ("FPR: share of normal eval images flagged adversarial; per attack: share of that attack's "
+                             "adversarial eval images flagged (detection rate)",
+                             "[lo, hi]: Wilson score 95 % intervals; " + DECIMALS_NOTE,
+                             f"n (eval images): {counts}"), key_columns=3))
     return tables
 
 
@@ -162,18 +382,25 @@ def table2(cells) -> list[Table]:
 
 
 def table3(cells) -> list[Table]:
-    """Top-k misclassified images per operation, for normal images and each attack."""
+    """Top-k misclassified images per operation, for normal images and each attack: one row per
+    operation (the long axis), one column per image set, so every count stays readable."""
     tables = []
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "predict").items():
         ops = list(dict.fromkeys(c.transform for c in group))
         sets = list(dict.fromkeys(c.attack for c in group))
         lookup = {(c.attack, c.transform): c for c in group}
-        rows = tuple((("Normal images" if s == "clean" else s),
-                      *(_value(lookup.get((s, op)), "topk_misclassified") for op in ops)) for s in sets)
+        rows = tuple((_op_title(op), *(_value(lookup.get((s, op)), "topk_misclassified") for s in sets)) for op in ops)
+        sizes = "; ".join(f"{_set_title(s)} {_span([metric(c, 'images') for c in group if c.attack == s])}"
+                          for s in sets)
         tables.append(Table(f"Table 3 — top-k misclassified images under each operation — {dataset} / {model}",
-                            ("Images", *(_op_title(o) for o in ops)), rows,
-                            ("normal: ground truth not in top-k; adversarial: source top-1 not in top-k",)))
+                            ("Operation", *(_set_title(s) for s in sets)), rows,
+                            ("normal: ground truth not in top-k; adversarial: source top-1 not in top-k",
+                             f"images per set: {sizes}")))
     return tables
+
+
+def _set_title(imageset: str) -> str:
+    return "Normal images" if imageset == "clean" else imageset
 
 
 def _op_title(op: str) -> str:
@@ -190,54 +417,75 @@ def _value(cell, name: str, subset: str = ""):
 
 
 def table4(cells, value: str = "accuracy") -> list[Table]:
-    """Eval accuracy of each detector × feature group × feature."""
+    """Eval ``value`` (with its 95 % interval) of each feature group × feature (rows, the long
+    axis) and detector (columns)."""
     tables = []
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "detect" and c.transform != IMAGES).items():
         groups = list(dict.fromkeys(c.transform for c in group))
         features = list(dict.fromkeys(c.feature for c in group))
         detectors = list(dict.fromkeys(c.detector for c in group))
         lookup = {(c.detector, c.transform, c.feature): c for c in group}
-        rows = tuple((d, *(_value(lookup.get((d, g, f)), value) for g in groups for f in features)) for d in detectors)
+        rows = tuple((g, f, *(_estimate_or_status(lookup.get((d, g, f)), value) for d in detectors))
+                     for g in groups for f in features if any((d, g, f) in lookup for d in detectors))
         tables.append(Table(f"Table 4 — detector {value} on eval — {dataset} / {model}",
-                            ("Detector", *(f"{g} {f}" for g in groups for f in features)), rows))
+                            ("Group", "Feature", *detectors), rows,
+                            (INTERVAL_NOTE, DECIMALS_NOTE,
+                             f"n (eval images): {_span([metric(c, 'n') for c in group if c.status == 'ok'])}"),
+                            key_columns=2))
     return tables
 
 
+def _estimate_or_status(cell, name: str):
+    if cell is None:
+        return None
+    return estimate(cell, name) if cell.status == "ok" else cell.status
+
+
 def table5(cells) -> list[Table]:
-    """Images whose true label is restored by each corrector over each operation group."""
+    """Images whose true label is restored by each corrector over each operation group, each
+    share with its Wilson interval over the images of that subset."""
     tables = []
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "correct").items():
         rows = []
         for c in group:
-            values = [_value(c, name, subset) for name in ("topk_restored", "top1_restored")
-                      for subset in ("normal", "adversarial")]
-            pipeline = [_value(c, n, "eval") for n in ("pipeline_accuracy_before", "pipeline_accuracy_after")]
+            if c.status != "ok":
+                rows.append((c.corrector, c.transform, *([c.status] * 6)))
+                continue
+            values = [wilson(metric(c, name, subset), metric(c, "images", subset))
+                      for name in ("topk_restored", "top1_restored") for subset in ("normal", "adversarial")]
+            pipeline = [wilson(metric(c, n, "eval"), metric(c, "images", "eval"))
+                        for n in ("pipeline_accuracy_before", "pipeline_accuracy_after")]
             rows.append((c.corrector, c.transform, *values, *pipeline))
         tables.append(Table(f"Table 5 — labels restored by correction — {dataset} / {model}",
                             ("Corrector", "Operations", "Normal top-k", "Adversarial top-k", "Normal top-1",
                              "Adversarial top-1", "Pipeline acc. before", "Pipeline acc. after"), tuple(rows),
                             ("share of images whose corrected labels contain (top-k) / start with (top-1) the true label; "
                              "pipeline: classifier top-1 accuracy on the mixed eval set, before and after correcting "
-                             "what the chosen detector flags",)))
+                             "what the chosen detector flags",
+                             "[lo, hi]: Wilson score 95 % intervals; [–]: no image count stored; " + DECIMALS_NOTE),
+                            key_columns=2))
     return tables
 
 
 def table6(cells) -> list[Table]:
     """The best statistical detector per feature, chosen on dev (choosing on eval would flatter
-    it), beside every image (CNN) detector; all scored on eval."""
+    it), beside every image (CNN) detector; all scored on eval, with 95 % intervals."""
     tables = []
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "detect" and c.status == "ok").items():
-        rows = []
+        chosen = []
         for feature in dict.fromkeys(c.feature for c in group if c.feature):
             best = max((c for c in group if c.feature == feature), key=lambda c: metric(c, "accuracy", "dev") or 0)
-            rows.append((f"{best.detector} - {feature} ({best.transform})", metric(best, "accuracy"), metric(best, "eer"),
-                         metric(best, "auroc")))
-        rows += [(c.detector, metric(c, "accuracy"), metric(c, "eer"), metric(c, "auroc"))
-                 for c in group if c.transform == IMAGES]
+            chosen.append((f"{best.detector} - {feature} ({best.transform})", best))
+        chosen += [(c.detector, c) for c in group if c.transform == IMAGES]
+        rows = tuple((name, *(estimate(c, m) for m in ("accuracy", "eer", "auroc"))) for name, c in chosen)
         tables.append(Table(f"Table 6 — accuracy and EER on eval — {dataset} / {model}",
-                            ("Detector", "Accuracy", "EER", "AUROC"), tuple(rows),
-                            ("statistical detectors: the best cell of each feature by dev accuracy",)))
+                            ("Detector", "Accuracy", "EER", "AUROC"), rows,
+                            ("statistical detectors: the best cell of each feature by dev accuracy",
+                             INTERVAL_NOTE, DECIMALS_NOTE)))
     return tables
 
 
 TABLES: dict[int, Callable[[Sequence], list[Table]]] = {1: table1, 2: table2, 3: table3, 4: table4, 5: table5, 6: table6}
+"""The paper's tables by number (``report --table N``)."""
+EXTRA_TABLES: dict[str, Callable[[Sequence], list[Table]]] = {"detection": detection_by_attack}
+"""Tables by name beyond the paper's (``report --table detection``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -120,3 +121,86 @@ def test_binary_metrics():
         {"accuracy": 4 / 6, "balanced_accuracy": 4 / 6, "eer": 1 / 3, "auroc": 2 / 3,
          "tpr_at_5fpr": 1 / 3, "fpr": 1 / 3}
     )  # fmt: skip
+
+
+# Wilson intervals: Wilson (1927); reference values from Newcombe (1998), Statistics in
+# Medicine 17:857-872, Table II (method 3, no continuity correction), and the textbook 8/10.
+@pytest.mark.parametrize(("successes", "n", "lo", "hi"), [
+    (8, 10, 0.4902, 0.9433),
+    (0, 10, 0.0, 0.2775),
+    (50, 100, 0.4038, 0.5962),
+    (95, 100, 0.8882, 0.9785),
+    (81, 263, 0.2553, 0.3662),
+    (15, 148, 0.0624, 0.1605),
+    (0, 20, 0.0, 0.1611),
+    (1, 29, 0.0061, 0.1718),
+])
+def test_wilson_matches_published_values(successes, n, lo, hi):
+    got = m.wilson_interval(successes, n)
+    assert got == pytest.approx((lo, hi), abs=6e-5)
+
+
+def test_wilson_edges_and_symmetry():
+    assert m.wilson_interval(10, 10)[1] == 1.0 and m.wilson_interval(0, 10)[0] == 0.0
+    lo, hi = m.wilson_interval(3, 10)
+    assert m.wilson_interval(7, 10) == pytest.approx((1 - hi, 1 - lo))  # p -> 1 - p mirrors it
+    assert all(math.isnan(v) for v in m.wilson_interval(0, 0))
+    wide, narrow = m.wilson_interval(8, 10, 0.99), m.wilson_interval(8, 10, 0.80)
+    assert wide[0] < narrow[0] and wide[1] > narrow[1]
+    with pytest.raises(ValueError):
+        m.wilson_interval(11, 10)
+
+
+def _gaussian_scores(rng, n_per_class, shift):
+    y = np.r_[np.zeros(n_per_class, int), np.ones(n_per_class, int)]
+    return y, rng.normal(size=2 * n_per_class) + shift * y
+
+
+def test_fast_bootstrap_equals_the_reference_metric_on_the_same_resamples():
+    # tied scores (rounding) exercise the per-group counting
+    y, s = _gaussian_scores(np.random.default_rng(3), 30, 1.0)
+    s = np.round(s, 1)
+    for name, reference in (("auroc", m.auroc), ("eer", m.equal_error_rate)):
+        fast = m.bootstrap_interval(y, s, name, n_boot=300, seed=7)
+        slow = m.bootstrap_interval(y, s, reference, n_boot=300, seed=7)
+        assert fast == pytest.approx(slow, abs=1e-12)
+        assert fast[0] < reference(y, s) < fast[1]
+
+
+def test_bootstrap_is_deterministic_and_stratified():
+    y, s = _gaussian_scores(np.random.default_rng(4), 40, 1.0)
+    a = m.bootstrap_interval(y, s, "auroc", seed=1)
+    assert a == m.bootstrap_interval(y, s, "auroc", seed=1)
+    assert a != m.bootstrap_interval(y, s, "auroc", seed=2)
+    # two positives only: an unstratified resample would often hold no positive (nan AUROC);
+    # stratified, every one has both classes and the bounds are finite
+    y2 = np.r_[np.zeros(30, int), 1, 1]
+    lo, hi = m.bootstrap_interval(y2, np.arange(32.0), "auroc", n_boot=200)
+    assert lo == hi == 1.0
+    assert all(math.isnan(v) for v in m.bootstrap_interval(np.zeros(5), np.arange(5.0), "eer"))
+    with pytest.raises(ValueError, match="unknown statistic"):
+        m.bootstrap_interval(y, s, "accuracy")
+
+
+@pytest.mark.parametrize(("name", "truth"), [
+    ("auroc", NormalDist().cdf(1 / math.sqrt(2))),  # AUROC of N(1, 1) vs N(0, 1): Φ(d / √2)
+    ("eer", NormalDist().cdf(-0.5)),  # threshold at d / 2: Φ(-d / 2)
+])
+def test_bootstrap_intervals_cover_the_true_value(name, truth):
+    rng = np.random.default_rng(5)
+    hits = 0
+    for _ in range(120):
+        y, s = _gaussian_scores(rng, 100, 1.0)
+        lo, hi = m.bootstrap_interval(y, s, name, n_boot=400, seed=int(rng.integers(1 << 30)))
+        hits += lo <= truth <= hi
+    assert 0.88 <= hits / 120 <= 0.995  # nominal 0.95; binomial noise of 120 trials ~ ±0.02
+
+
+def test_bootstrap_is_fast_on_ten_thousand_rows():
+    import time
+
+    y, s = _gaussian_scores(np.random.default_rng(6), 5_000, 1.0)
+    start = time.perf_counter()
+    m.bootstrap_interval(y, s, "auroc")
+    m.bootstrap_interval(y, s, "eer")
+    assert time.perf_counter() - start < 5.0  # ~0.3 s each on a laptop core; slack for shared CI

@@ -6,10 +6,14 @@ import csv
 import io
 import json
 import re
+from types import SimpleNamespace
 from xml.etree import ElementTree
 
 import pytest
+from rich.console import Console
 
+from advbench import metrics as M
+from advbench.errors import AdvbenchError
 from advbench.report import formats, tables
 from advbench.store import open_store
 
@@ -20,14 +24,15 @@ def cells(tiny_run):
     return open_store(str(root / "results.db")).cells(result.run_id)
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6, "detection"])
 def test_every_table_has_rows_in_every_format(cells, number):
-    built = tables.TABLES[number](cells)
+    built = (tables.TABLES | tables.EXTRA_TABLES)[number](cells)
     assert built and all(t.rows for t in built)
     as_json = json.loads(formats.render_json(built))
     assert [t["title"] for t in as_json] == [t.title for t in built]
     rows = list(csv.reader(io.StringIO(formats.render_csv(built))))
     assert rows[0][0] == "table" and len(rows) == sum(len(t.rows) + 1 for t in built)
+    assert all(len(r) == len(rows[0]) for r in rows[:len(built[0].rows) + 1])  # header and rows agree
     latex = formats.render_latex(built)
     assert latex.count(r"\begin{tabular}") == len(built) == latex.count(r"\bottomrule")
     for t in built:  # every row has as many cells as the header
@@ -67,16 +72,231 @@ def test_table2_is_leak_free_totals(cells):
 
 def test_leaderboard_is_ranked_and_html_holds_every_table(cells):
     [board] = tables.leaderboard(cells)
-    accuracies = [r[4] for r in board.rows]
-    assert accuracies == sorted(accuracies, reverse=True)
+    accuracy, eer = board.columns.index("Accuracy"), board.columns.index("EER")
+    accuracies = [r[accuracy].value for r in board.rows]
+    assert accuracies == sorted(accuracies, reverse=True)  # one n for all cells: ties-first keeps value order
     [best2] = tables.leaderboard(cells, top=2)
     assert best2.rows == board.rows[:2] and "best 2 of" in best2.title
     [by_eer] = tables.leaderboard(cells, sort="eer")
-    assert [r[6] for r in by_eer.rows] == sorted(r[6] for r in by_eer.rows)
+    eers = [r[eer].value for r in by_eer.rows]
+    assert eers == sorted(eers)
     everything = [board] + [t for n in tables.TABLES for t in tables.TABLES[n](cells)]
     page = formats.render_html(everything, [("a plot", b"\x89PNG fake")])
     assert all(t.title.split(" — ")[0] in page for t in everything)
     assert page.count("<table>") == len(everything) and "data:image/png;base64," in page
+
+
+def test_leaderboard_intervals_reach_csv_and_json_as_columns(cells):
+    [board] = tables.leaderboard(cells, top=1)
+    est = board.rows[0][board.columns.index("Accuracy")]
+    cell = next(c for c in cells if c.stage == "detect" and (c.detector, c.feature, c.transform) == board.rows[0][1:4])
+    n = int(tables.metric(cell, "n"))
+    assert board.rows[0][board.columns.index("n")] == n == est.n
+    assert (est.lo, est.hi) == M.wilson_interval(round(est.value * n), n)
+    [record] = json.loads(formats.render_json([board]))[0]["rows"]
+    assert list(record)[:4] == ["Rank", "Detector", "Feature", "Group"]
+    assert (record["Accuracy"], record["Accuracy lo"], record["Accuracy hi"], record["Accuracy n"]) == (
+        est.value, est.lo, est.hi, n)
+    assert record["EER lo"] is None and record["EER"] is not None  # this store has no bootstrap bounds
+    assert isinstance(record["Tied"], bool) and record["Rank"] == 1
+    header, row = list(csv.reader(io.StringIO(formats.render_csv([board]))))
+    got = dict(zip(header, row))
+    assert float(got["Accuracy hi"]) == pytest.approx(est.hi) and got["EER hi"] == "" and got["Rank"] == "1"
+    assert "[–]" in formats.render_markdown([board])  # EER/AUROC without stored bounds
+
+
+def test_detection_table_on_the_tiny_world(cells):
+    [table] = tables.detection_by_attack(cells)
+    assert table.columns[:4] == ("Detector", "Feature", "Group", "FPR (normal)")
+    assert set(table.columns[4:]) == {"fgsm", "bim"}
+    detect = [c for c in cells if c.stage == "detect" and c.status == "ok"]
+    assert len(table.rows) == len(detect)
+    fgsm = table.columns.index("fgsm")
+    for row, c in zip(table.rows, detect):
+        assert row[fgsm].value == tables.metric(c, "detection_rate", "fgsm")
+        assert row[fgsm].n == int(tables.metric(c, "n", "fgsm")) and row[3].n == int(tables.metric(c, "n", "clean"))
+
+
+# --- constructed cells: exact derivations, ties, wide tables ----------------------------------------
+
+
+def _m(name, value, subset=""):
+    return SimpleNamespace(name=name, subset=subset, value=value)
+
+
+def _detector(name, *, n_normal=50, fp=5, per_attack=(("fgsm", 25, 20), ("pgd", 25, 15)), feature="counting",
+              group="JPEG", extra=(), dataset="d", model="m", status="ok"):
+    """A detect cell stored the way engine/detect.py stores one: rates and their counts."""
+    n_adv = sum(k for _, k, _ in per_attack)
+    tp = sum(t for _, _, t in per_attack)
+    n = n_normal + n_adv
+    metrics = [_m("accuracy", (tp + n_normal - fp) / n), _m("fpr", fp / n_normal), _m("n", n),
+               _m("n_normal", n_normal), _m("n_adversarial", n_adv),
+               _m("balanced_accuracy", (tp / n_adv + 1 - fp / n_normal) / 2), _m("tpr_at_5fpr", tp / n_adv / 2),
+               _m("eer", 0.1), _m("auroc", 0.9),
+               _m("false_positive_rate", fp / n_normal, "clean"), _m("n", n_normal, "clean")]
+    metrics += [m_ for a, k, t in per_attack for m_ in (_m("detection_rate", t / k, a), _m("n", k, a))]
+    metrics += [_m(k, v) for k, v in extra]
+    return SimpleNamespace(stage="detect", status=status, error="", dataset=dataset, model=model, attack="",
+                           transform=group, feature=feature, detector=name, corrector="", metrics=metrics)
+
+
+def _with(cell, **values):
+    """The cell with some eval metrics replaced (a chosen accuracy, AUROC, ...)."""
+    kept = [x for x in cell.metrics if not (x.subset == "" and x.name in values)]
+    return SimpleNamespace(**{**vars(cell), "metrics": kept + [_m(k, v) for k, v in values.items()]})
+
+
+def test_detection_rate_overall_is_recovered_exactly():
+    # 60 normal (6 flagged), 40 adversarial (31 flagged): accuracy (31 + 54) / 100 = 0.85
+    cell = _detector("x", n_normal=60, fp=6, per_attack=(("fgsm", 40, 31),))
+    est = tables.estimate(cell, "detection_rate")
+    assert est.value == 31 / 40 and (est.lo, est.hi) == M.wilson_interval(31, 40) and est.n == 40
+    fpr = tables.estimate(cell, "fpr")
+    assert fpr.n == 60 and (fpr.lo, fpr.hi) == M.wilson_interval(6, 60)
+    assert tables.estimate(cell, "tpr_at_5fpr").n == 40
+    bal = tables.estimate(cell, "balanced_accuracy")  # effective n 4 / (1/60 + 1/40) = 96
+    assert bal.n == 96 and (bal.lo, bal.hi) == pytest.approx(M.wilson_interval(bal.value * 96, 96))
+    old = SimpleNamespace(**{**vars(cell), "metrics": [x for x in cell.metrics if not x.name.startswith("n")]})
+    assert tables.estimate(old, "detection_rate").value is None and not tables.estimate(old, "accuracy").has_interval
+
+
+def test_ties_with_the_leader_share_rank_one_and_ranks_continue():
+    base = _detector("base")  # n = 100
+    cells = [_renamed(_with(base, accuracy=a), name) for name, a in (("e", 0.60), ("a", 0.90), ("c", 0.70), ("b", 0.85), ("d", 0.70))]
+    # Wilson 95 %, n = 100: 0.90 [0.826, 0.945]; 0.85 [0.767, 0.907] overlaps it; 0.70 [0.604, 0.781] does not
+    [board] = tables.leaderboard(cells)
+    assert [(r[0].text(), r[1]) for r in board.rows] == [("=1", "a"), ("=1", "b"), ("=3", "c"), ("=3", "d"), ("5", "e")]
+    assert any(note.startswith("= :") for note in board.notes)
+    assert "0.90 [0.83, 0.95]" not in formats.render_markdown([board])  # n = 100 resolves thousandths
+    assert "0.900 [0.826, 0.945]" in formats.render_markdown([board])
+    tied = [r["Tied"] for r in board.records()]
+    assert tied == [True, True, True, True, False]
+
+
+def _renamed(cell, name):
+    return SimpleNamespace(**{**vars(cell), "detector": name})
+
+
+def test_ties_on_auroc_and_eer_use_the_stored_bootstrap_bounds():
+    base = _detector("base")
+    cells = [_renamed(_with(base, auroc=0.95, auroc_lo=0.93, auroc_hi=0.97, eer=0.05, eer_lo=0.03, eer_hi=0.07), "a"),
+             _renamed(_with(base, auroc=0.90, auroc_lo=0.85, auroc_hi=0.92, eer=0.06, eer_lo=0.04, eer_hi=0.09), "b"),
+             _renamed(_with(base, auroc=0.94, auroc_lo=0.90, auroc_hi=0.96, eer=0.12, eer_lo=0.10, eer_hi=0.15), "c")]
+    [by_auroc] = tables.leaderboard(cells, sort="auroc")
+    assert [(r[0].text(), r[1]) for r in by_auroc.rows] == [("=1", "a"), ("=1", "c"), ("3", "b")]
+    [by_eer] = tables.leaderboard(cells, sort="eer")
+    assert [(r[0].text(), r[1]) for r in by_eer.rows] == [("=1", "a"), ("=1", "b"), ("3", "c")]
+    auroc = by_auroc.columns.index("AUROC")
+    assert by_auroc.rows[0][auroc].text() == "0.950 [0.930, 0.970]"
+    # without stored bounds only equal values tie, and the board says so
+    bare = [_renamed(_with(base, auroc=v), k) for k, v in (("a", 0.9), ("b", 0.9), ("c", 0.8))]
+    [board] = tables.leaderboard(bare, sort="auroc")
+    assert [r[0].text() for r in board.rows] == ["=1", "=1", "3"]
+    assert any("no auroc interval stored" in note for note in board.notes)
+    assert board.rows[0][auroc].text() == "0.900 [–]"
+
+
+def test_failed_cells_stay_on_the_board_in_every_format():
+    cells = [_detector("ok"), _renamed(_with(_detector("x", status="failed"), accuracy=None), "broken")]
+    cells[1].error = "boom"
+    [board] = tables.leaderboard(cells)
+    assert board.rows[-1][0] == "-" and board.rows[-1][-1] == "failed: boom"
+    broken = board.records()[-1]
+    assert broken["Accuracy"] is None and broken["Accuracy lo"] is None and broken["Tied"] is None
+    text = _rendered([board], 100)
+    assert "failed: boom" in text and "…" not in text
+    assert len({len(r) for r in csv.reader(io.StringIO(formats.render_csv([board])))}) == 1
+
+
+def test_cross_run_leaderboard_marks_ties_and_keeps_run_columns():
+    from datetime import datetime
+
+    run = SimpleNamespace(id=4, benchmark="b", config_hash="0123456789abcdef", started_at=datetime(2024, 5, 1))
+    cells = [_renamed(_with(_detector("x"), accuracy=a), k) for k, a in (("a", 0.9), ("b", 0.88), ("c", 0.5))]
+    [board] = tables.cross_run_leaderboard([(run, cells)], best=3)
+    assert [r[0].text() for r in board.rows] == ["=1", "=1", "3"]
+    assert board.rows[0][1:6] == ("b", 4, "0123456789", "2024-05-01", "a")
+    with pytest.raises(AdvbenchError, match="valid: accuracy"):
+        tables.cross_run_leaderboard([(run, cells)], sort="precision")
+
+
+def test_detection_by_attack_gives_wilson_intervals_and_counts():
+    cells = [_detector("lda"), _detector("svm", fp=0, per_attack=(("fgsm", 25, 25), ("pgd", 25, 0))),
+             _detector("cnn", n_normal=40, fp=2, group="images", feature="")]
+    [table] = tables.detection_by_attack(cells)
+    assert table.columns == ("Detector", "Feature", "Group", "FPR (normal)", "fgsm", "pgd")
+    lda, svm, cnn = table.rows
+    assert (lda[3].value, lda[3].n) == (0.1, 50) and (lda[3].lo, lda[3].hi) == M.wilson_interval(5, 50)
+    assert (lda[4].value, lda[4].n) == (0.8, 25) and (lda[4].lo, lda[4].hi) == M.wilson_interval(20, 25)
+    assert svm[4].hi == 1.0 and svm[5].lo == 0.0 and cnn[3].n == 40
+    assert "normal 40–50; fgsm 25; pgd 25" in table.notes[-1]
+    [record] = [r for r in table.records() if r["Detector"] == "svm"]
+    assert record["pgd"] == 0.0 and record["pgd n"] == 25
+    assert record["pgd hi"] == pytest.approx(M.wilson_interval(0, 25)[1])
+
+
+def test_decimals_follow_the_count():
+    assert tables.Estimate(0.9123, 0.88, 0.94, 44).text() == "0.91 [0.88, 0.94]"
+    assert tables.Estimate(0.9123, 0.9, 0.93, 1000).text() == "0.912 [0.900, 0.930]"
+    assert tables.Estimate(0.91234, 0.9, 0.93, 20_000).text() == "0.9123 [0.9000, 0.9300]"
+    assert tables.Estimate(None).text() == "–" and tables.Estimate(0.5, n=10).text() == "0.50 [–]"
+
+
+def _predict_cell(imageset, op, count, images=40):
+    return SimpleNamespace(stage="predict", status="ok", error="", dataset="d", model="m", attack=imageset,
+                           transform=op, feature="", detector="", corrector="",
+                           metrics=[_m("topk_misclassified", count), _m("images", images)])
+
+
+def _rendered(built, width):
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    formats.render_rich(built, console)
+    return console.export_text()
+
+
+def _assert_every_value_shown(built, text):
+    lines = text.splitlines()
+    assert "…" not in text
+    for t in built:
+        for row in t.rows:
+            key = " ".join(formats.cell_text(v) for v in row[:t.key_columns])
+            for v in row[t.key_columns:]:  # each value on a line of its row (its part of a split table)
+                want = formats.cell_text(v)
+                assert any(want in line and all(formats.cell_text(k) in line for k in row[:t.key_columns])
+                           for line in lines), (t.title, key, want)
+
+
+@pytest.mark.parametrize("width", [220, 100])
+def test_wide_tables_show_every_number(width):
+    ops = [f"jpeg@{q}" for q in range(100, 4, -5)] + [f"scaling@{s / 100:.2f}" for s in range(50, 150, 5)]
+    sets = ["clean", "fgsm", "bim", "pgd", "cw", "deepfool", "newtonfool", "jsma"]
+    predict = [_predict_cell(s, op, (i * 7 + j * 3) % 41) for i, op in enumerate(["original"] + ops)
+               for j, s in enumerate(sets)]
+    [t3] = tables.table3(predict)
+    assert t3.columns[0] == "Operation" and len(t3.rows) == len(ops) + 1 and len(t3.columns) == len(sets) + 1
+    detectors = ["lda", "svm", "mlp", "logreg", "knn", "tree", "forest", "boost", "nb"]
+    detect = [_renamed(_detector("x", group=g, feature=f, fp=i % 9, per_attack=(("fgsm", 60, 40 + i % 17),)), d)
+              for i, (d, g, f) in enumerate((d, g, f) for d in detectors for g in ("JPEG", "Scaling", "All")
+                                            for f in ("counting", "differences"))]
+    [t4] = tables.table4(detect)
+    assert t4.columns == ("Group", "Feature", *detectors) and len(t4.rows) == 6
+    built = [t3, t4, *tables.leaderboard(detect), *tables.detection_by_attack(detect)]
+    text = _rendered(built, width)
+    _assert_every_value_shown(built, text)
+    assert max(len(line) for line in text.splitlines()) <= width
+    if width == 100:
+        assert "(part 2 of" in text  # Table 4 and the leaderboard do not fit in 100 columns
+
+
+def test_column_parts_repeat_the_key_columns_and_honour_max_columns():
+    t = tables.Table("t", ("Group", "Feature", *(f"d{i}" for i in range(9))),
+                     (("JPEG", "counting", *(tables.Estimate(0.5, 0.4, 0.6, 100) for _ in range(9))),), key_columns=2)
+    assert formats.column_parts(t, 400) == [list(range(11))]
+    parts = formats.column_parts(t, 100)
+    assert len(parts) > 1 and all(p[:2] == [0, 1] for p in parts)
+    assert sorted({i for p in parts for i in p}) == list(range(11))
+    assert all(len(p) <= 5 for p in formats.column_parts(t, 400, max_columns=5))
 
 
 def test_compare_shows_zero_deltas_for_the_same_run(cells):
