@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 import traceback
 from datetime import datetime
 from enum import Enum
@@ -39,29 +40,45 @@ Format = Enum("Format", {name: name for name in formats.FORMATS}, type=str)  # o
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="SQLAlchemy URL or SQLite file (default: the config's, else results.db).")]
 
 
+class ExecutorKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Benchmark file (TOML).")],
     store: StoreOpt = None,
     max_images: Annotated[Optional[int], typer.Option("--max-images", min=1, help="Cap clean images per model.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes for the prediction and detector cells.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Forked processes for the CPU cells (predictions, feature detectors, scores).")] = 1,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached artefacts; recompute every cell.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")] = None,
+    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".[ray]\").")] = ExecutorKind.local,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default: a local Ray instance.")] = None,
 ) -> int:
     """Plan the benchmark matrix and execute it; results go to the store."""
+    if address is not None and executor != ExecutorKind.ray:
+        raise AdvbenchError("--address is the address of a Ray cluster; add --executor ray")
     bench = load_benchmark(config, discover())
-    runner = Runner(bench, discover(), RunOptions(store=store, max_images=max_images, workers=workers,
-                                                  fresh=fresh, cache_dir=cache_dir))
+    runner = Runner(bench, discover(), RunOptions(store=store, max_images=max_images, workers=workers, fresh=fresh,
+                                                  cache_dir=cache_dir, executor=executor.value, address=address))
     counts = {s: len(runner.plan.stage(s)) for s in STAGES}
-    with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=not err.is_terminal) as progress:
-        tasks = {s: progress.add_task(s, total=counts[s], note="") for s in STAGES}
+    counts = {s: n for s, n in counts.items() if n}
+    if err.is_terminal:
+        with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=err) as progress:
+            tasks = {s: progress.add_task(s, total=n, note="") for s, n in counts.items()}
 
-        def on_cell(outcome):
-            progress.update(tasks[outcome.cell.stage], advance=1,
-                            note="cached" if outcome.cached else outcome.cell.title[:40])
+            def on_cell(outcome):
+                progress.update(tasks[outcome.cell.stage], advance=1,
+                                note="cached" if outcome.cached else outcome.cell.title[:40])
+                if outcome.note:
+                    progress.console.print(f"{outcome.cell.title}: {outcome.note}", highlight=False, markup=False)
 
-        result = runner.run_with(on_cell)
+            result = runner.run_with(on_cell)
+    else:  # nohup, SLURM, CI: one plain line per finished cell and a progress line now and then
+        result = runner.run_with(PlainProgress(sum(counts.values()), err))
     n_cached = sum(o.cached for o in result.outcomes)
     err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
               f"{len(result.failed)} failed) -> {result.store_url} (run {result.run_id})", highlight=False)
@@ -74,6 +91,31 @@ def run(
         return 1
     err.print("next: advbench report" + (f" --store {store}" if store else ""), highlight=False)
     return 0
+
+
+class PlainProgress:
+    """Progress for logs: a line per finished cell, and every ``every`` seconds the count and an
+    estimate of the time left (from the computed cells so far)."""
+
+    def __init__(self, total: int, console: Console, every: float = 30.0):
+        self.total, self.console, self.every = total, console, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, outcome) -> None:
+        self.done += 1
+        how = "cached" if outcome.cached else outcome.status if outcome.status != "ok" else "computed"
+        line = f"[{self.done}/{self.total}] {how} {outcome.cell.title} {outcome.seconds:.1f}s"
+        if outcome.note or outcome.error:
+            line += f" ({outcome.note or outcome.error})"
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+        now = time.monotonic()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            elapsed = now - self.start
+            left = elapsed / self.done * (self.total - self.done)
+            self.console.print(f"progress: {self.done}/{self.total} cells, {elapsed / 60:.1f} min elapsed, "
+                               f"~{left / 60:.1f} min left", highlight=False)
 
 
 @app.command()
@@ -91,7 +133,7 @@ def report(
     store: StoreOpt = None,
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="Benchmark name (default: the latest run's).")] = None,
     run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
-    table: Annotated[Optional[int], typer.Option("--table", min=1, max=6, help="Paper table 1-6 instead of the leaderboard.")] = None,
+    table: Annotated[Optional[str], typer.Option("--table", help="Paper table 1-6, or: " + ", ".join(tables.EXTRA_TABLES) + "; instead of the leaderboard.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
     sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, balanced_accuracy, eer, auroc, tpr_at_5fpr.")] = "accuracy",
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="Leaderboard: show the best N cells per dataset/model (--leaderboard: default 3).")] = None,
@@ -120,7 +162,7 @@ def report(
         run_row = _pick_run(st, run_id, benchmark)
         cells = st.cells(run_row.id)
         if table:
-            result = tables.TABLES[table](cells)
+            result = tables.table_named(table)(cells)
         elif fmt == Format.html:  # the whole run on one page
             result = tables.leaderboard(cells, sort, top) + [t for n in sorted(tables.TABLES) for t in tables.TABLES[n](cells)]
             images = _run_figures(cells, cache_dir)
@@ -230,6 +272,51 @@ def plugins(
         t.add_row(e.spec.kind, e.spec.name + (" *" if e.spec.default else ""), e.package, e.spec.summary, params)
     out.print(t)
     out.print("[dim]* in the default set used when a benchmark omits that section[/dim]")
+    return 0
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="Check and tidy the artefact cache.")
+app.add_typer(cache_app, name="cache")
+CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")]
+
+
+def _cache(cache_dir: Path | None):
+    from advbench.cache import Cache, default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    if not root.is_dir():
+        raise AdvbenchError(f"no cache at {root}; pass --cache-dir or set ADVBENCH_CACHE_DIR")
+    return Cache(root)
+
+
+@cache_app.command("verify")
+def cache_verify(
+    cache_dir: CacheDirOpt = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Delete damaged artefacts (the next run recomputes them).")] = False,
+) -> int:
+    """Check every artefact against the checksums of its completion record."""
+    cache = _cache(cache_dir)
+    damaged, total = [], 0
+    for stage, key in cache.artefacts():
+        total += 1
+        state = cache.state(stage, key)
+        if not state.complete:
+            damaged.append((stage, key, state.reason or state.status))
+    for stage, key, why in damaged:
+        out.print(f"damaged: {stage}/{key}: {why}" + (" (deleted)" if fix else ""), highlight=False, markup=False)
+        if fix:
+            cache.discard(stage, key)
+    out.print(f"{cache.root}: {total} artefacts, {len(damaged)} damaged", highlight=False)
+    return 1 if damaged and not fix else 0
+
+
+@cache_app.command("prune")
+def cache_prune(cache_dir: CacheDirOpt = None) -> int:
+    """Remove scratch folders and lock files that no running process holds."""
+    cache = _cache(cache_dir)
+    removed = cache.prune()
+    out.print(f"{cache.root}: removed {removed['scratch']} stale scratch folders and {removed['locks']} lock files",
+              highlight=False)
     return 0
 
 

@@ -84,6 +84,9 @@ def detection_metrics(data: LabelledSet, pred: np.ndarray, scores: np.ndarray) -
         if split_id == EVAL:
             rows += [("n_normal", "", float((data.y[mask] == 0).sum())),
                      ("n_adversarial", "", float((data.y[mask] == 1).sum()))]
+            for stat in ("auroc", "eer"):  # 95 % stratified bootstrap intervals, seeded
+                lo, hi = M.bootstrap_interval(data.y[mask], scores[mask], stat, n_boot=1000, seed=0)
+                rows += [(f"{stat}_lo", "", lo), (f"{stat}_hi", "", hi)]
             for origin in sorted(set(data.origin[mask].tolist())):
                 sub = data.origin[mask] == origin
                 name = "false_positive_rate" if origin == "clean" else "detection_rate"

@@ -489,3 +489,14 @@ TABLES: dict[int, Callable[[Sequence], list[Table]]] = {1: table1, 2: table2, 3:
 """The paper's tables by number (``report --table N``)."""
 EXTRA_TABLES: dict[str, Callable[[Sequence], list[Table]]] = {"detection": detection_by_attack}
 """Tables by name beyond the paper's (``report --table detection``)."""
+
+
+def table_named(name: str) -> Callable[[Sequence], list[Table]]:
+    """The builder of ``report --table NAME``: a paper table by number, or an extra table."""
+    if name.isdigit() and int(name) in TABLES:
+        return TABLES[int(name)]
+    if name in EXTRA_TABLES:
+        return EXTRA_TABLES[name]
+    from advbench.errors import AdvbenchError
+
+    raise AdvbenchError(f"--table {name!r}: unknown table; valid: {', '.join(map(str, TABLES))}, {', '.join(EXTRA_TABLES)}")
