@@ -521,6 +521,12 @@ class Store:
             set_id = self._insert_new(conn, _IMAGE_SETS, {"cell_key": cell_key}, {"n": n, "created_at": _now()})
             if set_id is None:  # a concurrent writer stored it first
                 return False
+            raw = conn.connection.dbapi_connection
+            if self.engine.dialect.driver == "psycopg":  # COPY: ~3x faster than executemany
+                with raw.cursor() as cur, cur.copy(f"COPY images (set_id, {', '.join(names)}) FROM STDIN") as copy:
+                    for values in zip(*(data[c] for c in names)):
+                        copy.write_row((set_id, *values))
+                return True
             for start in range(0, n, IMAGE_CHUNK):
                 stop = min(start + IMAGE_CHUNK, n)
                 rows = [dict(zip(names, values), set_id=set_id)
