@@ -260,8 +260,10 @@ class Store:
                              "such as results.db, sqlite:///FILE or postgresql://USER@HOST/DATABASE") from None
         except ImportError as exc:
             if self.dialect == "postgresql":
-                raise StoreError(f"store {self._safe_url}: the PostgreSQL driver psycopg is not installed; "
-                                 'pip install -e ".[postgres]"') from None
+                missing = exc.name or "psycopg"
+                other = "" if missing == "psycopg" else " and write the URL as postgresql://... (psycopg 3)"
+                raise StoreError(f"store {self._safe_url}: the PostgreSQL driver {missing} is not installed; "
+                                 f'pip install -e ".[postgres]"{other}') from None
             raise StoreError(f"store {self._safe_url}: its database driver is not installed ({exc})") from None
         except (SQLAlchemyError, ValueError) as exc:
             raise StoreError(f"cannot open store {self._safe_url}: {_one_line(exc)}") from None

@@ -51,13 +51,17 @@ def open_only(url: str, barrier, results) -> None:
         results.put(traceback.format_exc())
 
 
-def identical_run(url: str, barriers, results) -> None:
-    """What one of several identical ``advbench run`` processes does to the store."""
+def identical_run(url: str, barriers, native: bool, results) -> None:
+    """What one of several identical ``advbench run`` processes does to the store.
+
+    ``native=False``: the select-then-insert fallback of dialects without ON CONFLICT.
+    """
     try:
         from advbench.store import Store
 
         barriers[0].wait(timeout=120)
         store = Store(url)  # a fresh store: the migration race
+        store._native_upsert = native
         barriers[1].wait(timeout=120)
         run = store.start_run(benchmark="b", config_hash="h", config_text="[benchmark]", seed=0, versions={})
         for i in range(N_CELLS):

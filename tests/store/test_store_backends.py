@@ -50,8 +50,10 @@ def _spawn(target, args_of, n: int = 4, timeout: float = 240) -> list:
 
 # --- writes -------------------------------------------------------------------------------
 
-def test_upserts_are_idempotent_and_metrics_are_replaced(store_url):
+@pytest.mark.parametrize("upsert", ["on-conflict", "fallback"])
+def test_upserts_are_idempotent_and_metrics_are_replaced(store_url, upsert):
     store = Store(store_url)
+    store._native_upsert = upsert == "on-conflict"
     run = _start(store)
     assert _start(store) == run
     cell = StubCell("detect", "k1", detector="svm")
@@ -98,11 +100,12 @@ def test_four_processes_opening_a_fresh_store_migrate_it_once(store_url):
         assert conn.execute(text("select version_num from alembic_version")).scalars().all() == [head_revision()]
 
 
-def test_four_identical_runs_at_once_write_one_run_and_no_duplicates(store_url):
+@pytest.mark.parametrize("upsert", ["on-conflict", "fallback"])
+def test_four_identical_runs_at_once_write_one_run_and_no_duplicates(store_url, upsert):
     ctx = multiprocessing.get_context("spawn")
     barriers = (ctx.Barrier(4), ctx.Barrier(4))
     t0 = time.perf_counter()
-    results = _spawn(identical_run, lambda _ctx: (store_url, barriers))
+    results = _spawn(identical_run, lambda _ctx: (store_url, barriers, upsert == "on-conflict"))
     elapsed = time.perf_counter() - t0
     errors = [r[1] for r in results if r[0] != "ok"]
     assert not errors, "\n".join(errors)
@@ -119,7 +122,7 @@ def test_four_identical_runs_at_once_write_one_run_and_no_duplicates(store_url):
     assert len(invocations) == 4 and {i.status for i in invocations} == {"ok"}
     assert len({i.pid for i in invocations}) == 4
     assert (_count(store, ImageSet), _count(store, Image)) == (1, N_IMAGES)
-    print(f"\n4 identical runs x {N_CELLS} cells on {store.dialect}: {elapsed:.1f} s (spawn included)")
+    print(f"\n4 identical runs x {N_CELLS} cells on {store.dialect} ({upsert}): {elapsed:.1f} s (spawn included)")
 
 
 # --- killed runs --------------------------------------------------------------------------
