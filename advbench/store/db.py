@@ -63,7 +63,6 @@ IMAGE_CELL_COLUMNS = ("cell_key", "stage", "dataset", "model", "attack", "transf
 
 _RUNS, _INVOCATIONS, _CELLS = Run.__table__, Invocation.__table__, Cell.__table__
 _METRICS, _IMAGE_SETS, _IMAGES = Metric.__table__, ImageSet.__table__, Image.__table__
-_NATIVE_UPSERT = ("sqlite", "postgresql")
 _RETRY_SQLSTATES = {"40001", "40P01"}  # PostgreSQL serialization failure, deadlock detected
 _T = TypeVar("_T")
 
@@ -275,7 +274,9 @@ class Store:
             raise StoreError(f"cannot open store {self._safe_url}: {_one_line(exc)}") from None
         _dispose_in_forked_children(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
-        self._native_upsert = self.dialect in _NATIVE_UPSERT
+        # ON CONFLICT ... RETURNING: PostgreSQL, and SQLite from 3.35 (older ones take the fallback)
+        self._native_upsert = self.dialect == "postgresql" or (
+            self.dialect == "sqlite" and self.engine.dialect.dbapi.sqlite_version_info >= (3, 35))
         self._host = socket.gethostname()[:200]
         #: The invocation (``invocations.id``) of this process's latest start_run, else None.
         self.invocation_id: int | None = None
@@ -311,7 +312,8 @@ class Store:
                 if self._native_upsert or attempt == attempts - 1:
                     raise StoreError(f"store {self._safe_url}: {what}: {_one_line(exc)}") from exc
             except DBAPIError as exc:
-                code = getattr(getattr(exc, "orig", None), "sqlstate", None)
+                orig = getattr(exc, "orig", None)
+                code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3, psycopg2
                 if code not in _RETRY_SQLSTATES or attempt == attempts - 1:
                     raise StoreError(f"store {self._safe_url}: {what}: {_one_line(exc)}") from exc
             time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
