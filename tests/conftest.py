@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,131 @@ def requires_shared(path: str = "") -> Path:
     if not target.exists():
         pytest.skip(f"needs ../shared/{path} (reference data absent in this checkout)")
     return target
+
+
+# --- PostgreSQL for the store tests ---------------------------------------------------------
+# A real server: $ADVBENCH_TEST_POSTGRES_URL (a database on which the user may CREATE DATABASE),
+# else a throwaway cluster of Debian's PostgreSQL binaries (initdb + pg_ctl, unix socket only,
+# fsync off), started once per session and deleted after. Where neither can be had, the tests
+# that need it skip and say why.
+
+POSTGRES_ENV = "ADVBENCH_TEST_POSTGRES_URL"
+
+
+def _pg_bindir() -> Path | None:
+    import re
+
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists() and (p / "pg_ctl").exists()]
+    return max(found, key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.name)] or [0]) if found else None
+
+
+def _start_cluster(bindir: Path):
+    """initdb + pg_ctl start in a fresh temp dir; returns (admin URL, stop callback)."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="advbench-pg-"))  # under /tmp: the postgres user must reach it
+    data, sock, log = root / "data", root / "sock", root / "server.log"
+    sock.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.skip("PostgreSQL: running as root and there is no 'postgres' user to run the server as")
+        for path in (root, sock):
+            shutil.chown(path, "postgres", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
+        if not prefix:
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.skip("PostgreSQL: running as root without runuser to start the server as 'postgres'")
+
+    def run(*cmd: object) -> None:
+        done = subprocess.run([*prefix, *map(str, cmd)], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            if log.exists():
+                tail += log.read_text(errors="replace").strip().splitlines()[-3:]
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.skip(f"PostgreSQL: {Path(str(cmd[0])).name} failed: {' | '.join(tail)}")
+
+    with socket.socket() as s:  # a free port: it names the socket file; no TCP listener is opened
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run(bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")
+    run(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60",
+        "-o", f"-F -p {port} -k {sock} -c listen_addresses='' -c max_connections=200", "start")
+
+    def stop() -> None:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+    return f"postgresql+psycopg://postgres@/postgres?host={sock}&port={port}", stop
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """An SQLAlchemy engine (AUTOCOMMIT) on a PostgreSQL server where databases may be created."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip('PostgreSQL: the driver psycopg is not installed; pip install -e ".[postgres]"')
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    stop = None
+    if os.environ.get(POSTGRES_ENV):
+        url = make_url(os.environ[POSTGRES_ENV])
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+    else:
+        bindir = _pg_bindir()
+        if bindir is None:
+            pytest.skip(f"PostgreSQL: no server; set {POSTGRES_ENV} or install Debian's postgresql package "
+                        "(no initdb under /usr/lib/postgresql/*/bin)")
+        url, stop = _start_cluster(bindir)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is a reason to skip
+        engine.dispose()
+        if stop:
+            stop()
+        pytest.skip(f"PostgreSQL: cannot connect to {make_url(url).render_as_string()}: {str(exc).splitlines()[0]}")
+    yield engine
+    engine.dispose()
+    if stop:
+        stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    import uuid
+
+    from sqlalchemy import text
+
+    name = f"advbench_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with postgres_server.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL: cannot create a test database: {str(exc).splitlines()[0]}")
+    yield postgres_server.url.set(database=name).render_as_string(hide_password=False)
+    with postgres_server.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh results store on each backend: a SQLite file, then an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    return request.getfixturevalue("postgres_url")

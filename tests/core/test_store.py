@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import pytest
 from sqlalchemy import inspect
 
 from advbench.errors import StoreError
 from advbench.plan import Cell
-from advbench.store import open_store, resolve_url
+from advbench.store import Store, open_store, resolve_url
+from advbench.store.db import head_revision
 
 
 def test_url_resolution():
@@ -19,10 +21,11 @@ def test_url_resolution():
 def test_schema_comes_from_alembic_migrations(tmp_path):
     store = open_store(str(tmp_path / "r.db"))
     tables = set(inspect(store.engine).get_table_names())
-    assert {"runs", "cells", "metrics", "alembic_version"} <= tables
+    assert {"runs", "invocations", "cells", "metrics", "image_sets", "images", "alembic_version"} <= tables
     with sqlite3.connect(tmp_path / "r.db") as conn:
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0002",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == (head_revision(),) == ("0005",)
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
+    assert (tmp_path / "r.db.lock").exists()  # migrations were serialised by a lock next to the file
 
 
 def test_writes_are_idempotent(tmp_path):
@@ -56,3 +59,30 @@ def test_missing_store_and_unknown_run_are_user_errors(tmp_path):
         store.latest_run("zzz")
     with pytest.raises(StoreError, match="no run with id 42"):
         store.get_run(42)
+
+
+def test_a_directory_or_a_missing_folder_is_a_one_line_error(tmp_path):
+    with pytest.raises(StoreError, match=r"store .*: is a directory; give a file such as .*results\.db or a database URL"):
+        open_store(str(tmp_path))
+    with pytest.raises(StoreError, match=r"directory .*nowhere does not exist"):
+        open_store(str(tmp_path / "nowhere" / "r.db"))
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_an_unknown_dialect_or_a_missing_driver_names_the_fix(monkeypatch):
+    with pytest.raises(StoreError, match="unknown database dialect 'nosuchdb'"):
+        Store("nosuchdb://u@h/db")
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    with pytest.raises(StoreError, match=r'PostgreSQL driver psycopg is not installed; pip install -e "\.\[postgres\]"'):
+        Store("postgresql://user:secret@localhost/db")
+    with pytest.raises(StoreError) as info:
+        Store("postgresql://user:secret@localhost/db")
+    assert "secret" not in str(info.value)  # a password never reaches the message
+
+
+def test_a_store_from_a_newer_advbench_is_refused(tmp_path):
+    open_store(str(tmp_path / "r.db"))
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        conn.execute("update alembic_version set version_num = '9999'")
+    with pytest.raises(StoreError, match="revision .* newer advbench"):
+        open_store(str(tmp_path / "r.db"))
