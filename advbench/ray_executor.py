@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from advbench.cache import COMPLETE, Cache
-from advbench.errors import AdvbenchError, ConfigError, DataError, PluginError
+from advbench.errors import AdvbenchError, DataError, PluginError
 from advbench.plan import IMAGES, Cell, Plan
 from advbench.registry import Registry, registry_from_sources
 from advbench.stages.context import CellContext, Job
@@ -209,7 +209,7 @@ def _number(env: str, default: float, low: float) -> float:
     except ValueError:
         value = -1.0
     if value < low:
-        raise ConfigError(f"${env} = {text!r}: expected a number >= {low:g}")
+        raise AdvbenchError(f"${env} = {text!r}: expected a number >= {low:g}")
     return value
 
 
@@ -234,8 +234,8 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise ConfigError('--executor ray needs Ray on this machine and every node: pip install "advbench[ray]"') \
-                from None
+            raise AdvbenchError('--executor ray needs Ray on this machine and on every node: '
+                                'pip install "advbench[ray]"') from None
         if not registry.sources:
             raise PluginError("Ray workers rebuild the plugin registry from the modules it was made of, and this one "
                               "names none; build it with advbench.registry.build_registry or discover()")
@@ -269,8 +269,8 @@ class RayExecutor:
             self.ray.init(**options)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = address or "a local instance"
-            raise ConfigError(f"cannot start or join Ray ({where}): {(str(exc).splitlines() or [''])[0]}; "
-                              f"start the head with `ray start --head` and pass --address auto") from None
+            raise AdvbenchError(f"cannot start or join Ray ({where}): {(str(exc).splitlines() or [''])[0].rstrip('.')}; "
+                                f"start the head with `ray start --head` and pass --address auto") from None
 
     # --- the Executor protocol --------------------------------------------------------------
 

@@ -160,7 +160,8 @@ def ray_cluster(tmp_path_factory):
         pytest.skip("this process already belongs to a Ray instance")
     root = tmp_path_factory.mktemp("ray")
     (root / "scratch").mkdir()
-    path = [str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    here = Path(__file__).resolve()  # this module, as "test_ray_executor" or "tests.core.test_ray_executor"
+    path = [str(here.parent), str(here.parents[2]), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {NODE_CACHE_ENV: str(root / "node-cache"), SCRATCH: str(root / "scratch"), "PYTHONPATH": os.pathsep.join(path)}
     temp = tempfile.mkdtemp(prefix="abray-")  # short: Ray's socket paths live under it
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
