@@ -219,4 +219,11 @@ def check_detector(spec: DetectorSpec, params: Params | None = None, min_accurac
     accuracy = float((pred == y[1::2]).mean())
     assert accuracy >= min_accuracy, f"{spec.name}: accuracy {accuracy:.2f} on separable blobs (< {min_accuracy})"
     assert scores[y[1::2] == 1].mean() > scores[y[1::2] == 0].mean(), f"{spec.name}: scores must grow with adversarial-ness"
+    if hasattr(detector, "save") and hasattr(detector, "load"):  # a saved detector must come back the same
+        with tempfile.TemporaryDirectory() as folder:
+            detector.save(Path(folder))
+            again = spec.build(params or spec.params(), 0)
+            again.load(Path(folder))
+        assert np.array_equal(np.asarray(again.predict(x[1::2])), pred), f"{spec.name}: load() changed predict()"
+        assert np.allclose(np.asarray(again.scores(x[1::2]), dtype=float), scores), f"{spec.name}: load() changed scores()"
     return accuracy
