@@ -26,14 +26,16 @@ QUERIES_HELP = "Model evaluations allowed per image, everything included."
 class SquareLinfParams(Params):
     epsilon: float = Field(0.05, gt=0, description="L∞ budget per pixel value (the paper's ImageNet 0.05).")
     max_queries: int = Field(10_000, ge=1, description=QUERIES_HELP)
-    p_init: float = Field(0.05, gt=0, le=1, description="Initial fraction of pixels in the square (halved on schedule).")
+    p_init: float = Field(0.05, gt=0, le=1, description="Initial fraction of pixels in the square (halved on "
+                                                        "schedule).")
 
 
 class SquareL2Params(Params):
     epsilon: float = Field(0.01, gt=0, description="L2 budget per pixel value (times sqrt(D); the paper's "
                                                    "ImageNet 5 is ~0.01).")
     max_queries: int = Field(10_000, ge=1, description=QUERIES_HELP)
-    p_init: float = Field(0.1, gt=0, le=1, description="Initial fraction of pixels in the square (halved on schedule).")
+    p_init: float = Field(0.1, gt=0, le=1, description="Initial fraction of pixels in the square (halved on "
+                                                       "schedule).")
 
 
 class _DecisionParams(Params):
@@ -108,9 +110,11 @@ def _spatial(model, images, criterion, params: SpatialParams, ctx) -> AttackOutp
 
 
 ATTACKS = [
-    AttackSpec(name="square-linf", summary="Square Attack, L∞, score-based random search (Andriushchenko et al. 2020).",
+    AttackSpec(name="square-linf",
+               summary="Square Attack, L∞, score-based random search (Andriushchenko et al. 2020).",
                params=SquareLinfParams, run=_square("linf"), budget_param="epsilon", norm="linf", threat="score-based"),
-    AttackSpec(name="square-l2", summary="Square Attack, L2, score-based random search (Andriushchenko et al. 2020).",
+    AttackSpec(name="square-l2",
+               summary="Square Attack, L2, score-based random search (Andriushchenko et al. 2020).",
                params=SquareL2Params, run=_square("l2"), budget_param="epsilon", norm="l2", threat="score-based"),
     minimal_norm_spec(name="hopskipjump", summary="HopSkipJump, L2, decision-based (Chen et al. 2020; foolbox), "
                       "query budget.", params=HopSkipJumpParams, unbounded=_hopskipjump("l2"), norm="l2",

@@ -137,9 +137,8 @@ Unbounded = Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 def memoised(attack: str, version: str, model, images: torch.Tensor, criterion, params, ctx,
              unbounded: Unbounded) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The unbounded run's (images, per-image values): loaded from ``ctx.cache_dir`` when a run
-    with the same key is there, else computed; stored when ``params.max_norm`` is set (the grid
-    mode, where the next budget will want it again)."""
+    """The unbounded run's (images, per-image values), loaded from ``ctx.cache_dir`` when a run
+    with the same key is there, else computed and stored there."""
     key = memo_key(attack, version, model, images, criterion, params.model_dump(), ctx.seed)
     path = Path(ctx.cache_dir) / "unbounded" / f"{attack}-{key[:40]}.pt"
     stored = _load(path, images.device)
@@ -147,18 +146,21 @@ def memoised(attack: str, version: str, model, images: torch.Tensor, criterion, 
         adversarial = stored.pop("images")
         return adversarial, stored
     adversarial, per_image = unbounded()
-    if params.max_norm is not None:
-        _save_atomic(path, {"images": adversarial, **per_image})
+    _save_atomic(path, {"images": adversarial, **per_image})
     return adversarial, per_image
 
 
 def minimal_norm(attack: str, version: str, norm: str,
                  unbounded: Callable[..., Any]) -> Callable[..., Any]:
     """``run`` of a minimal-perturbation attack with ``max_norm``: ``unbounded(model, images,
-    criterion, params, ctx)`` returns a tensor or an :class:`AttackOutput`; the result is
-    memoised (see :func:`memoised`) and clipped to ``params.max_norm`` (per pixel) when set."""
+    criterion, params, ctx)`` returns a tensor or an :class:`AttackOutput`. Without ``max_norm``
+    that is the result; with it, the unbounded run is memoised (the grid mode's other budgets
+    load it, see :func:`memoised`) and clipped to ``max_norm`` (per pixel)."""
 
     def run(model, images, criterion, params, ctx):
+        if params.max_norm is None:
+            return unbounded(model, images, criterion, params, ctx)
+
         def compute():
             out = unbounded(model, images, criterion, params, ctx)
             if isinstance(out, AttackOutput):
@@ -166,8 +168,7 @@ def minimal_norm(attack: str, version: str, norm: str,
             return out, {}
 
         adversarial, per_image = memoised(attack, version, model, images, criterion, params, ctx, compute)
-        if params.max_norm is not None:
-            adversarial = clip_to_ball(images, adversarial, norm, params.max_norm * norm_scale(norm, images))
+        adversarial = clip_to_ball(images, adversarial, norm, params.max_norm * norm_scale(norm, images))
         return AttackOutput(adversarial, per_image) if per_image else adversarial
 
     return run

@@ -200,7 +200,8 @@ ATTACKS = [
     AttackSpec(name="gradient", summary="L2 fast gradient (foolbox 'Gradient'), non-targeted, budget sweep.",
                params=FastParams, run=_fast(fb.attacks.L2FastGradientAttack, "l2"), budget_param="epsilons", norm="l2"),
     AttackSpec(name="fgsm", summary="Fast gradient sign method (Goodfellow et al.), non-targeted, budget sweep.",
-               params=FastParams, default=True, run=_fast(fb.attacks.FGSM, "linf"), budget_param="epsilons", norm="linf"),
+               params=FastParams, default=True, run=_fast(fb.attacks.FGSM, "linf"), budget_param="epsilons",
+               norm="linf"),
     minimal_norm_spec(name="deepfool", summary="DeepFool, L2 (Moosavi-Dezfooli et al.), non-targeted.",
                       params=DeepFoolParams, version="2", norm="l2", unbounded=lambda m, x, c, p, ctx: _minimize(
                           fb.attacks.L2DeepFoolAttack(steps=p.steps, candidates=p.candidates, overshoot=p.overshoot),
