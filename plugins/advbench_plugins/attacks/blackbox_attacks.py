@@ -40,7 +40,8 @@ class SquareL2Params(Params):
 
 class _DecisionParams(Params):
     max_queries: int = Field(10_000, ge=1, description=QUERIES_HELP)
-    init_directions: int = Field(100, ge=1, description="Uniform noise images tried per image for a starting point.")
+    init_directions: int = Field(20, ge=1, description="Uniform noise images tried per image for a starting point "
+                                                      "(then the batch's other images, nearest first).")
     init_search_steps: int = Field(10, ge=0, description="Binary-search steps on the blend towards the clean image.")
     max_norm: float | None = Field(None, gt=0, description=MAX_NORM_HELP)
 

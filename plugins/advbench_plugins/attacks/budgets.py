@@ -1,5 +1,5 @@
 """Perturbation budgets shared by the attack plugins: per-pixel scaling, clipping a result to a
-norm ball, validated budget types, and the on-disk memo that lets a grid of budgets reuse one
+norm ball, a validator for budget lists, and the on-disk memo that lets a grid of budgets reuse one
 unbounded run of a minimal-perturbation attack.
 
 Budgets are given per pixel value so one number fits any image size: an L2 budget ``e`` means

@@ -7,10 +7,11 @@
   ``fb.attacks.BoundaryAttack``.
 
 Both walk along the decision boundary from a starting point that is already adversarial, using
-only the criterion's verdict. The start is a blended uniform-noise search of our own (as
-foolbox's ``LinearSearchBlendedUniformNoiseAttack``, but per row, judged by the benchmark's
-criterion, with a binary search on the blend): foolbox's attacks refuse a batch in which any
-start is not adversarial, so rows without one are left out and stay failed.
+only the criterion's verdict. The start is a blended-noise search of our own (as foolbox's
+``LinearSearchBlendedUniformNoiseAttack``, but per row, judged by the benchmark's criterion,
+falling back on the batch's other images, with a binary search on the blend): foolbox's attacks
+refuse a batch in which any start is not adversarial, so rows without one are left out and
+stay failed.
 
 Every model evaluation of every row is counted (a counting wrapper around the model), the
 search for the start included. foolbox queries all rows of its batch together, so a row is
@@ -104,40 +105,52 @@ def _query(counter: QueryCounter, tracker: Tracker, x: torch.Tensor, rows: torch
 
 def blended_noise_start(counter: QueryCounter, tracker: Tracker, images: torch.Tensor, *, directions: int,
                         search_steps: int, generator: torch.Generator) -> torch.Tensor:
-    """Starting points for a decision-based attack: per row, uniform noise images until one is
-    adversarial (at most ``directions`` draws), then a binary search for the smallest blend
-    ``(1 - a) x + a u`` that still is. Rows without a start come back with ``found`` False in
-    the tracker; returns (N, ...) starts (the clean image where none was found)."""
+    """Starting points for a decision-based attack. Per row: uniform noise images until one is
+    adversarial (at most ``directions`` draws); failing that, the batch's other clean images,
+    nearest first (a classifier often puts all noise in one class, and a row of that class then
+    never gets a start from noise); then a binary search for the smallest blend
+    ``(1 - a) x + a u`` towards the found ``u`` that still is adversarial. Rows without a start
+    come back clean, with ``found`` False in the tracker. Every try is a counted query."""
     n = len(images)
     device = images.device
-    noise = torch.zeros_like(images)
-    has_noise = torch.zeros(n, dtype=torch.bool, device=device)
-    for _ in range(directions):
-        rows = (~has_noise).nonzero().squeeze(1)
-        if rows.numel() == 0:
-            break
-        draw = torch.rand(images[rows].shape, generator=generator).to(device, images.dtype)
+    found = torch.zeros_like(images)
+    has = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def attempt(rows: torch.Tensor, candidates: torch.Tensor) -> bool:
         try:
-            holds = _query(counter, tracker, draw, rows)
+            holds = _query(counter, tracker, candidates, rows)
         except QueryBudgetExhausted:
+            return False
+        found[rows[holds]] = candidates[holds]
+        has[rows[holds]] = True
+        return True
+
+    for _ in range(directions):
+        rows = (~has).nonzero().squeeze(1)
+        draw = torch.rand(images[rows].shape, generator=generator).to(device, images.dtype)
+        if rows.numel() == 0 or not attempt(rows, draw):
             break
-        noise[rows[holds]] = draw[holds]
-        has_noise[rows[holds]] = True
+    # other images of the batch, nearest first (row i's j-th try is its j-th nearest neighbour)
+    distances = torch.cdist(images.flatten(1), images.flatten(1)).fill_diagonal_(float("inf"))
+    neighbours = distances.argsort(dim=1)[:, : n - 1]
+    for j in range(n - 1):
+        rows = (~has).nonzero().squeeze(1)
+        if rows.numel() == 0 or not attempt(rows, images[neighbours[rows, j]]):
+            break
     lo = torch.zeros(n, device=device)  # blend known not to be adversarial
     hi = torch.ones(n, device=device)  # blend known to be adversarial
-    rows = has_noise.nonzero().squeeze(1)
+    rows = has.nonzero().squeeze(1)
     for _ in range(search_steps if rows.numel() else 0):
         mid = (lo[rows] + hi[rows]) / 2
         blend = mid.view(-1, *([1] * (images.dim() - 1)))
-        candidate = (1 - blend) * images[rows] + blend * noise[rows]
         try:
-            holds = _query(counter, tracker, candidate, rows)
+            holds = _query(counter, tracker, (1 - blend) * images[rows] + blend * found[rows], rows)
         except QueryBudgetExhausted:
             break
         hi[rows] = torch.where(holds, mid, hi[rows])
         lo[rows] = torch.where(holds, lo[rows], mid)
     blend = hi.view(-1, *([1] * (images.dim() - 1)))
-    return torch.where(has_noise.view_as(blend), (1 - blend) * images + blend * noise, images)
+    return torch.where(has.view_as(blend), (1 - blend) * images + blend * found, images)
 
 
 def decision_attack(attack: fb.attacks.base.MinimizationAttack, model, images: torch.Tensor,
