@@ -31,7 +31,7 @@ from advbench.criteria import PaperCriterion, target_labels
 from advbench.hookspecs import hookimpl
 from advbench.registry import Registry, build_registry, entry_point_modules
 from advbench.runner import RunOptions, RunResult, Runner
-from advbench.specs import AttackSpec, BuildContext, DatasetSpec, DetectorSpec, LoadedModel, ModelSpec, Params, Sample
+from advbench.specs import AttackOutput, AttackSpec, BuildContext, DatasetSpec, DetectorSpec, LoadedModel, ModelSpec, Params, Sample
 
 SIZE = 16
 
@@ -199,6 +199,10 @@ def check_attack(spec: AttackSpec, params: Params | None = None, n: int = 16, mi
     with tempfile.TemporaryDirectory() as scratch:  # a plugin that caches must not write into the caller's folder
         out = spec.run(model.module, x.clone(), criterion, params or spec.params(),
                        BuildContext(cache_dir=Path(scratch), device="cpu", seed=0))
+    if isinstance(out, AttackOutput):
+        for name, values in out.per_image.items():
+            assert tuple(torch.as_tensor(values).shape) == (n,), f"{spec.name}: per_image[{name!r}] must hold one value per image"
+        out = out.images
     assert isinstance(out, torch.Tensor) and out.shape == x.shape, f"{spec.name}: output shape {getattr(out, 'shape', None)} != {tuple(x.shape)}"
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1, f"{spec.name}: output must be finite, in [0, 1]"
     with torch.no_grad():
