@@ -1,7 +1,8 @@
 """Registers the paper's four operation families (§3.1) as transform plugins.
 
 With no ``[[transforms]]`` in a benchmark, their default grids give the paper's 38 operations
-in the groups jpeg (16), blur (4), rotation (8) and scaling (10).
+in the groups jpeg (16), blur (4), rotation (8) and scaling (10): they are the transform
+specs with ``default=True``.
 """
 
 from __future__ import annotations
@@ -34,19 +35,19 @@ TRANSFORMS = [
     TransformSpec(name="jpeg", summary="JPEG re-compression at a quality factor.", params=JpegParams,
                   apply=lambda im, p: ops.jpeg(im, p.quality),
                   apply_tensor=lambda b, p: ops.jpeg_tensor(b, p.quality),
-                  default_grid={"quality": list(ops.JPEG_QUALITIES)}, default_group="jpeg"),
+                  default_grid={"quality": list(ops.JPEG_QUALITIES)}, default_group="jpeg", default=True),
     TransformSpec(name="blur", summary="Gaussian blur with the paper's kernel size.", params=BlurParams,
                   apply=lambda im, p: ops.gaussian_blur(im, p.kernel_size),
                   apply_tensor=lambda b, p: ops.gaussian_blur_tensor(b, p.kernel_size),
-                  default_grid={"kernel_size": list(ops.BLUR_KERNEL_SIZES)}, default_group="blur"),
+                  default_grid={"kernel_size": list(ops.BLUR_KERNEL_SIZES)}, default_group="blur", default=True),
     TransformSpec(name="rotation", summary="Clockwise rotation, same size, bilinear, black fill.",
                   params=RotationParams, apply=lambda im, p: ops.rotate(im, p.angle),
                   apply_tensor=lambda b, p: ops.rotate_tensor(b, p.angle),
-                  default_grid={"angle": [int(a) for a in ops.ROTATION_ANGLES]}, default_group="rotation"),
+                  default_grid={"angle": [int(a) for a in ops.ROTATION_ANGLES]}, default_group="rotation", default=True),
     TransformSpec(name="scaling", summary="Bilinear rescaling by a factor (the image size changes).",
                   params=ScalingParams, apply=lambda im, p: ops.scale(im, p.factor),
                   apply_tensor=lambda b, p: ops.scale_tensor(b, p.factor),
-                  default_grid={"factor": list(ops.SCALE_FACTORS)}, default_group="scaling"),
+                  default_grid={"factor": list(ops.SCALE_FACTORS)}, default_group="scaling", default=True),
 ]
 
 
