@@ -267,7 +267,9 @@ def check_transform(spec: TransformSpec, params: Params | None = None, n: int = 
     assert gap <= tolerance, f"{spec.name}: backends differ by {gap:.2f}/255 on average (> {tolerance})"
     if spec.differentiable:
         xg = x.clone().requires_grad_(True)
-        spec.apply_tensor(xg, params).sum().backward()
+        out = spec.apply_tensor(xg, params)
+        assert out.requires_grad, f"{spec.name}: differentiable = True but no gradient reaches the input"
+        out.sum().backward()
         assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0, \
             f"{spec.name}: differentiable = True but no gradient reaches the input"
     return gap
@@ -358,7 +360,7 @@ def _fit(detector, split: DetectionSplit, dev: DetectionSplit) -> None:
         detector.fit(split.images, split.labels)
 
 
-def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_auroc: float = 0.8,
+def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_auroc: float = 0.7,
                          atol: float = 1e-4) -> float:
     """Build a model-aware detector (``inputs = "model"``) around the tiny model, fit it on
     tiny-world digits against their adversarials (train split; dev given when ``fit`` takes it),
