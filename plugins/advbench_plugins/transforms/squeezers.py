@@ -16,8 +16,10 @@ Deep Neural Networks", NDSS 2018) as image operations, in two backends that agre
   the same rank of the same window, so the two agree exactly on 8-bit images. The median
   routes the gradient to the selected pixel: ``differentiable = True``.
 
-Neither is in the paper's default operation set (``default = False``); their grids
-(``bits`` 4/5/6, ``size`` 2/3) form the group ``squeeze`` when a benchmark names them.
+Neither is in the paper's default operation set (``default = False``). A benchmark that names
+them gets one operation per entry, or one per value of its own ``grid``, in the group
+``squeeze``; ``default_grid`` (``bits`` 4/5/6, ``size`` 2/3) is the grid they would add to a
+default set.
 """
 
 from __future__ import annotations
