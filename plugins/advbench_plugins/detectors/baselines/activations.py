@@ -65,7 +65,7 @@ def select_layers(module: nn.Module, layers: str = "children") -> list[str]:
         if item == "children":
             prefix, net = unwrap(module)
             found = [prefix + n for n, child in net.named_children() if not isinstance(child, PASSIVE)]
-        elif item in named and item:
+        elif item in named:
             found = [item]
         elif item in by_type:
             found = by_type[item]
@@ -141,11 +141,6 @@ class ActivationProbe:
             out[PENULTIMATE] = found[PENULTIMATE].flatten(1)
         out[LOGITS] = logits
         return out
-
-    @property
-    def names(self) -> list[str]:
-        """Keys of a result, in order, before a layer that returns the logits folds into them."""
-        return [*self.layers, *([PENULTIMATE] if self._linear is not None else []), LOGITS]
 
 
 # --- batches of images ---------------------------------------------------------------------

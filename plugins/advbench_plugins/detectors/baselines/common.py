@@ -148,7 +148,7 @@ class ModelDetector:
     def torch_scores(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable scores of a float (N, 3, H, W) batch in [0, 1]; flagged when > threshold."""
         self._check_fitted()
-        return self._score_batch(x.to(self.device))
+        return self._score_batch(x.to(self.device)).to(x.dtype)
 
     # -- persistence: tensors and JSON, never pickle --------------------------------------
 

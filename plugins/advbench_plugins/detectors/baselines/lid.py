@@ -107,7 +107,7 @@ class LID(ModelDetector):
 
     def _prepare_references(self) -> None:
         found = collect(self.probe, self.reference_images, self.params.batch_size, self.device, self.params.reduce)
-        self.references = {**found.features, "logits": found.logits}
+        self.references = {n: v.to(self.device) for n, v in {**found.features, "logits": found.logits}.items()}
 
     def _features(self, x: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         """(n, layers) LIDs averaged over the reference batches; ``exclude[j]`` = a reference
@@ -115,7 +115,7 @@ class LID(ModelDetector):
         columns = []
         for name, value in self.probe(x).items():
             act = reduce(value, self.params.reduce)
-            ref = self.references[name].to(act.device)
+            ref = self.references[name]
             estimates = []
             for batch in self.batches:
                 index = torch.as_tensor(batch, device=act.device)
