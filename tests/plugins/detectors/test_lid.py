@@ -94,3 +94,11 @@ def test_more_reference_batches_average_the_estimates(splits, make_ctx):
     detector = LID(LIDParams(minibatch=50, reference_batches=3), make_ctx()).fit(images, labels)
     assert [len(b) for b in detector.batches] == [50, 50, 50]
     assert len(detector.reference_images) == 150
+
+
+def test_a_reference_batch_smaller_than_k_still_gives_finite_scores(make_ctx):
+    normal, adversarial = tiny_adversarial_world()
+    images = np.concatenate([normal[:6], normal[:1], adversarial[:6]])  # a duplicate: two zero distances
+    labels = np.array([0] * 7 + [1] * 6)
+    detector = LID(LIDParams(k=20, minibatch=7), make_ctx()).fit(images, labels)  # one batch: all 7
+    assert np.isfinite(detector.scores(images)).all()

@@ -56,7 +56,9 @@ class LIDParams(HeadParams):
 
 def lid_mle(squared: torch.Tensor, k: int, usable: torch.Tensor) -> torch.Tensor:
     """LID maximum-likelihood estimates from squared distances (n, m) to m references: the k
-    smallest ``usable`` (n, m) distances are the neighbours. Differentiable in ``squared``."""
+    smallest ``usable`` (n, m) distances are the neighbours (fewer when some row has fewer usable
+    references: a reference batch barely larger than k). Differentiable in ``squared``."""
+    k = max(1, min(k, int(usable.sum(1).min())))
     ranked = squared.masked_fill(~usable, float("inf")).topk(k, dim=1, largest=False).values
     # log(r_i / r_k) = (log d_i - log d_k) / 2 with d = r^2
     logs = ranked.clamp_min(1e-30).log()
