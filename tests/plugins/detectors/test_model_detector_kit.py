@@ -12,25 +12,25 @@ from advbench.testing import check_model_detector, registry_with, tiny_adversari
 BASELINES = ("feature-squeezing", "kernel-density", "lid", "mahalanobis")
 
 
-class MarginDetector:
-    """Score = minus the softmax margin of the top two classes; threshold halfway between the
+class BlurShiftDetector:
+    """Score = L1 change of the softmax under a 3x3 box blur; threshold halfway between the
     class means of the training scores. ``flaw`` breaks one promise of the contract."""
 
     def __init__(self, ctx, flaw: str = ""):
         self.module, self.flaw, self.threshold = ctx.model.module, flaw, 0.0
 
-    def margin(self, x):
-        top2 = torch.softmax(self.module(x), 1).topk(2, 1).values
-        return top2[:, 1] - top2[:, 0]
+    def shift(self, x):
+        blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return (torch.softmax(self.module(x), 1) - torch.softmax(self.module(blurred), 1)).abs().sum(1)
 
     def torch_scores(self, x):
-        return self.margin(x) + (0.5 if self.flaw == "torch-differs" else 0.0)
+        return self.shift(x) + (0.5 if self.flaw == "torch-differs" else 0.0)
 
     def scores(self, images):
         if self.flaw == "random":
             return np.random.default_rng().random(len(images))
         with torch.no_grad():
-            return self.margin(to_tensor(images)).double().numpy()
+            return self.shift(to_tensor(images)).double().numpy()
 
     def fit(self, images, labels):
         if self.flaw == "hook":
@@ -44,12 +44,12 @@ class MarginDetector:
 
 
 def spec(flaw: str = "") -> DetectorSpec:
-    return DetectorSpec(name=f"margin{'-' + flaw if flaw else ''}", summary="test", inputs="model",
-                        build=lambda params, ctx: MarginDetector(ctx, flaw))
+    return DetectorSpec(name=f"blur-shift{'-' + flaw if flaw else ''}", summary="test", inputs="model",
+                        build=lambda params, ctx: BlurShiftDetector(ctx, flaw))
 
 
 def test_a_sound_detector_passes_and_its_auroc_is_returned():
-    assert 0.7 <= check_model_detector(spec()) <= 1.0
+    assert 0.65 <= check_model_detector(spec()) <= 1.0
 
 
 @pytest.mark.parametrize("flaw, message", [("random", "AUROC|same seed"), ("torch-differs", "torch_scores and scores"),
@@ -57,7 +57,7 @@ def test_a_sound_detector_passes_and_its_auroc_is_returned():
 def test_a_broken_detector_fails(flaw, message):
     try:
         with pytest.raises(AssertionError, match=message):
-            check_model_detector(spec(flaw), min_auroc=0.6)
+            check_model_detector(spec(flaw), min_auroc=0.0)  # reach the checks after the AUROC
     finally:  # the "hook" flaw leaves a hook on the shared tiny model: take it off
         from advbench.testing import tiny_model
         for m in tiny_model().module.modules():

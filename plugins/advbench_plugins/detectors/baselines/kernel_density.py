@@ -14,7 +14,9 @@ adversarial images the core gives, labels 0/1):
   of the paper's Euclidean geometry after which the mean squared distance between two normal
   images is 2 whatever the layer width D. The bandwidth is on that scale (the paper's CIFAR-10
   value, 0.26, was for its raw features and does not transfer; per-dimension standardisation
-  would blow up units that normal images never use). A class without normal training
+  would blow up units that normal images never use). Default 0.3: of 0.1/0.3/1.0 it was within
+  0.01 AUROC of the best on CIFAR-10 ResNet-20 (BIM and FGSM) and 0.86-0.90 against 0.69-0.81
+  for 1.0 on four variants of the tiny test world. A class without normal training
   images uses all of them. A normal training image is left out of its own density (leave one
   out), else it would meet itself at distance 0 in training but never at test time.
 - **BU**: Bayesian uncertainty by Monte-Carlo dropout (Gal & Ghahramani 2016), the variance of
@@ -48,7 +50,7 @@ from advbench_plugins.detectors.baselines.common import HeadParams, LogisticHead
 
 
 class KernelDensityParams(HeadParams):
-    bandwidth: float = Field(1.0, gt=0, description="Gaussian kernel bandwidth on the standardised, "
+    bandwidth: float = Field(0.3, gt=0, description="Gaussian kernel bandwidth on the standardised, "
                                                     "sqrt(D)-scaled penultimate features (the paper's 0.26 was "
                                                     "for its raw CIFAR-10 features).")
     samples: int = Field(50, ge=2, description="Monte-Carlo dropout samples T (the paper: 50).")
