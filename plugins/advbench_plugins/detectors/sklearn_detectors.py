@@ -120,7 +120,11 @@ class LDADetector(SklearnDetector):
         else:
             lda = LinearDiscriminantAnalysis(solver=self.solver)
         self.estimator = make_pipeline(StandardScaler(), lda)
-        return super().fit(features, labels)
+        super().fit(features, labels)
+        # fitted, the discriminant is coef_ and intercept_: drop the ridge estimator (not a
+        # scikit-learn type) so that the saved pipeline holds scikit-learn's types only
+        lda.covariance_estimator = None
+        return self
 
 
 class SVMParams(Params):

@@ -53,6 +53,17 @@ def test_lda_uses_a_direction_that_separates_the_classes_without_error(registry,
     assert (lda.predict(x) == Y).all() and lda.scores(x)[Y == 1].min() > lda.scores(x)[Y == 0].max()
 
 
+def test_a_regularised_lda_saves_and_loads_with_scikit_learns_types_only(registry, tmp_path):
+    """Score and adaptive cells reload the detect cell's detector (skops, which refuses types
+    other than scikit-learn's and numpy's): the ridge estimator is not among them."""
+    x = np.c_[Y == 1, NOISE[:, 0]].astype(float)
+    lda = _lda(registry).fit(x, Y)
+    assert lda.regularised
+    lda.save(tmp_path)
+    again = _lda(registry).load(tmp_path)
+    np.testing.assert_array_equal(again.scores(x), lda.scores(x))
+
+
 @pytest.mark.parametrize("solver", ["svd", "lsqr", "eigen"])
 def test_lda_on_regular_features_is_scikit_learns(registry, solver):
     """Ordinary data, and a duplicated or constant column (singular, not degenerate): scikit-
