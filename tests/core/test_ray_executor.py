@@ -108,20 +108,16 @@ REGISTRY = registry_with(sys.modules[__name__])
 
 @contextmanager
 def _one_thread():
-    """The in-process reference, computed as a Ray worker computes: one torch thread (the tiny
-    model is trained in the process that needs it, and its float sums depend on the threads)."""
+    """The in-process reference, computed as a Ray worker computes it: on one torch thread (a
+    reduction over more threads sums in another order)."""
     import torch
 
-    from advbench.testing import tiny_model
-
     threads = torch.get_num_threads()
-    tiny_model.cache_clear()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        tiny_model.cache_clear()  # the next user trains it again with its own threads
 
 
 def _run(root: Path, toml: str, executor: str, store: str | None = None):
