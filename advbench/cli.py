@@ -173,6 +173,8 @@ def report(
         if failed and not table:
             result.append(failed)
     if not result:
+        if table in tables.TABLE_NEEDS:
+            raise AdvbenchError(f"--table {table}: this run has nothing for it; it needs {tables.TABLE_NEEDS[table]}")
         raise AdvbenchError("nothing to report for this selection (no matching cells)")
     if fmt == Format.rich and out_file is None:
         formats.render_rich(result, out)
@@ -206,6 +208,8 @@ def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = No
     made = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in figures.KINDS:
+            if kind == "security" and not any(c.stage == "score" for c in cells):
+                continue  # a run without evaluation sets: no curve to expect, nothing to say
             path = Path(tmp) / f"{kind}.png"
             try:
                 _draw(kind, cells, cache, path, st, run_id)

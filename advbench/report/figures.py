@@ -15,7 +15,7 @@ from advbench.engine.detect import EVAL
 from advbench.errors import AdvbenchError
 from advbench.report import plots
 from advbench.plan import CLEAN
-from advbench.report.tables import Estimate, metric, security_curves, standard, subset_steps
+from advbench.report.tables import Estimate, defense, metric, security_curves, standard, subset_steps
 
 KINDS = ("roc", "heatmap", "cost", "logits", "security")
 CAPTIONS = {"roc": "ROC curves of the most accurate detector cells (eval set)",
@@ -68,15 +68,17 @@ def eval_scores(images: ImageColumns | None) -> dict[str, tuple[np.ndarray, np.n
     cells with a missing score (NULL: not stored or not finite) are left out."""
     if not images or not images.get("cell_key"):
         return {}
-    keys = np.asarray(images["cell_key"], dtype=object)
-    split = np.asarray(images["split"], dtype=object)
-    y = np.asarray(images["y"], dtype=float)
-    score = np.asarray([np.nan if v is None else v for v in images["score"]], dtype=float)
+    evaluated = np.asarray(images["split"], dtype=object) == "eval"
+    keys = np.asarray(images["cell_key"], dtype=object)[evaluated]
+    y = np.asarray(images["y"], dtype=np.int64)[evaluated]
+    score = np.asarray([np.nan if v is None else v for v in images["score"]], dtype=float)[evaluated]
+    order = np.argsort(keys, kind="stable")  # one pass: each cell's rows become one slice
+    keys, y, score = keys[order], y[order], score[order]
+    names, starts = np.unique(keys, return_index=True)
     out = {}
-    for key in dict.fromkeys(keys[split == "eval"].tolist()):
-        rows = (keys == key) & (split == "eval")
-        if np.isfinite(score[rows]).all():
-            out[key] = (y[rows].astype(int), score[rows])
+    for key, start, stop in zip(names, starts, [*starts[1:], len(keys)]):
+        if np.isfinite(score[start:stop]).all():
+            out[str(key)] = (y[start:stop], score[start:stop])
     return out
 
 
@@ -157,8 +159,7 @@ def security(cells, path: Path, top: int = 6) -> Path:
     if not curves:
         raise AdvbenchError("this run has no evaluation sets with budgets (add 'budgets' to an attack or an "
                             "adaptive attack)")
-    accuracy = {"/".join(p for p in (c.detector, c.feature, c.transform if c.transform != "images" else "") if p):
-                metric(c, "accuracy") or 0.0 for c in _detect_cells(cells)}
+    accuracy = {defense(c): metric(c, "accuracy") or 0.0 for c in _detect_cells(cells)}
     names = list(dict.fromkeys(name for curve in curves for name, detects, _ in curve.defenses if detects))
     shown = set(sorted(names, key=lambda n: -accuracy.get(n, 0.0))[:top])
     several = len({(c.dataset, c.model) for c in curves}) > 1

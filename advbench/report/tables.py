@@ -641,7 +641,7 @@ def adaptive_tables(cells) -> list[Table]:
     """Adaptive attacks against the defenses they target, beside oblivious attacks of the same
     budget; then every detector on every adaptive set (transfer)."""
     tables = []
-    scores = _score_cells(cells)
+    scores = [c for c in cells if c.stage == "score"]
     detects = _detect_lookup(cells)
     primary = {(c.dataset, c.model, c.attack) for c in cells if c.stage == "attack" and budget(c) is None}
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "adaptive").items():
@@ -655,7 +655,11 @@ def adaptive_tables(cells) -> list[Table]:
                              "–", "–", attack_estimate(made) if made.status == "ok" else None, *([None] * 7)))
                 continue
             for sc in defended:
-                same = [c for c in world if _defense_key(c) == _defense_key(sc)]
+                if sc.status != "ok":
+                    rows.append((label, _budget_text(set_budget), defense(sc), "–", "–", attack_estimate(made),
+                                 sc.status, *([None] * 6)))
+                    continue
+                same = [c for c in world if _defense_key(c) == _defense_key(sc) and c.status == "ok"]
                 curve = [c for c in same if threat(c) == "adaptive" and family(c) == family(sc) and target(c) == goal]
                 comparators = [c for c in same if threat(c) == "oblivious" and _same_budget(budget(c), set_budget)]
                 comparators = [c for c in comparators if family(c) == family(sc)] or comparators
@@ -695,7 +699,7 @@ def adaptive_tables(cells) -> list[Table]:
 
 def _transfer(dataset: str, model: str, adaptive_cells, world) -> list[Table]:
     sets = [c.attack for c in adaptive_cells if c.status == "ok"]
-    detectors = [c for c in world if c.detector and c.attack in sets]
+    detectors = [c for c in world if c.detector and c.attack in sets and c.status == "ok"]
     labels = list(dict.fromkeys(defense(c) for c in detectors))
     if not labels:
         return []
@@ -857,6 +861,14 @@ EXTRA_TABLES: dict[str, Callable[[Sequence], list[Table]]] = {
     "detection": detection_by_attack, "adaptive": adaptive_tables, "security": security, "unseen": unseen,
     "subset": subset}
 """Tables by name beyond the paper's (``report --table detection``)."""
+
+
+#: What a run needs for each extra table to have rows (the hint of an empty report).
+TABLE_NEEDS = {"detection": "finished detector cells",
+               "adaptive": "[[adaptive]] attacks",
+               "security": "attacks with 'budgets' or [[adaptive]] attacks (evaluation sets)",
+               "unseen": "held-out detector cells: detection.protocol = \"leave-one-attack-out\" or detection.partitions",
+               "subset": "detection.subset_search"}
 
 
 def table_named(name: str) -> Callable[[Sequence], list[Table]]:

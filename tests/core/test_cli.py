@@ -220,3 +220,10 @@ def test_report_tables_plots_and_the_html_page_of_evaluation_sets(evaluation_sto
                   "Operation subsets", "Table 1 —"):
         assert title in text, title
     assert "security — detection rate and defended-system success" in text and text.count("<figure>") == 4  # no CNN: no logits
+
+
+def test_an_evaluation_table_of_a_run_without_its_cells_says_what_it_needs(tiny_run, capsys):
+    _, root = tiny_run
+    assert main(["report", "--store", str(root / "results.db"), "--table", "unseen"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--table unseen: this run has nothing for it" in line and "leave-one-attack-out" in line

@@ -547,3 +547,18 @@ def test_table1_orders_primary_grid_then_adaptive_and_shows_queries_only_when_st
     assert budgets.columns[-1] == "d/m queries" and budgets.rows[-1] == ("hsj>svm", None, None, 812.5)
     _, plain = tables.table1([c for c in cells if c.stage == "attack"])
     assert not any("queries" in c for c in plain.columns)
+
+
+def test_a_failed_score_cell_shows_its_status_in_the_adaptive_table():
+    cells = _world()
+    broken = _score("eot-pgd@0.01>svm/differences/JPEG", n=6, flagged=1, fooled=5, budget=0.01, threat="adaptive",
+                    target="svm/differences/JPEG")
+    broken.status = "failed"
+    cells = [c for c in cells if c.attack != broken.attack or c.stage != "score"] + [broken]
+    main, transfer = tables.adaptive_tables(cells)
+    [row] = [r for r in main.rows if r[0] == broken.attack]
+    assert row[2] == "svm/differences/JPEG" and row[main.columns.index("Det. adaptive")] == "failed"
+    assert transfer.rows[0][1] is None  # nothing to transfer from a failed cell
+    # the 0.03 row's curve no longer sees the failed 0.01 point
+    [high] = [r for r in main.rows if r[0] == "eot-pgd@0.03>svm/differences/JPEG" and r[3] == "pgd@0.03"]
+    assert high[main.columns.index("Adaptive ≥ 0.5 at")] == "0.03"
