@@ -192,7 +192,7 @@ class Runner:
                     in_flight.discard(outcome.cell.key)
                     self._settle(store, run_id, outcomes, outcome)
                     waiting.settled(outcome.cell.key)
-                    if outcome.cell.stage == "attack" and outcome.status != "ok" and outcome.cell.budget is None:
+                    if outcome.cell.stage == "attack" and outcome.status != "ok" and not outcome.cell.evaluation:
                         self._replan(outcomes)
                         waiting = _Waiting([c for c in self.plan.cells if c.key not in in_flight], outcomes)
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS and hasattr(store, "heartbeat"):
@@ -219,7 +219,7 @@ class Runner:
     def _replan(self, outcomes: dict[str, CellOutcome]) -> None:
         """A primary attack failed: plan again without it; cells not yet started follow the new plan."""
         failed = frozenset((o.cell.dataset, o.cell.model, o.cell.attack) for o in outcomes.values()
-                           if o.cell.stage == "attack" and o.status != "ok" and o.cell.budget is None)
+                           if o.cell.stage == "attack" and o.status != "ok" and not o.cell.evaluation)
         self.job = Job(self.job.config_text, self.job.config_path, self.job.cache_root, self.job.max_images, failed,
                        self.job.fresh)
         self.plan = self.context(self.job).plan

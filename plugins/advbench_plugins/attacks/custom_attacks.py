@@ -10,6 +10,7 @@ from advbench import hookimpl
 from advbench.specs import AttackSpec, Params
 
 from advbench_plugins.attacks.adef import adef_attack
+from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec
 from advbench_plugins.attacks.jsma import jsma_attack
 from advbench_plugins.attacks.lbfgs import lbfgs_attack
 
@@ -19,6 +20,7 @@ class LBFGSParams(Params):
     binary_search_steps: int = Field(5, ge=1, description="Searches over c per image.")
     max_iterations: int = Field(50, ge=1, description="L-BFGS iterations per search step.")
     learning_rate: float = Field(1.0, gt=0, description="L-BFGS step length.")
+    max_norm: float | None = Field(None, gt=0, description=MAX_NORM_HELP)
 
 
 class JSMAParams(Params):
@@ -35,14 +37,17 @@ class ADefParams(Params):
 
 
 def _call(fn):
-    return lambda model, images, criterion, params, ctx: fn(model, images, criterion, **params.model_dump())
+    return lambda model, images, criterion, params, ctx: fn(model, images, criterion,
+                                                            **params.model_dump(exclude={"max_norm"}))
 
 
 @hookimpl
 def advbench_register_attacks(register):
-    register(AttackSpec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
-                        params=LBFGSParams, targeted=True, run=_call(lbfgs_attack)))
+    register(minimal_norm_spec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
+                               params=LBFGSParams, targeted=True, norm="l2", unbounded=_call(lbfgs_attack)))
+    # gamma bounds the fraction of values changed: an L0 budget
     register(AttackSpec(name="jsma", summary="Jacobian saliency map attack (Papernot et al.), non-targeted rule.",
-                        params=JSMAParams, run=_call(jsma_attack)))
+                        params=JSMAParams, run=_call(jsma_attack), budget_param="gamma", norm="l0"))
+    # a deformation is not an Lp perturbation
     register(AttackSpec(name="adef", summary="ADef adversarial deformations (Alaifari et al.), non-targeted.",
-                        params=ADefParams, run=_call(adef_attack)))
+                        params=ADefParams, run=_call(adef_attack), norm=""))

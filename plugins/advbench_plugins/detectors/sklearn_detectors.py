@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import warnings
 
 import numpy as np
+import skops.io as skops_io
 from pydantic import Field
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.exceptions import ConvergenceWarning
@@ -17,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from advbench import hookimpl
+from advbench.errors import PluginError
 from advbench.specs import DetectorSpec, Params
 
 
@@ -39,6 +42,19 @@ class SklearnDetector:
         if hasattr(self.estimator, "decision_function"):
             return np.asarray(self.estimator.decision_function(features), dtype=float)
         return np.asarray(self.estimator.predict_proba(features)[:, 1], dtype=float)
+
+    # skops' format holds no pickled code: loading trusts only scikit-learn's and numpy's own types
+    def save(self, directory: Path) -> None:
+        skops_io.dump(self.estimator, directory / "estimator.skops")
+
+    def load(self, directory: Path) -> SklearnDetector:
+        path = directory / "estimator.skops"
+        untrusted = skops_io.get_untrusted_types(file=path)
+        foreign = [t for t in untrusted if not t.startswith(("sklearn.", "numpy."))]
+        if foreign:
+            raise PluginError(f"{path}: holds types other than scikit-learn's ({', '.join(foreign)}); not loaded")
+        self.estimator = skops_io.load(path, trusted=untrusted)
+        return self
 
 
 class SVMParams(Params):
