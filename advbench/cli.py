@@ -221,15 +221,13 @@ def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = No
 
 
 def _draw(kind: str, cells, cache, path: Path, st=None, run_id: int | None = None) -> Path:
-    """One plot of a run; ROC curves read the store's per-image rows, the cache as a fallback."""
+    """One plot of a run; ROC curves and logits read the store's per-image rows, the cache as a fallback."""
     from advbench.report import figures
 
-    if kind == "roc":
+    if kind in ("roc", "logits"):
         images = st.images(run_id, stage="detect") if st is not None and hasattr(st, "images") else None
-        return figures.roc(cells, cache, path, images=images,
-                           on_note=lambda note: err.print(note, highlight=False, markup=False))
-    if kind == "logits":
-        return figures.logits(cells, cache, path)
+        return getattr(figures, kind)(cells, cache, path, images=images,
+                                      on_note=lambda note: err.print(note, highlight=False, markup=False))
     return getattr(figures, kind)(cells, path)
 
 

@@ -29,25 +29,6 @@ def tiny_run(tmp_path_factory, registry):
     return result, root
 
 
-def _budget_grid_module():
-    """FGSM under another name with a budget parameter, so an oblivious attack gets a grid."""
-    import dataclasses
-    import types
-
-    from advbench import hookimpl
-    from advbench.registry import discover
-
-    module = types.ModuleType("report_grid_attacks")
-    fgsm = discover().get("attack", "fgsm")
-
-    @hookimpl
-    def advbench_register_attacks(register):
-        register(dataclasses.replace(fgsm, name="fgsm-grid", budget_param="epsilons", norm="linf"))
-
-    module.advbench_register_attacks = advbench_register_attacks
-    return module
-
-
 EVALUATION_DETECTION = ('protocol = "leave-one-attack-out"\n'
                         'subset_search = [{ detector = "lda", feature = "counting", group = "All", max_operations = 2 }]')
 EVALUATION_ADAPTIVE = ('[[adaptive]]\nplugin = "eot-pgd"\nbudgets = [0.1, 0.3]\nsteps = 8\nrandom_start = false\n'
@@ -57,15 +38,16 @@ EVALUATION_ADAPTIVE = ('[[adaptive]]\nplugin = "eot-pgd"\nbudgets = [0.1, 0.3]\n
 
 
 @pytest.fixture(scope="session")
-def evaluation_run(tmp_path_factory):
+def evaluation_run(tmp_path_factory, registry):
     """A completed tiny run with every evaluation-set cell: a budget grid (fgsm-grid@0.1, @0.3),
-    leave-one-attack-out detectors, a subset search and adaptive sets: EOT-PGD against the JPEG
-    operations (budgets 0.1, 0.3) and label-only HopSkipJump against an LDA detector: (RunResult, its directory). Do not modify its files."""
+    leave-one-attack-out detectors, a subset search, and adaptive sets (EOT-PGD against the JPEG
+    operations at 0.1 and 0.3, label-only HopSkipJump against an LDA detector).
+    (RunResult, its directory); do not modify its files."""
     root = tmp_path_factory.mktemp("evaluation-world")
     toml = tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5',
-                                   'plugin = "fgsm-grid"\nbudgets = [0.1, 0.3]'],
+                                   'plugin = "fgsm"\nname = "fgsm-grid"\nbudgets = [0.1, 0.3]'],
                           detection=EVALUATION_DETECTION, extra=EVALUATION_ADAPTIVE, images=40)
-    result = run_tiny(root, toml, registry=registry_with(_budget_grid_module()))
+    result = run_tiny(root, toml, registry=registry)
     assert not result.failed, [o.error for o in result.failed]
     return result, root
 

@@ -3,7 +3,7 @@
 The rows come from the store's per-image table (``Store.images(run_id)``: column name -> list):
 each cell's columns (stage, dataset, model, attack, transform, feature, detector, corrector,
 budget, threat, target, holdout) beside each image's (cell_key, idx, source, origin, split, y,
-truth, score, decision, label). CSV needs nothing beyond Python; Parquet needs pyarrow
+truth, score, decision, label, logit_0, logit_1; empty where a cell has none). CSV needs nothing beyond Python; Parquet needs pyarrow
 (``pip install 'advbench[parquet]'``).
 """
 
@@ -17,8 +17,10 @@ from advbench.errors import AdvbenchError
 
 FORMATS = ("csv", "parquet")
 PARQUET_EXTRA = "pip install 'advbench[parquet]'"
-#: Column types where a column is not text (Parquet schema; CSV readers infer the same).
-FLOAT_COLUMNS = ("budget", "score")
+#: Parquet types of the known columns (CSV readers infer the same); others are inferred.
+TEXT_COLUMNS = ("cell_key", "stage", "dataset", "model", "attack", "transform", "feature", "detector", "corrector",
+                "threat", "target", "holdout", "source", "origin", "split")
+FLOAT_COLUMNS = ("budget", "score", "logit_0", "logit_1")
 INT_COLUMNS = ("idx", "y", "truth", "decision", "label")
 
 
@@ -65,7 +67,9 @@ def _parquet(columns: Mapping[str, Sequence], path: Path) -> None:
         raise AdvbenchError(f"--format parquet needs pyarrow: {PARQUET_EXTRA} (or export --format csv)") from None
 
     def kind(name: str):
-        return pa.float64() if name in FLOAT_COLUMNS else pa.int64() if name in INT_COLUMNS else pa.string()
+        if name in TEXT_COLUMNS:
+            return pa.string()
+        return pa.float64() if name in FLOAT_COLUMNS else pa.int64() if name in INT_COLUMNS else None
 
     table = pa.table({name: pa.array(list(values), type=kind(name)) for name, values in columns.items()})
     pq.write_table(table, path)

@@ -63,23 +63,29 @@ def _missing_artefacts(cells, cache: Cache, what: str, store_checked: bool = Fal
     return AdvbenchError(f"no detector cell of this run saved {what}")
 
 
-def eval_scores(images: ImageColumns | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(y, score) of the eval images of each cell, by cell key, from a run's per-image rows;
-    cells with a missing score (NULL: not stored or not finite) are left out."""
-    if not images or not images.get("cell_key"):
+def eval_columns(images: ImageColumns | None, names: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """The eval rows of each cell, by cell key, as one float array per column of ``names``, from a
+    run's per-image rows; cells with a missing value (NULL: not stored or not finite) in one of
+    those columns are left out."""
+    if not images or not images.get("cell_key") or any(n not in images for n in names):
         return {}
     evaluated = np.asarray(images["split"], dtype=object) == "eval"
     keys = np.asarray(images["cell_key"], dtype=object)[evaluated]
-    y = np.asarray(images["y"], dtype=np.int64)[evaluated]
-    score = np.asarray([np.nan if v is None else v for v in images["score"]], dtype=float)[evaluated]
+    values = [np.asarray([np.nan if v is None else v for v in images[n]], dtype=float)[evaluated] for n in names]
     order = np.argsort(keys, kind="stable")  # one pass: each cell's rows become one slice
-    keys, y, score = keys[order], y[order], score[order]
-    names, starts = np.unique(keys, return_index=True)
+    keys, values = keys[order], [v[order] for v in values]
+    cells, starts = np.unique(keys, return_index=True)
     out = {}
-    for key, start, stop in zip(names, starts, [*starts[1:], len(keys)]):
-        if np.isfinite(score[start:stop]).all():
-            out[str(key)] = (y[start:stop], score[start:stop])
+    for key, start, stop in zip(cells, starts, [*starts[1:], len(keys)]):
+        parts = [v[start:stop] for v in values]
+        if all(np.isfinite(p).all() for p in parts):
+            out[str(key)] = parts
     return out
+
+
+def eval_scores(images: ImageColumns | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(y, score) of the eval images of each cell with every score stored, by cell key."""
+    return {key: (y.astype(np.int64), score) for key, (y, score) in eval_columns(images, ("y", "score")).items()}
 
 
 def roc(cells, cache: Cache, path: Path, top: int = 6, images: ImageColumns | None = None,
@@ -185,11 +191,25 @@ def _series(name: str, x: list, estimates: list[Estimate]) -> plots.Series:
     return (name, x, values(lambda e: e.value), values(lambda e: e.lo), values(lambda e: e.hi))
 
 
-def logits(cells, cache: Cache, path: Path) -> Path:
-    """Fig. 2: eval-set logits of every detector that exposes them (CNN detectors)."""
+def logits(cells, cache: Cache, path: Path, images: ImageColumns | None = None,
+           on_note: Callable[[str], None] | None = None) -> Path:
+    """Fig. 2: eval-set logits of every detector that exposes them (CNN detectors), from the
+    store's per-image rows (``images``) where they hold the cell's logits, else from its cached
+    artefacts; ``on_note`` hears when the cache had to be read."""
     label = _labeller(cells)
-    panels = [(label(cell), *arrays) for cell in _detect_cells(cells)
-              if (arrays := _eval_arrays(cache, cell, "logits", "y")) is not None]
+    stored = eval_columns(images, ("logit_0", "logit_1", "y"))
+    panels, from_cache = [], []
+    for cell in _detect_cells(cells):
+        if cell.key in stored:
+            logit_0, logit_1, y = stored[cell.key]
+            panels.append((label(cell), np.stack([logit_0, logit_1], axis=1), y.astype(np.int64)))
+        elif (arrays := _eval_arrays(cache, cell, "logits", "y")) is not None:
+            panels.append((label(cell), *arrays))
+            from_cache.append(label(cell))
     if not panels:
-        raise _missing_artefacts(cells, cache, 'logits (add a CNN detector, e.g. plugin = "cnn-small")')
+        raise _missing_artefacts(cells, cache, 'logits (add a CNN detector, e.g. plugin = "cnn-small")',
+                                 store_checked=images is not None)
+    if from_cache and on_note is not None:
+        on_note(f"logits: {', '.join(from_cache)} read from the artefact cache {cache.root} "
+                "(the store holds no per-image logits of those cells)")
     return plots.logit_scatter(panels, path)

@@ -356,12 +356,14 @@ def table1(cells) -> list[Table]:
     for c in made:
         first.setdefault(c.attack, c)
     families = list(dict.fromkeys(family(c) for c in made))
-    names = sorted(first, key=lambda a: (_role(first[a]), families.index(family(first[a])), budget(first[a]) or 0.0))
+    evaluation = evaluation_sets(cells)
+    role = {a: _role(c, evaluation) for a, c in first.items()}
+    names = sorted(first, key=lambda a: (role[a], families.index(family(first[a])), budget(first[a]) or 0.0))
     kinds = {a: _attack_kind([lookup.get((a, *w)) for w in worlds]) for a in names}
     rows = [(a, heading, threat(first[a]), _budget_text(budget(first[a])), *(_count(lookup.get((a, *w))) for w in worlds))
             for heading in ("targeted", "non-targeted", "–") for a in names if kinds[a] == heading]
-    for role, title in ((0, "(clean images attacked)"), (1, "(eval images attacked: evaluation sets)")):
-        chosen = [a for a in names if min(_role(first[a]), 1) == role]
+    for kind, title in ((0, "(clean images attacked)"), (1, "(eval images attacked: evaluation sets)")):
+        chosen = [a for a in names if min(role[a], 1) == kind]
         if chosen:
             rows.append((title, "", "", "", *(_count(next((lookup[(a, *w)] for a in chosen if (a, *w) in lookup), None),
                                                      "attempted") for w in worlds)))
@@ -376,8 +378,9 @@ def table1(cells) -> list[Table]:
     return [Table("Table 1 — successful adversarial images per attack and model",
                   ("Attack", "Type", "Threat", "Budget", *(f"{d}/{m}" for d, m in worlds)), tuple(rows),
                   ("success = paper criterion met before and after saving to file",
-                   "budget rows (attack@budget) and adaptive sets (attack@budget>defense) are evaluation sets: made "
-                   "on the eval split's sources only; an adaptive success also meets its defense's condition"),
+                   "evaluation sets (budget rows attack@budget, evaluation = true entries, adaptive sets "
+                   "attack@budget>defense) are made on the eval split's sources only; an adaptive success also "
+                   "meets its defense's condition"),
                   key_columns=4),
             Table("Table 1 (budgets) — mean perturbation of the successes, before saving"
                   + (", and mean queries" if queries else ""),
@@ -385,9 +388,26 @@ def table1(cells) -> list[Table]:
                    *((f"{d}/{m} queries" for d, m in worlds) if queries else ())), budgets, tuple(notes))]
 
 
-def _role(cell) -> int:
-    """0: a primary attack, 1: a point of a budget grid, 2: an adaptive set."""
-    return 2 if threat(cell) == "adaptive" else 1 if budget(cell) is not None else 0
+def _role(cell, evaluation: set[tuple[str, str, str]]) -> int:
+    """0: a primary attack, 1: an oblivious evaluation set (a budget grid point), 2: an adaptive set."""
+    return 2 if threat(cell) == "adaptive" else 1 if (cell.dataset, cell.model, cell.attack) in evaluation else 0
+
+
+def evaluation_sets(cells) -> set[tuple[str, str, str]]:
+    """(dataset, model, label) of the attack and adaptive cells that make evaluation sets (eval
+    sources only, scored, never trained on): a cell's own ``evaluation`` flag where it has one,
+    else an adaptive set, a budget grid point, or a set that score cells were run on (an
+    ``evaluation = true`` entry without budgets)."""
+    scored = {(c.dataset, c.model, c.attack) for c in cells if c.stage == "score"}
+    out = set()
+    for c in cells:
+        if c.stage not in ("attack", "adaptive"):
+            continue
+        flag = getattr(c, "evaluation", None)
+        name = (c.dataset, c.model, c.attack)
+        if flag if flag is not None else (threat(c) == "adaptive" or budget(c) is not None or name in scored):
+            out.add(name)
+    return out
 
 
 def _attack_kind(cells) -> str:
@@ -643,7 +663,7 @@ def adaptive_tables(cells) -> list[Table]:
     tables = []
     scores = [c for c in cells if c.stage == "score"]
     detects = _detect_lookup(cells)
-    primary = {(c.dataset, c.model, c.attack) for c in cells if c.stage == "attack" and budget(c) is None}
+    primary = {(c.dataset, c.model, c.attack) for c in cells if c.stage == "attack"} - evaluation_sets(cells)
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "adaptive").items():
         world = [c for c in scores if (c.dataset, c.model) == (dataset, model)]
         rows = []

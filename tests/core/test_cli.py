@@ -175,14 +175,19 @@ def test_export_csv_and_parquet_load_with_pandas(evaluation_store, tmp_path, cap
     assert main(["export", str(run_id), "--out", str(tmp_path / "images.csv"), "--store", db]) == 0
     assert main(["export", str(run_id), "--format", "parquet", "--out", str(tmp_path / "images.pq"), "--store", db]) == 0
     assert f"({len(expected['idx'])} rows," in capsys.readouterr().err
-    from_csv = pd.read_csv(tmp_path / "images.csv", keep_default_na=False, na_values={"budget": [""], "score": [""]})
+    numeric = ("budget", "score", "decision", "label", "logit_0", "logit_1")  # empty text stays "" elsewhere
+    from_csv = pd.read_csv(tmp_path / "images.csv", keep_default_na=False, na_values={c: [""] for c in numeric})
     from_parquet = pd.read_parquet(tmp_path / "images.pq")
+    def values(frame, column):  # SQL NULL reads back as NaN; whole numbers as float beside NaN
+        return [None if pd.isna(v) else v for v in frame[column].tolist()]
+
     for frame in (from_csv, from_parquet):
         assert list(frame.columns) == list(expected) and len(frame) == len(expected["idx"]) > 0
         assert frame["cell_key"].tolist() == expected["cell_key"] and frame["source"].tolist() == expected["source"]
-        assert frame["y"].tolist() == expected["y"] and frame["decision"].tolist() == expected["decision"]
-        scores = [None if pd.isna(v) else v for v in frame["score"]]
-        assert scores == expected["score"]  # floats survive both formats exactly
+        assert frame["y"].tolist() == expected["y"] and frame["truth"].tolist() == expected["truth"]
+        for column in ("score", "decision", "label"):  # floats survive both formats exactly
+            assert values(frame, column) == expected[column], column
+        assert any(v is not None for v in expected["decision"]) and None in expected["label"]
         budgets = {b for b in frame["budget"] if not pd.isna(b)}
         assert budgets == {0.1, 0.3} and set(frame["stage"]) == {"detect", "score", "correct"}
         assert set(frame["holdout"]) == {"", "fgsm", "bim"} and "adaptive" in set(frame["threat"])

@@ -44,6 +44,21 @@ def test_cnn_detectors_with_and_without_softmax_give_table6_rows_and_the_logit_p
     names = [r[0] for r in t6.rows]
     assert "cnn-softmax" in names and "cnn-no-softmax" in names and any(n.startswith("lda") for n in names)
     _valid_png(figures.logits(cells, Cache(tmp_path / "cache"), tmp_path / "logits.png"))
+    # the same panels from the store's per-image rows, with no cache at all
+    images = open_store(str(tmp_path / "results.db")).images(result.run_id, stage="detect")
+    drawn, notes = {}, []
+    real = figures.plots.logit_scatter
+    figures.plots.logit_scatter = lambda panels, path: drawn.setdefault("panels", []).append(panels) or real(panels, path)
+    try:
+        figures.logits(cells, Cache(tmp_path / "no-cache"), tmp_path / "l1.png", images=images, on_note=notes.append)
+        figures.logits(cells, Cache(tmp_path / "cache"), tmp_path / "l2.png", on_note=notes.append)
+    finally:
+        figures.plots.logit_scatter = real
+    from_store, from_cache = drawn["panels"]
+    assert [p[0] for p in from_store] == [p[0] for p in from_cache] == ["cnn-softmax / images", "cnn-no-softmax / images"]
+    for (_, z_store, y_store), (_, z_cache, y_cache) in zip(from_store, from_cache):
+        assert z_store.tolist() == z_cache.tolist() and y_store.tolist() == y_cache.tolist()
+    assert len(notes) == 1 and notes[0].startswith("logits: cnn-softmax / images, cnn-no-softmax / images read from")
 
 
 def _cell(model, attack, share, transform="jpeg@90"):

@@ -536,15 +536,22 @@ def test_subset_table_orders_steps_and_gives_the_all_operations_reference():
 def test_table1_orders_primary_grid_then_adaptive_and_shows_queries_only_when_stored():
     cells = [_made("attack", "pgd@0.03", 15, budget=0.03), _made("attack", "cw", 17, targeted=1.0),
              _made("adaptive", "hsj>svm", 9, threat="adaptive", target="svm", mean_queries=812.5),
-             _made("attack", "pgd", 18), _made("attack", "pgd@0.01", 8, budget=0.01)]
+             _made("attack", "pgd", 18), _made("attack", "pgd@0.01", 8, budget=0.01),
+             _made("attack", "square-linf", 5, attempted=10),  # evaluation = true: no budget, but scored
+             _score("square-linf", n=5, flagged=2, fooled=3)]
     t1, budgets = tables.table1(cells)
-    assert [r[:4] for r in t1.rows[:5]] == [("cw", "targeted", "oblivious", "–"), ("pgd", "non-targeted", "oblivious", "–"),
+    assert [r[:4] for r in t1.rows[:6]] == [("cw", "targeted", "oblivious", "–"), ("pgd", "non-targeted", "oblivious", "–"),
                                            ("pgd@0.01", "non-targeted", "oblivious", "0.01"),
                                            ("pgd@0.03", "non-targeted", "oblivious", "0.03"),
+                                           ("square-linf", "non-targeted", "oblivious", "–"),
                                            ("hsj>svm", "non-targeted", "adaptive", "–")]
-    assert [r[4] for r in t1.rows[:5]] == [17, 18, 8, 15, 9]
-    assert [r[0] for r in t1.rows[5:]] == ["(clean images attacked)", "(eval images attacked: evaluation sets)"]
+    assert [r[4] for r in t1.rows[:6]] == [17, 18, 8, 15, 5, 9]
+    assert [r[0] for r in t1.rows[6:]] == ["(clean images attacked)", "(eval images attacked: evaluation sets)"]
+    assert [r[4] for r in t1.rows[6:]] == [20, 20]  # cw's attempted; pgd@0.01's (the first evaluation set)
     assert budgets.columns[-1] == "d/m queries" and budgets.rows[-1] == ("hsj>svm", None, None, 812.5)
+    assert tables.evaluation_sets(cells) == {("d", "m", a) for a in ("pgd@0.03", "hsj>svm", "pgd@0.01", "square-linf")}
+    flagged = SimpleNamespace(**{**vars(cells[3]), "evaluation": True})  # a cell's own flag wins
+    assert ("d", "m", "pgd") in tables.evaluation_sets([flagged])
     _, plain = tables.table1([c for c in cells if c.stage == "attack"])
     assert not any("queries" in c for c in plain.columns)
 
