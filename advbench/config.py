@@ -504,7 +504,7 @@ def _check_correction(correction: CorrectionSettings, groups: dict, entries: dic
         problems.append(f"correction.pipeline.detector: unknown detector {pipe.detector!r}; valid: {', '.join(detectors)}")
     else:
         entry = next(d for d in entries["detector"] if d.label == pipe.detector)
-        on_images = registry.get("detector", entry.plugin).inputs == "images"
+        on_images = registry.get("detector", entry.plugin).sees_images  # type: ignore[attr-defined]
         if on_images and (pipe.feature or pipe.group):
             problems.append(f"correction.pipeline: detector {pipe.detector!r} sees images; remove 'feature' and 'group'")
         elif not on_images and not (pipe.feature and pipe.group):

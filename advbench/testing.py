@@ -58,7 +58,19 @@ class _Scaled(nn.Module):
 
 @cache
 def tiny_model(seed: int = 0) -> LoadedModel:
-    """A small CNN trained on the even-indexed digits (~1 s on a CPU); eval mode, [0,1] inputs."""
+    """A small CNN trained on the even-indexed digits (~1 s on a CPU); eval mode, [0,1] inputs.
+
+    Trained on one thread: a multi-threaded reduction sums in another order, and the weights
+    (so every tiny-world number) would depend on the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_tiny_model(seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny_model(seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     images, labels = digits()
     x = torch.from_numpy(images[::2]).permute(0, 3, 1, 2).float() / 255

@@ -137,7 +137,9 @@ def _hsj(norm: str):
     return run
 
 
-_OPS = ("operations", "pipeline")
+# a detector cell on a feature of labels under a group's operations is attacked through those
+# operations (the defense hands them in); one that sees images has none, and eot-pgd says so
+_OPS = ("operations", "detector", "pipeline")
 _SYSTEM = ("detector", "operations", "pipeline")
 ATTACKS = [
     AttackSpec(name="eot-pgd", summary="EOT-PGD, L∞: one adversarial label under every operation of the group "
