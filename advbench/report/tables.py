@@ -657,13 +657,34 @@ def _primary_rate(detect, label: str) -> Estimate:
     return Estimate(None) if detect is None else wilson(metric(detect, "detection_rate", label), metric(detect, "n", label))
 
 
+def _name_parts(label: str) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", label.lower())) - {""}
+
+
+def closest(items: Sequence, name: str, name_of: Callable[[Any], str], or_all: bool = True) -> list:
+    """The items whose name matches ``name`` best: the same name, else those sharing the most
+    name parts ("eot-pgd" and "pgd-grid" share "pgd"), else (``or_all``) all of them when none
+    shares a part. The store does not say which attacks are related; their names are what it has."""
+    if not items:
+        return []
+    same = [i for i in items if name_of(i) == name]
+    if same:
+        return same
+    parts = _name_parts(name)
+    shared = [len(parts & _name_parts(name_of(i))) for i in items]
+    best = max(shared)
+    return [i for i, k in zip(items, shared) if k == best] if best else list(items) if or_all else []
+
+
 def adaptive_tables(cells) -> list[Table]:
     """Adaptive attacks against the defenses they target, beside oblivious attacks of the same
     budget; then every detector on every adaptive set (transfer)."""
     tables = []
     scores = [c for c in cells if c.stage == "score"]
     detects = _detect_lookup(cells)
-    primary = {(c.dataset, c.model, c.attack) for c in cells if c.stage == "attack"} - evaluation_sets(cells)
+    evaluation = evaluation_sets(cells)
+    primary = list(dict.fromkeys((c.dataset, c.model, c.attack) for c in cells
+                                 if c.stage == "attack" and (c.dataset, c.model, c.attack) not in evaluation))
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "adaptive").items():
         world = [c for c in scores if (c.dataset, c.model) == (dataset, model)]
         rows = []
@@ -681,11 +702,12 @@ def adaptive_tables(cells) -> list[Table]:
                     continue
                 same = [c for c in world if _defense_key(c) == _defense_key(sc) and c.status == "ok"]
                 curve = [c for c in same if threat(c) == "adaptive" and family(c) == family(sc) and target(c) == goal]
-                comparators = [c for c in same if threat(c) == "oblivious" and _same_budget(budget(c), set_budget)]
-                comparators = [c for c in comparators if family(c) == family(sc)] or comparators
+                comparators = closest([c for c in same if threat(c) == "oblivious"
+                                       and _same_budget(budget(c), set_budget)], family(sc), family)
+                primaries = [a for d, m, a in primary if (d, m) == (dataset, model)]
                 for ob in comparators or [None]:
-                    first_primary = next((f for f in (family(ob) if ob else "", family(sc))
-                                          if f and (dataset, model, f) in primary), "")
+                    first_primary = next(iter(closest(primaries, family(ob), str, or_all=False)), "") if ob else ""
+                    first_primary = first_primary or next(iter(closest(primaries, family(sc), str, or_all=False)), "")
                     detect = detects.get((dataset, model, sc.detector, sc.feature, sc.transform)) \
                         if sc.detector and not sc.corrector else None
                     oblivious_curve = [c for c in same if ob is not None and threat(c) == "oblivious"
@@ -704,8 +726,9 @@ def adaptive_tables(cells) -> list[Table]:
              "Det. oblivious", "Det. primary", "System adaptive", "System oblivious",
              f"Adaptive ≥ {SUCCEEDS_AT:g} at", f"Oblivious ≥ {SUCCEEDS_AT:g} at"), tuple(rows),
             ("Adaptive set: attack@budget>target; Defense: each trained cell of that target (for a group's operations, "
-             "every detector and corrector over the group); Oblivious set: the oblivious evaluation set of the same "
-             "budget (same family when there is one); Primary: the primary attack of that family",
+             "every detector and corrector over the group); Oblivious set: the oblivious evaluation sets of the same "
+             "budget whose family name is closest (the same, else sharing a name part: eot-pgd ~ pgd-grid; else "
+             "all); Primary: the primary attack named like it",
              "Attack success: successes / attacked eval images, under the adaptive attack's own condition; "
              "Det.: share of the set's successful adversarial eval images the defense flags (Det. primary: in the "
              "defense's detect cell, on the primary attack's eval images); System: share of attacked eval images "

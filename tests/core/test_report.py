@@ -345,6 +345,9 @@ def test_adaptive_table_on_the_tiny_world(evaluation_cells):
     [oblivious] = _by(evaluation_cells, stage="score", attack="fgsm-grid@0.3", detector="lda", transform="JPEG")
     row = rows[("eot-pgd@0.3>JPEG", "lda/counting/JPEG")]
     assert row[col("Oblivious set")] == "fgsm-grid@0.3" and row[col("Budget")] == "0.3"
+    [detect] = [c for c in evaluation_cells if tables.standard(c) and c.transform == "JPEG"]
+    assert row[col("Primary")] == "fgsm" and row[col("Det. primary")] == tables.wilson(
+        tables.metric(detect, "detection_rate", "fgsm"), tables.metric(detect, "n", "fgsm"))
     n, tried = tables.metric(score, "n"), tables.metric(score, "attempted")
     assert row[col("Det. adaptive")] == tables.wilson(tables.metric(score, "detection_rate"), n)
     assert row[col("System adaptive")].value == tables.metric(score, "fooled") / tried
@@ -441,9 +444,9 @@ def test_adaptive_rows_compare_the_same_budget_and_family():
     main, transfer = tables.adaptive_tables(_world())
     col = main.columns.index
     rows = [r for r in main.rows if r[0] == "eot-pgd@0.03>svm/differences/JPEG"]
-    # the corrector is not the target; no eot-pgd grid, so every oblivious set of budget 0.03 compares
+    # the corrector is not the target; no eot-pgd grid: pgd@0.03 shares "pgd" with eot-pgd, fgsm@0.03 nothing
     assert [(r[col("Defense")], r[col("Oblivious set")], r[col("Primary")]) for r in rows] == [
-        ("svm/differences/JPEG", "pgd@0.03", "pgd"), ("svm/differences/JPEG", "fgsm@0.03", "–")]
+        ("svm/differences/JPEG", "pgd@0.03", "pgd")]
     row = rows[0]
     assert row[col("Det. adaptive")] == tables.Estimate(2 / 14, *M.wilson_interval(2, 14), 14)
     assert row[col("Det. oblivious")] == tables.Estimate(12 / 15, *M.wilson_interval(12, 15), 15)
@@ -452,7 +455,6 @@ def test_adaptive_rows_compare_the_same_budget_and_family():
     assert row[col("System oblivious")].value == 3 / 20 and row[col("Attack success")].value == 14 / 20
     # system success 5/20 at 0.01, 12/20 at 0.03: the adaptive attack succeeds at 0.03; pgd never (3/20)
     assert (row[col("Adaptive ≥ 0.5 at")], row[col("Oblivious ≥ 0.5 at")]) == ("0.03", "> 0.03")
-    assert rows[1][col("Det. oblivious")].value == 6 / 12 and rows[1][col("Det. primary")] is None
     [low] = [r for r in main.rows if r[0] == "eot-pgd@0.01>svm/differences/JPEG"]
     assert low[col("Oblivious set")] == "pgd@0.01" and low[col("Adaptive ≥ 0.5 at")] == "0.03"
     [pipe] = [r for r in main.rows if r[0] == "eot-pgd@0.03>pipeline"]
@@ -461,6 +463,17 @@ def test_adaptive_rows_compare_the_same_budget_and_family():
                                     "eot-pgd@0.03>pipeline")
     [svm] = transfer.rows
     assert svm[0] == "svm/differences/JPEG" and svm[2].value == 2 / 14 and svm[3] is None
+
+
+def test_unrelated_names_compare_with_every_oblivious_set_of_the_budget():
+    renamed = [SimpleNamespace(**{**vars(c), "attack": c.attack.replace("eot-pgd", "zoo")}) for c in _world()]
+    [main, _] = tables.adaptive_tables(renamed)
+    col = main.columns.index
+    rows = [r for r in main.rows if r[0] == "zoo@0.03>svm/differences/JPEG"]
+    assert [(r[col("Oblivious set")], r[col("Primary")]) for r in rows] == [("pgd@0.03", "pgd"), ("fgsm@0.03", "–")]
+    assert rows[1][col("Det. oblivious")].value == 6 / 12 and rows[1][col("Det. primary")] is None
+    assert tables.closest(["pgd-grid", "deepfool-grid", "cw"], "eot-pgd", str) == ["pgd-grid"]
+    assert tables.closest(["a", "b"], "c", str) == ["a", "b"] and tables.closest(["a"], "c", str, or_all=False) == []
 
 
 def test_the_adaptive_family_s_own_grid_is_preferred():
