@@ -247,6 +247,7 @@ class _Builder:
 
     def predictions(self, d: str, m: str, st: ImageSet) -> None:
         bench = self.bench
+        clean_key = self.index[("clean", d, m, "", "")]  # labels to keep (Table 3), source ids
         for op in (None, *bench.transforms):
             op_label = op.label if op else ORIGINAL
             key = stable_hash({
@@ -254,7 +255,8 @@ class _Builder:
                 "k": bench.labels_k, "backend": bench.prediction.backend if op else "",
             })
             # every op cell reads the original top-k of its imageset (probabilities of it)
-            deps = (st.key,) if op is None else (st.key, self.index[("predict", d, m, st.label, ORIGINAL)])
+            deps = tuple(dict.fromkeys((st.key, clean_key) if op is None else
+                                       (st.key, clean_key, self.index[("predict", d, m, st.label, ORIGINAL)])))
             self.add(Cell("predict", key, d, m, attack=st.label, transform=op_label, deps=deps,
                           group=op.group if op else "", budget=st.budget, threat=st.threat, target=st.target),
                      ("predict", d, m, st.label, op_label))
