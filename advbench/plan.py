@@ -32,7 +32,7 @@ from advbench import __version__
 from advbench.config import Benchmark, Entry, Target, stable_hash
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
-ARTEFACT_SCHEMA = 4
+ARTEFACT_SCHEMA = 5
 
 STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "score", "correct", "subset")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
