@@ -485,6 +485,7 @@ class Store:
             "corrector": getattr(cell, "corrector", ""), "budget": _finite(getattr(cell, "budget", None)),
             "threat": getattr(cell, "threat", ""), "target": getattr(cell, "target", ""),
             "holdout": getattr(cell, "holdout", ""), "evaluation": bool(getattr(cell, "evaluation", False)),
+            "norm": getattr(cell, "norm", ""),
             "status": status, "cached": cached, "error": error, "seconds": seconds,
         }
         unique = {(n, sub): _finite(v) for n, sub, v in metrics}

@@ -82,6 +82,7 @@ class Cell(Base):
     target: Mapped[str] = mapped_column(String(200), default="")
     holdout: Mapped[str] = mapped_column(String(200), default="")
     evaluation: Mapped[bool] = mapped_column(default=False)  # an attack made as an evaluation set
+    norm: Mapped[str] = mapped_column(String(10), default="")  # the norm of the imageset's budget
     status: Mapped[str] = mapped_column(String(20))  # ok, failed, skipped
     cached: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str] = mapped_column(Text, default="")
