@@ -30,18 +30,14 @@ from advbench_plugins.attacks.adaptive.hsj import hop_skip_jump
 from advbench_plugins.attacks.adaptive_plugins import ATTACKS
 from advbench_plugins.transforms.paper_ops import TRANSFORMS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only contend
+
 SPECS = {a.name: a for a in ATTACKS}
 OPS = [("jpeg", {"quality": 60}), ("jpeg", {"quality": 30}), ("scaling", {"factor": 0.75}),
        ("scaling", {"factor": 1.25}), ("blur", {"kernel_size": 1}), ("rotation", {"angle": 5.0})]
 N = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +292,7 @@ def test_hsj_converges_to_the_closest_point_of_a_half_space_and_counts_every_dec
 def test_adaptive_attacks_are_registered_with_their_threat_models():
     registry = registry_with()
     found = {e.spec.name: e.spec for e in registry.entries("attack")}
-    expected = {"eot-pgd": ("linf", ("operations", "pipeline")), "eot-pgd-l2": ("l2", ("operations", "pipeline")),
+    expected = {"eot-pgd": ("linf", ("operations", "detector", "pipeline")), "eot-pgd-l2": ("l2", ("operations", "detector", "pipeline")),
                 "cw-joint": ("linf", ("detector",)), "cw-joint-l2": ("l2", ("detector",)),
                 "opgd": ("linf", ("detector",)), "opgd-l2": ("l2", ("detector",)),
                 "system-hsj": ("l2", ("detector", "operations", "pipeline")),

@@ -13,15 +13,11 @@ from advbench.specs import TransformSpec
 
 from advbench_plugins.transforms.paper_ops import TRANSFORMS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only contend
+
 SPECS = {s.name: s for s in TRANSFORMS}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def batch(seed=0, shape=(2, 3, 16, 16), dtype=torch.float32):

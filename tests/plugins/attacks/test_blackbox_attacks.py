@@ -17,16 +17,11 @@ from advbench.testing import check_attack, digits, tiny_model
 from advbench_plugins.attacks.spatial import rotate_translate, spatial_grid
 from advbench_plugins.attacks.square import margin_loss, pseudo_gaussian, square_fraction, square_pattern
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only contend
+
 D = 3 * 16 * 16  # values per tiny-world image
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: extra threads only add contention on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_batch(n: int, k: int = 2):

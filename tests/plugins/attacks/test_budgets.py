@@ -18,17 +18,13 @@ from advbench.testing import digits, tiny_benchmark, tiny_model
 
 from advbench_plugins.attacks.budgets import clip_to_ball
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only contend
+
 SWEEPS = {"fgsm": "linf", "gradient": "l2", "bim": "linf", "pgd": "linf", "l1-iter": "l1", "l2-iter": "l2"}
 MINIMAL = {"deepfool": "l2", "cw": "l2", "newtonfool": "l2", "lbfgs": "l2", "hopskipjump": "l2",
            "hopskipjump-linf": "linf", "boundary": "l2"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_every_attack_declares_budget_norm_and_threat(registry):

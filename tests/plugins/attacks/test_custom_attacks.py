@@ -12,6 +12,8 @@ from advbench_plugins.attacks.adef import adef_attack
 from advbench_plugins.attacks.jsma import jsma_attack
 from advbench_plugins.attacks.lbfgs import lbfgs_attack
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only contend
+
 N = 16
 
 
@@ -34,13 +36,6 @@ class Never(Crit):
         return torch.zeros(len(logits), dtype=torch.bool)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: extra threads only add contention (10x slower on a busy 2-core box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

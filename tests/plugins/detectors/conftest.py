@@ -6,12 +6,9 @@ from advbench.testing import tiny_detection_splits, tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is small and shared: one intra-op thread is several times faster there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every detector test module runs on one thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,9 @@ from advbench_plugins.detectors import cnn_plugins
 from advbench_plugins.detectors.cnn import (CNNDetector, CNNDetectorParams, build_network, logits_loss,
                                             softmax_layer_loss)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: more threads only contend
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine is small and shared: one intra-op thread is several times faster there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 @pytest.fixture()
