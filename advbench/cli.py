@@ -127,8 +127,8 @@ def validate(
     max_images: Annotated[Optional[int], typer.Option("--max-images", help="Cap clean images per model, as run --max-images.")] = None,
     success_rate: Annotated[Optional[float], typer.Option("--success-rate", help="With --estimate: share of attacked images that succeed (default 1, an upper bound; the paper's and the CIFAR-10 run's attacks: about 0.5).")] = None,
     gpu_tflops: Annotated[Optional[float], typer.Option("--gpu-tflops", help="With --estimate: achieved TFLOP/s of a GPU not measured here (default 20: an A100 in TF32).")] = None,
-    rate_gpu_fwd: Annotated[Optional[list[str]], typer.Option("--rate-gpu-fwd", help="With --estimate: [MODEL=]IMAGES_PER_S, forward passes per second measured on the planned GPU (repeatable; without MODEL: every model).")] = None,
-    rate_gpu_bwd: Annotated[Optional[list[str]], typer.Option("--rate-gpu-bwd", help="With --estimate: [MODEL=]IMAGES_PER_S, forward+backward passes per second on the planned GPU.")] = None,
+    rate_gpu_fwd: Annotated[Optional[list[str]], typer.Option("--rate-gpu-fwd", metavar="[MODEL=]IMG/S", help="With --estimate: [MODEL=]IMAGES_PER_S, forward passes per second measured on the planned GPU (repeatable; without MODEL: every model).")] = None,
+    rate_gpu_bwd: Annotated[Optional[list[str]], typer.Option("--rate-gpu-bwd", metavar="[MODEL=]IMG/S", help="With --estimate: [MODEL=]IMAGES_PER_S, forward+backward passes per second on the planned GPU.")] = None,
 ) -> int:
     """Check a benchmark file and print its matrix size; no work is done. --estimate adds what it
     will cost: passes, FLOPs and wall time per stage on the given GPUs/CPUs (docs/planning.md)."""
@@ -203,16 +203,19 @@ def _print_estimate(est) -> None:
     from advbench import estimate as E
 
     stages = RichTable(title=E.hardware_line(est.hardware), header_style="bold", title_justify="left")
-    for col in ("Stage", "Cells", "Forward passes", "Backward passes", "FLOPs", "Wall time"):
+    device = "GPU" if est.hardware.gpus else "CPU"
+    for col in ("Stage", "Cells", "Forward passes", "Backward passes", "FLOPs", f"Passes ({device})",
+                "Operations (CPU)", "Wall time"):
         stages.add_column(col, justify="left" if col == "Stage" else "right")
     for s in est.stages:
         def shown(value: float, text: str, s=s) -> str:
             return "-" if not s.cells else ("≥ " if s.at_least and value > 0 else "") + text
         stages.add_row(s.stage, str(s.cells), shown(s.forward, E.human_count(s.forward)),
                        shown(s.backward, E.human_count(s.backward)), shown(s.flops, E.human_count(s.flops)),
+                       shown(s.pass_seconds, E.human_time(s.pass_seconds)), shown(s.cpu_seconds, E.human_time(s.cpu_seconds)),
                        shown(s.seconds, E.human_time(s.seconds)))
     bound = "≥ " if any(s.at_least for s in est.stages) else ""
-    stages.add_row("total", str(sum(s.cells for s in est.stages)), "", "", bound + E.human_count(est.flops),
+    stages.add_row("total", str(sum(s.cells for s in est.stages)), "", "", bound + E.human_count(est.flops), "", "",
                    bound + E.human_time(est.seconds), style="bold")
     out.print(stages)
     nets = RichTable(title="Networks (FLOPs per image, on one batch)", header_style="bold", title_justify="left")

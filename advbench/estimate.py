@@ -41,7 +41,7 @@ import numpy as np
 
 from advbench.config import Entry
 from advbench.errors import AdvbenchError
-from advbench.plan import CLEAN, IMAGES, ORIGINAL, STAGES, Cell, ImageSet, Plan, group_ops
+from advbench.plan import ORIGINAL, STAGES, Cell, ImageSet, Plan, group_ops
 from advbench.registry import Registry
 from advbench.specs import BuildContext, CostInputs, DetectorContext, TrainingCost
 
@@ -275,9 +275,11 @@ class StageEstimate:
     forward: float
     backward: float
     flops: float
-    seconds: float
+    seconds: float  # wall time
     unknown: int = 0  # cells with part of their cost not counted
     at_least: bool = False
+    pass_seconds: float = 0.0  # wall time of the network passes alone (on the GPUs, or the CPUs)
+    cpu_seconds: float = 0.0  # wall time of the CPU work alone (image operations)
 
 
 @dataclass(frozen=True)
@@ -364,20 +366,21 @@ def summarize(work: list[CellWork], networks: Mapping[str, Network], hw: Hardwar
                 attacks.append(AttackEstimate(w.cell.model, w.cell.attack,
                                               facts.attack_passes.get((w.cell.model, w.cell.attack)),
                                               attacked_images(plan, w.cell), sum(f for f, _ in priced), cell_seconds))
-        total = sum(device)
-        if hw.gpus > 0:
-            seconds = max(max(total / hw.gpus, longest), cpu / hw.cpus)
-        else:
-            seconds = total + cpu / hw.cpus
+        passes = max(sum(device) / hw.gpus, longest) if hw.gpus > 0 else sum(device)
+        seconds = max(passes, cpu / hw.cpus) if hw.gpus > 0 else passes + cpu / hw.cpus
         stages.append(StageEstimate(stage, len(cells), fwd, bwd, flops, seconds,
-                                    sum(1 for w in cells if w.unknown), any(w.at_least for w in cells)))
+                                    sum(1 for w in cells if w.unknown), any(w.at_least for w in cells),
+                                    passes, cpu / hw.cpus))
     return Estimate(tuple(stages), tuple(attacks), tuple(networks.values()), hw, assumptions, tuple(unknown))
 
 
 # --- measuring (the edge): FLOPs, operators and seconds of real networks ----------------------
 
 
-def count_flops(module: Any, shape: tuple[int, int, int], batch: int, *, training: bool = False) -> tuple[float, float, tuple[int, int]]:
+Shape = tuple[int, int, int]  # (C, H, W)
+
+
+def count_flops(module: Any, shape: Shape, batch: int, *, training: bool = False) -> tuple[float, float, tuple[int, int]]:
     """(forward FLOPs, backward FLOPs) per image and the operators (forward, backward) one batch
     launches, counted with ``FlopCounterMode`` on one batch of ``batch`` images of ``shape``.
 
@@ -550,7 +553,7 @@ def _test_image(width: int, height: int) -> Any:
     return Image.fromarray(pixels, "RGB")
 
 
-def _time_operations(plan: Plan, registry: Registry, shape: tuple[int, int, int]) -> dict[str, tuple[float, tuple[int, int, int]]]:
+def _time_operations(plan: Plan, registry: Registry, shape: Shape) -> dict[str, tuple[float, Shape]]:
     """CPU seconds per image of each operation (as the predict cells apply it) and the shape of
     its output, on one image of the model's input size."""
     import torch
@@ -708,7 +711,8 @@ def _detector_facts(registry: Registry, entry: Entry, inputs: CostInputs, loaded
     return DetectorFacts(spec.inputs, name, training.epochs, training.classifier_forward, saves)
 
 
-def assumptions_of(plan: Plan, facts: Facts, networks: Mapping[str, Network], hw: Hardware, options: Options) -> tuple[str, ...]:
+def assumptions_of(plan: Plan, facts: Facts, networks: Mapping[str, Network], hw: Hardware,
+                   options: Options) -> tuple[str, ...]:
     """Every assumption behind the numbers, one line each."""
     bench = plan.benchmark
     n = images_per_model(plan)
@@ -737,8 +741,8 @@ def assumptions_of(plan: Plan, facts: Facts, networks: Mapping[str, Network], hw
         lines.append(f"CPU work (image operations) on {hw.cpus} core(s), overlapping the GPU work.")
     else:
         lines.append(f"No GPU: passes run on {hw.cpus} CPU core(s): rates measured here on {hw.cpu_threads} core "
-                     f"(one torch thread) are scaled by {hw.cpus}/{hw.cpu_threads} (linear in cores, assumed). CPU rates "
-                     "depend on this machine's load now"
+                     f"(one torch thread) are scaled by {hw.cpus}/{hw.cpu_threads} (linear in cores, assumed). "
+                     "CPU rates depend on this machine's load now"
                      + (f" (load average {os.getloadavg()[0]:.1f})." if hasattr(os, "getloadavg") else "."))
     for n in networks.values():
         if n.source.startswith(ARCHITECTURE_ONLY):
