@@ -45,8 +45,9 @@ from advbench.plan import ORIGINAL, STAGES, Cell, ImageSet, Plan, group_ops
 from advbench.registry import Registry
 from advbench.specs import BuildContext, CostInputs, DetectorContext, TrainingCost
 
-#: A100-class GPU, TF32 convolutions in eager PyTorch at batch 32: ResNet-50 reaches ~2,500
-#: images/s forward (8.2 GFLOP each) and ~900 images/s training (24.5 GFLOP), about 20 TFLOP/s.
+#: Assumed, not measured (no GPU where this was written): an A100-class GPU running TF32
+#: convolutions in eager PyTorch at batch 32, ~2,500 ResNet-50 images/s forward (8.2 GFLOP each)
+#: and ~900 images/s training (24.5 GFLOP), i.e. about 20 TFLOP/s achieved.
 DEFAULT_GPU_TFLOPS = 20.0
 #: Eager PyTorch on a GPU: a kernel launch and its dispatch per operator, whatever the batch.
 DEFAULT_LAUNCH_US = 10.0
@@ -83,7 +84,7 @@ class Network:
     operators: tuple[int, int] = (0, 0)
     training: bool = False
     source: str = ""  # how it was built: "built", or why only the architecture was used
-    cpu: Rates | None = None  # measured here, at ``cpu_threads`` torch threads
+    cpu: Rates | None = None  # measured here on one core (one torch thread)
     gpu: Rates | None = None  # measured on a GPU here, or given
 
 
@@ -553,25 +554,32 @@ def _test_image(width: int, height: int) -> Any:
     return Image.fromarray(pixels, "RGB")
 
 
-def _time_operations(plan: Plan, registry: Registry, shape: Shape) -> dict[str, tuple[float, Shape]]:
+def _time_operations(plan: Plan, registry: Registry, shape: Shape,
+                     log: Callable[[str], None] = lambda s: None) -> dict[str, tuple[float, Shape]]:
     """CPU seconds per image of each operation (as the predict cells apply it) and the shape of
-    its output, on one image of the model's input size."""
+    its output, on one image of the model's input size. An operation that fails on it is left
+    out (its predict cells say its time is unknown)."""
     import torch
 
     bench = plan.benchmark
     _, h, w = shape
     image = _test_image(w, h)
+    batch = torch.rand((8, *shape))
     timed = {}
     for op in bench.transforms:
         spec = registry.get("transform", op.plugin)
-        if bench.prediction.backend == "tensor" and spec.apply_tensor is not None:
-            batch = torch.rand((8, *shape))
-            seconds = _timed(lambda: spec.apply_tensor(batch, op.params), 3, lambda: None) / 8
-            out_shape = tuple(spec.apply_tensor(batch[:1], op.params).shape[1:])
-        else:
-            seconds = _timed(lambda: spec.apply(image, op.params), 3, lambda: None)
-            result = spec.apply(image, op.params)
-            out_shape = (3, result.size[1], result.size[0])
+        tensor = bench.prediction.backend == "tensor" and spec.apply_tensor is not None
+        try:
+            if tensor:
+                seconds = _timed(lambda: spec.apply_tensor(batch, op.params), 3, lambda: None) / len(batch)
+                out_shape = tuple(spec.apply_tensor(batch[:1], op.params).shape[1:])
+            else:
+                seconds = _timed(lambda: [spec.apply(image, op.params) for _ in range(5)], 3, lambda: None) / 5
+                result = spec.apply(image, op.params)
+                out_shape = (3, result.size[1], result.size[0])
+        except Exception as exc:  # a plugin's failure on a synthetic image: report, do not stop
+            log(f"operation {op.label}: not timed ({type(exc).__name__}: {exc})")
+            continue
         timed[op.label] = (seconds, out_shape)
     return timed
 
@@ -629,7 +637,7 @@ def gather(plan: Plan, registry: Registry, options: Options, log: Callable[[str]
         if bench.transforms:
             if shape not in timed_ops:  # models of one input size share the operations' timings
                 log(f"model {entry.label}: timing {len(bench.transforms)} operations at {h}x{w}")
-                timed_ops[shape] = _time_operations(plan, registry, shape)
+                timed_ops[shape] = _time_operations(plan, registry, shape, log)
             meta = _meta_copy(loaded.module)
             for label, (seconds, out_shape) in timed_ops[shape].items():
                 op_seconds[(entry.label, label)] = seconds
