@@ -175,7 +175,7 @@ def _training_passes(plan: Plan, cell: Cell, det: DetectorFacts, facts: Facts, n
     return passes
 
 
-def _adaptive_operations(plan: Plan, cell: Cell) -> int:
+def adaptive_operations(plan: Plan, cell: Cell) -> int:
     """Image operations of the defense an adaptive cell targets (the larger group of a pipeline's
     detector and corrector)."""
     bench = plan.benchmark
@@ -528,7 +528,7 @@ class Options:
     cache_dir: Path | None = None
 
 
-def _load_model(registry: Registry, entry: Entry, ctx: BuildContext) -> tuple[Any, str]:
+def load_model(registry: Registry, entry: Entry, ctx: BuildContext) -> tuple[Any, str]:
     """The configured model, or its architecture with random weights when it cannot be built
     here (weights absent); the second value says which."""
     spec = registry.get("model", entry.plugin)
@@ -623,7 +623,7 @@ def gather(plan: Plan, registry: Registry, options: Options, log: Callable[[str]
         log(f"model {entry.label}: building")
         ctx = BuildContext(cache_dir=root / "model" / entry.plugin, device="cpu", seed=bench.settings.seed)
         try:
-            loaded, source = _load_model(registry, entry, ctx)
+            loaded, source = load_model(registry, entry, ctx)
         except AdvbenchError as exc:
             classifier[entry.label], unknown_models[entry.label] = "", str(exc)
             continue
@@ -648,7 +648,7 @@ def gather(plan: Plan, registry: Registry, options: Options, log: Callable[[str]
         for cell in (c for c in plan.cells if c.stage == "adaptive" and c.model == entry.label):
             atk = next(e for e in bench.adaptive if e.label == cell.attack.rsplit(">", 1)[0])
             attack_passes[(entry.label, cell.attack)] = _attack_cost(
-                registry, atk, replace(inputs, operations=_adaptive_operations(plan, cell)))
+                registry, atk, replace(inputs, operations=adaptive_operations(plan, cell)))
         for det in bench.detectors:
             if (det.label, inputs) not in detector_cache or registry.get("detector", det.plugin).inputs == "model":
                 detector_cache[(det.label, inputs)] = _detector_facts(registry, det, inputs, loaded, ctx, networks,

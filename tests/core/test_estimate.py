@@ -15,11 +15,11 @@ from torch import nn
 from advbench import estimate as E
 from advbench import hookimpl
 from advbench.cli import main
-from advbench.config import parse_benchmark
+from advbench.config import Entry, parse_benchmark
 from advbench.criteria import PaperCriterion, target_labels
 from advbench.plan import STAGES
 from advbench.registry import discover
-from advbench.specs import AttackContext, CostInputs, Defense
+from advbench.specs import AttackContext, BuildContext, CostInputs, Defense
 from advbench.stages.context import plan_for
 from advbench.testing import digits, registry_with, tiny_benchmark, tiny_model
 
@@ -53,7 +53,7 @@ def world():
     for cell in plan.stage("adaptive"):
         eot = bench.adaptive[0]
         passes[("testing-cnn", cell.attack)] = registry.get("attack", eot.plugin).cost(eot.params, dataclasses.replace(
-            inputs, operations=E._adaptive_operations(plan, cell)))
+            inputs, operations=E.adaptive_operations(plan, cell)))
     facts = E.Facts(
         classifier={"testing-cnn": "net"}, attack_passes=passes,
         detectors={("testing-cnn", "lda"): E.DetectorFacts("features"),
@@ -212,12 +212,9 @@ def test_each_adaptive_attack_declares_an_upper_bound_of_its_classifier_passes(n
 
 def test_a_model_without_its_weights_is_counted_on_its_architecture(tmp_path):
     registry = discover()
-    bench = parse_benchmark(tiny_benchmark(), registry_with())
-    entry = dataclasses.replace(bench.models[0], plugin="cifar-resnet", label="resnet20",
-                                params=registry.get("model", "cifar-resnet").params(checkpoint=str(tmp_path / "absent.th")))
-    from advbench.specs import BuildContext
-
-    loaded, source = E._load_model(registry, entry, BuildContext(cache_dir=tmp_path))
+    params = registry.get("model", "cifar-resnet").params(checkpoint=str(tmp_path / "absent.th"))
+    entry = Entry("model", "cifar-resnet", "resnet20", params)
+    loaded, source = E.load_model(registry, entry, BuildContext(cache_dir=tmp_path))
     assert source.startswith(E.ARCHITECTURE_ONLY) and "checkpoint not found" in source
     assert loaded.input_size == (32, 32)
     forward, _, _ = E.count_flops(loaded.module, (3, 32, 32), batch=2)
