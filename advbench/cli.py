@@ -81,15 +81,15 @@ def run(
         result = runner.run_with(PlainProgress(sum(counts.values()), err))
     n_cached = sum(o.cached for o in result.outcomes)
     err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
-              f"{len(result.failed)} failed) -> {result.store_url} (run {result.run_id})", highlight=False)
+              f"{len(result.failed)} failed) -> {result.store_url} (run {result.run_id})", highlight=False, soft_wrap=True)
     if result.failed:
         for o in result.failed[:10]:
-            err.print(f"failed: {o.cell.title}: {o.error}", highlight=False, markup=False)
+            err.print(f"failed: {o.cell.title}: {o.error}", highlight=False, markup=False, soft_wrap=True)
         if all(o.user_error for o in result.failed):
             return 2
-        err.print(f"tracebacks in {result.log_path}", highlight=False)
+        err.print(f"tracebacks in {result.log_path}", highlight=False, soft_wrap=True)
         return 1
-    err.print("next: advbench report" + (f" --store {store}" if store else ""), highlight=False)
+    err.print("next: advbench report" + (f" --store {store}" if store else ""), highlight=False, soft_wrap=True)
     return 0
 
 
@@ -115,7 +115,7 @@ class PlainProgress:
             elapsed = now - self.start
             left = elapsed / self.done * (self.total - self.done)
             self.console.print(f"progress: {self.done}/{self.total} cells, {elapsed / 60:.1f} min elapsed, "
-                               f"~{left / 60:.1f} min left", highlight=False)
+                               f"~{left / 60:.1f} min left", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -174,6 +174,7 @@ class Entry:
     family: str = ""  # attacks: the entry's label without the budget suffix
     targets: tuple[Target, ...] = ()  # adaptive attacks: the defenses attacked
     k: int | None = None  # features: their own k (default: benchmark.top_k)
+    evaluation: bool = False  # attacks: an evaluation set (a budget grid point, or evaluation = true)
 
     def identity(self) -> dict[str, Any]:
         ident = {"plugin": self.plugin, "params": self.params.model_dump(mode="json")}
@@ -206,7 +207,7 @@ class Benchmark:
     @property
     def primary_attacks(self) -> tuple[Entry, ...]:
         """Attacks without a budget grid: the mixture detectors train on and the split follows."""
-        return tuple(a for a in self.attacks if a.budget is None)
+        return tuple(a for a in self.attacks if not a.evaluation)
 
     def feature_k(self, feature: Entry) -> int:
         return feature.k or self.settings.top_k
@@ -345,6 +346,10 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
         budgets = item.pop("budgets", None) if kind == "attack" else None
         targets = item.pop("targets", None) if adaptive else None
         k = item.pop("k", None) if kind == "feature" else None
+        evaluation = item.pop("evaluation", False) if kind == "attack" and not adaptive else False
+        if not isinstance(evaluation, bool):
+            problems.append(f"{where}.evaluation: expected true or false, found {evaluation!r}")
+            evaluation = False
         if datasets is not None and not (isinstance(datasets, list) and all(isinstance(d, str) for d in datasets)):
             problems.append(f"{where}.datasets: expected a list of dataset names, found {datasets!r}")
             datasets = None
@@ -379,7 +384,8 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
                 labels.add(entry_label)
                 candidates = _search_candidates(spec, params, search, f"{where}.search", problems) if search is not None else ()
                 yield Entry(kind, plugin, entry_label, validated, group, tuple(datasets or ()), candidates,
-                            budget=budget, family=family if kind == "attack" else "", targets=parsed_targets, k=k)
+                            budget=budget, family=family if kind == "attack" else "", targets=parsed_targets, k=k,
+                            evaluation=kind == "attack" and (evaluation or budget is not None or adaptive))
 
 
 def _expand_budgets(spec, params: dict, budgets: Any, where: str, problems: list[str]):
@@ -498,7 +504,7 @@ def _check_correction(correction: CorrectionSettings, groups: dict, entries: dic
         problems.append(f"correction.pipeline.detector: unknown detector {pipe.detector!r}; valid: {', '.join(detectors)}")
     else:
         entry = next(d for d in entries["detector"] if d.label == pipe.detector)
-        on_images = registry.get("detector", entry.plugin).inputs == "images"
+        on_images = registry.get("detector", entry.plugin).sees_images  # type: ignore[attr-defined]
         if on_images and (pipe.feature or pipe.group):
             problems.append(f"correction.pipeline: detector {pipe.detector!r} sees images; remove 'feature' and 'group'")
         elif not on_images and not (pipe.feature and pipe.group):
@@ -522,7 +528,7 @@ def _with_default_operations(listed: tuple[Entry, ...], registry: Registry, prob
 
 
 def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[str]) -> None:
-    attacks = [a.label for a in entries.get("attack", ()) if a.budget is None]
+    attacks = [a.label for a in entries.get("attack", ()) if not a.evaluation]
     for name, part in detection.partitions.items():
         for side in ("train", "test"):
             for i, label in enumerate(getattr(part, side)):

@@ -13,12 +13,13 @@ from typing import get_origin
 
 from pydantic import BaseModel
 
-from advbench.config import BenchmarkSettings, DatabaseSettings, DetectionSettings, PredictionSettings
+from advbench.config import (BenchmarkSettings, CorrectionSettings, DatabaseSettings, DetectionSettings,
+                             PredictionSettings)
 from advbench.registry import Registry, discover
 from advbench.specs import KINDS
 
 SECTIONS = {"benchmark": BenchmarkSettings, "database": DatabaseSettings, "prediction": PredictionSettings,
-            "detection": DetectionSettings}
+            "detection": DetectionSettings, "correction": CorrectionSettings}
 
 
 def _type(annotation) -> str:
@@ -48,6 +49,14 @@ def configuration_reference(registry: Registry) -> str:
            "Detector entries may take `search` (a table of lists, like `grid`): each combination is fit on",
            "train and the one with the best dev accuracy is scored on eval (the first listed wins a tie);",
            "the choice is stored as `chosen_<param>` metrics and in the cell's `search.json`.",
+           "Attack entries may take `budgets = [...]`: one adversarial set per budget (labelled",
+           "`<name>@<budget>`), each an *evaluation set* made on the eval split's sources and scored by the",
+           "trained detectors; `evaluation = true` makes an attack without budgets an evaluation set too.",
+           "Feature entries may take `k`, their own top-k (default `benchmark.top_k`).",
+           "`[[adaptive]]` entries name an adaptive attack plugin, its parameters, `budgets`, and `targets`:",
+           "a list of defenses — `{ group = \"JPEG\" }` (a group's operations), `{ detector = \"svm\",",
+           "feature = \"differences\", group = \"All\" }` (a detector cell; `{ detector = \"cnn-small\" }` for",
+           "one that sees images) or `\"pipeline\"` (the [correction] pipeline); see threat-models.md.",
            "A section left out means the plugins marked *default* (transforms: the paper's 38 operations).", ""]
     for section, model in SECTIONS.items():
         out += [f"## [{section}]", "", *_fields(model), ""]

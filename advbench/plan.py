@@ -57,6 +57,7 @@ class Cell:
     budget: float | None = None  # attack, adaptive, score: the budget of the imageset
     threat: str = ""  # attack, adaptive, score: "oblivious" or "adaptive"
     target: str = ""  # adaptive, score: label of the defense the imageset was made against
+    evaluation: bool = False  # attack: an evaluation set (eval sources only, scored, never trained on)
 
     @property
     def title(self) -> str:
@@ -213,7 +214,7 @@ class _Builder:
         split_key = stable_hash({"stage": "split", "sets": training, "split": db.split, "seed": s.seed})
         self.add(Cell("split", split_key, d, m, deps=tuple(training.values())), ("split", d, m, "", ""))
         for atk in bench.attacks:
-            if atk.budget is not None:  # evaluation sets: made on the eval split's sources only
+            if atk.evaluation:  # evaluation sets: made on the eval split's sources only
                 key = self.attack_cell(d, m, atk, clean_key, split_key)
                 sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, atk.budget, "oblivious")
         for st in list(sets.values()):
@@ -239,7 +240,8 @@ class _Builder:
             "top_k": s.top_k, "seed": s.seed, **({"split": split_key} if split_key else {}),
         })
         deps = (clean_key, split_key) if split_key else (clean_key,)
-        self.add(Cell("attack", key, d, m, attack=atk.label, deps=deps, budget=atk.budget, threat="oblivious"),
+        self.add(Cell("attack", key, d, m, attack=atk.label, deps=deps, budget=atk.budget, threat="oblivious",
+                      evaluation=atk.evaluation),
                  ("attack", d, m, atk.label, ""))
         return key
 

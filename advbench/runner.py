@@ -21,6 +21,7 @@ from pathlib import Path
 from advbench import __version__
 from advbench.cache import Cache, default_cache_dir, load_columns
 from advbench.config import Benchmark
+from advbench.errors import DataError
 from advbench.executor import Executor, ForkPool, InProcess
 from advbench.plan import IMAGES, Cell, Plan
 from advbench.registry import Registry
@@ -84,6 +85,7 @@ class Runner:
         self.plan: Plan = plan_for(bench, registry, options.max_images)
         self.job = Job(bench.text, str(bench.path), str(self.cache.root), options.max_images, frozenset(), options.fresh)
         self._contexts: dict[Job, CellContext] = {}
+        self._writable = False  # the cache root took a file (checked before the first computed cell)
 
     def context(self, job: Job | None = None) -> CellContext:
         """The driver's own context (models stay loaded across replans)."""
@@ -136,6 +138,20 @@ class Runner:
         except OSError:  # a read-only cache can still serve a fully cached run
             return Path(tempfile.gettempdir()) / f"advbench-{name}"
 
+    def _require_writable_cache(self) -> None:
+        """Before the first cell is computed: a cache that cannot take artefacts fails the run
+        in one line, not each cell (a fully cached run never asks, so a read-only cache serves it)."""
+        if self._writable:
+            return
+        try:
+            self.cache.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.cache.root):
+                pass
+        except OSError as exc:
+            raise DataError(f"cannot write the cache at {self.cache.root} ({exc.strerror}); pass a writable "
+                            f"--cache-dir or set ADVBENCH_CACHE_DIR") from None
+        self._writable = True
+
     def _executors(self) -> tuple[Executor, Executor]:
         """(executor for cells that must stay here, executor for the rest)."""
         local = InProcess(lambda job: self.context(job))
@@ -179,6 +195,7 @@ class Runner:
                         self._settle(store, run_id, outcomes, cached)
                         waiting.settled(cell.key)
                         continue
+                    self._require_writable_cache()
                     (remote if self._goes_out(cell) else local).submit(self.job, cell)
                     in_flight.add(cell.key)
                 if not in_flight:
@@ -192,7 +209,7 @@ class Runner:
                     in_flight.discard(outcome.cell.key)
                     self._settle(store, run_id, outcomes, outcome)
                     waiting.settled(outcome.cell.key)
-                    if outcome.cell.stage == "attack" and outcome.status != "ok" and outcome.cell.budget is None:
+                    if outcome.cell.stage == "attack" and outcome.status != "ok" and not outcome.cell.evaluation:
                         self._replan(outcomes)
                         waiting = _Waiting([c for c in self.plan.cells if c.key not in in_flight], outcomes)
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS and hasattr(store, "heartbeat"):
@@ -219,7 +236,7 @@ class Runner:
     def _replan(self, outcomes: dict[str, CellOutcome]) -> None:
         """A primary attack failed: plan again without it; cells not yet started follow the new plan."""
         failed = frozenset((o.cell.dataset, o.cell.model, o.cell.attack) for o in outcomes.values()
-                           if o.cell.stage == "attack" and o.status != "ok" and o.cell.budget is None)
+                           if o.cell.stage == "attack" and o.status != "ok" and not o.cell.evaluation)
         self.job = Job(self.job.config_text, self.job.config_path, self.job.cache_root, self.job.max_images, failed,
                        self.job.fresh)
         self.plan = self.context(self.job).plan

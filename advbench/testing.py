@@ -31,7 +31,7 @@ from advbench.criteria import PaperCriterion, target_labels
 from advbench.hookspecs import hookimpl
 from advbench.registry import Registry, build_registry, entry_point_modules
 from advbench.runner import RunOptions, RunResult, Runner
-from advbench.specs import AttackSpec, BuildContext, DatasetSpec, DetectorSpec, LoadedModel, ModelSpec, Params, Sample
+from advbench.specs import AttackOutput, AttackSpec, BuildContext, DatasetSpec, DetectorSpec, LoadedModel, ModelSpec, Params, Sample
 
 SIZE = 16
 
@@ -58,7 +58,19 @@ class _Scaled(nn.Module):
 
 @cache
 def tiny_model(seed: int = 0) -> LoadedModel:
-    """A small CNN trained on the even-indexed digits (~1 s on a CPU); eval mode, [0,1] inputs."""
+    """A small CNN trained on the even-indexed digits (~1 s on a CPU); eval mode, [0,1] inputs.
+
+    Trained on one thread: a multi-threaded reduction sums in another order, and the weights
+    (so every tiny-world number) would depend on the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_tiny_model(seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny_model(seed: int) -> LoadedModel:
     torch.manual_seed(seed)
     images, labels = digits()
     x = torch.from_numpy(images[::2]).permute(0, 3, 1, 2).float() / 255
@@ -199,6 +211,10 @@ def check_attack(spec: AttackSpec, params: Params | None = None, n: int = 16, mi
     with tempfile.TemporaryDirectory() as scratch:  # a plugin that caches must not write into the caller's folder
         out = spec.run(model.module, x.clone(), criterion, params or spec.params(),
                        BuildContext(cache_dir=Path(scratch), device="cpu", seed=0))
+    if isinstance(out, AttackOutput):
+        for name, values in out.per_image.items():
+            assert tuple(torch.as_tensor(values).shape) == (n,), f"{spec.name}: per_image[{name!r}] must hold one value per image"
+        out = out.images
     assert isinstance(out, torch.Tensor) and out.shape == x.shape, f"{spec.name}: output shape {getattr(out, 'shape', None)} != {tuple(x.shape)}"
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1, f"{spec.name}: output must be finite, in [0, 1]"
     with torch.no_grad():
@@ -219,4 +235,234 @@ def check_detector(spec: DetectorSpec, params: Params | None = None, min_accurac
     accuracy = float((pred == y[1::2]).mean())
     assert accuracy >= min_accuracy, f"{spec.name}: accuracy {accuracy:.2f} on separable blobs (< {min_accuracy})"
     assert scores[y[1::2] == 1].mean() > scores[y[1::2] == 0].mean(), f"{spec.name}: scores must grow with adversarial-ness"
+    if hasattr(detector, "save") and hasattr(detector, "load"):  # a saved detector must come back the same
+        with tempfile.TemporaryDirectory() as folder:
+            detector.save(Path(folder))
+            again = spec.build(params or spec.params(), 0)
+            again.load(Path(folder))
+        assert np.array_equal(np.asarray(again.predict(x[1::2])), pred), f"{spec.name}: load() changed predict()"
+        assert np.allclose(np.asarray(again.scores(x[1::2]), dtype=float), scores), f"{spec.name}: load() changed scores()"
     return accuracy
+
+
+# --- contract checks for transforms, features and model-aware detectors ------------------------
+# (imports here keep this section additive; they are cheap or already loaded above)
+
+import inspect  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+from advbench.imaging import to_tensor, to_uint8  # noqa: E402
+from advbench.specs import DetectorContext, FeatureSpec, Probabilities, TransformSpec  # noqa: E402
+
+
+def check_transform(spec: TransformSpec, params: Params | None = None, n: int = 6,
+                    tolerance: float = 2.0) -> float:
+    """Apply an image operation to tiny-world images with both backends; assert the contract and
+    return the mean absolute difference between them (0..255 scale).
+
+    Pillow: an RGB PIL image in, an RGB PIL image out, the input untouched, deterministic.
+    Tensor (when ``apply_tensor`` is set): a float (n, 3, H, W) batch in [0, 1] in, a batch of
+    the same dtype and device, 3 channels, finite, in [0, 1], of the Pillow output's size; the two
+    differ by at most ``tolerance`` on average. With ``differentiable = True`` a gradient must
+    reach the input."""
+    params = params or spec.params()
+    arrays = digits()[0][1::2][:n]
+    images = [Image.fromarray(a) for a in arrays]
+    outs = [spec.apply(im, params) for im in images]
+    for a, im, out in zip(arrays, images, outs):
+        assert isinstance(out, Image.Image) and out.mode == "RGB", f"{spec.name}: apply must return an RGB PIL image"
+        assert np.array_equal(np.asarray(im), a), f"{spec.name}: apply must not modify its input"
+    sizes = {out.size for out in outs}
+    assert len(sizes) == 1, f"{spec.name}: same-size inputs gave outputs of sizes {sorted(sizes)}"
+    again = np.asarray(spec.apply(images[0], params))
+    assert np.array_equal(again, np.asarray(outs[0])), f"{spec.name}: apply is not deterministic"
+    if spec.apply_tensor is None:
+        assert not spec.differentiable, f"{spec.name}: differentiable = True needs apply_tensor"
+        return 0.0
+    x = to_tensor(arrays)
+    y = spec.apply_tensor(x.clone(), params)
+    assert isinstance(y, torch.Tensor) and y.dtype == x.dtype and y.device == x.device, \
+        f"{spec.name}: apply_tensor must return a tensor of the input's dtype and device"
+    width, height = sizes.pop()
+    assert tuple(y.shape) == (n, 3, height, width), \
+        f"{spec.name}: apply_tensor gave {tuple(y.shape)}, the Pillow backend {(n, 3, height, width)}"
+    assert torch.isfinite(y).all() and y.min() >= -1e-6 and y.max() <= 1 + 1e-6, \
+        f"{spec.name}: apply_tensor output must be finite, in [0, 1]"
+    pil = np.stack([np.asarray(out, dtype=np.float64) for out in outs])
+    gap = float(np.abs(pil - y.detach().permute(0, 2, 3, 1).double().numpy() * 255).mean())
+    assert gap <= tolerance, f"{spec.name}: backends differ by {gap:.2f}/255 on average (> {tolerance})"
+    if spec.differentiable:
+        xg = x.clone().requires_grad_(True)
+        out = spec.apply_tensor(xg, params)
+        assert out.requires_grad, f"{spec.name}: differentiable = True but no gradient reaches the input"
+        out.sum().backward()
+        assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0, \
+            f"{spec.name}: differentiable = True but no gradient reaches the input"
+    return gap
+
+
+def check_feature(spec: FeatureSpec, params: Params | None = None, n: int = 12, operations: int = 5,
+                  k: int = 3, classes: int = 10) -> np.ndarray:
+    """Compute a feature on random top-k labels (and softmax outputs, when ``compute`` takes
+    ``probs``); assert an (N, D) finite float matrix, deterministic, inputs untouched. Returns it."""
+    params = params or spec.params()
+    rng = np.random.default_rng(0)
+    original = np.stack([rng.permutation(classes)[:k] for _ in range(n)])
+    transformed = np.stack([[rng.permutation(classes)[:k] for _ in range(operations)] for _ in range(n)])
+    kwargs = {}
+    if "probs" in inspect.signature(spec.compute).parameters:
+        logits = rng.normal(size=(n, operations + 1, classes)) * 3
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p = (p / p.sum(-1, keepdims=True)).astype(np.float32)
+        kwargs["probs"] = Probabilities(original=p[:, 0], transformed=p[:, 1:])
+    before = (original.copy(), transformed.copy())
+    out = np.asarray(spec.compute(original, transformed, params, **kwargs))
+    assert out.ndim == 2 and out.shape[0] == n and out.shape[1] >= 1, \
+        f"{spec.name}: compute must return an (N, D) matrix, got shape {out.shape}"
+    assert np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer), \
+        f"{spec.name}: compute must return numbers, got {out.dtype}"
+    assert np.isfinite(out).all(), f"{spec.name}: compute returned non-finite values"
+    assert np.array_equal(original, before[0]) and np.array_equal(transformed, before[1]), \
+        f"{spec.name}: compute must not modify its inputs"
+    again = np.asarray(spec.compute(original, transformed, params, **kwargs))
+    assert np.array_equal(out, again), f"{spec.name}: compute is not deterministic"
+    return out
+
+
+@dataclass(frozen=True)
+class DetectionSplit:
+    """uint8 images (N, H, W, 3) and labels (1 = adversarial) of one split of the tiny world."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@cache
+def tiny_adversarial_world(n: int = 300, epsilon: float = 0.1, steps: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny-world digits (odd indices: unseen in training) that the tiny model classifies
+    correctly, and their L-inf basic iterative attack adversarials (foolbox, ``epsilon``, no
+    random start) that stay misclassified after rounding to uint8: (normal, adversarial), both
+    uint8 (m, 16, 16, 3), row i of one the source or the adversarial of row i of the other."""
+    import foolbox as fb
+
+    model = tiny_model()
+    images, labels = digits()
+    x, y = to_tensor(images[1::2][:n]), torch.from_numpy(labels[1::2][:n])
+    with torch.no_grad():
+        correct = model.module(x).argmax(1) == y
+    x, y = x[correct], y[correct]
+    _, adversarial, _ = fb.attacks.LinfBasicIterativeAttack(steps=steps)(
+        fb.PyTorchModel(model.module, bounds=(0, 1)), x, y, epsilons=epsilon)
+    adversarial = to_uint8(adversarial)
+    with torch.no_grad():
+        fooled = (model.module(to_tensor(adversarial)).argmax(1) != y).numpy()
+    return to_uint8(x)[fooled], adversarial[fooled]
+
+
+def tiny_detection_splits(n: int = 300) -> dict[str, DetectionSplit]:
+    """The tiny adversarial world split by source image, as the core splits a database: train
+    (half of the sources, drawn with seed 0), dev (a fifth), eval (the rest); each with the
+    normal images and their adversarials. (The digits come grouped by writer: a split in
+    dataset order would put other writers in eval than in train.)"""
+    normal, adversarial = tiny_adversarial_world(n)
+    order = np.random.default_rng(0).permutation(len(normal))
+    normal, adversarial = normal[order], adversarial[order]
+    m = len(normal)
+    cuts = {"train": (0, m // 2), "dev": (m // 2, m // 2 + m // 5), "eval": (m // 2 + m // 5, m)}
+    return {name: DetectionSplit(np.concatenate([normal[a:b], adversarial[a:b]]),
+                                 np.repeat([0, 1], b - a)) for name, (a, b) in cuts.items()}
+
+
+def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from advbench.metrics import auroc
+
+    return float(auroc(labels, scores))
+
+
+def _fit(detector, split: DetectionSplit, dev: DetectionSplit) -> None:
+    if "dev" in inspect.signature(detector.fit).parameters:
+        detector.fit(split.images, split.labels, dev=(dev.images, dev.labels))
+    else:
+        detector.fit(split.images, split.labels)
+
+
+def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_auroc: float = 0.65,
+                         atol: float = 1e-4) -> float:
+    """Build a model-aware detector (``inputs = "model"``) around the tiny model, fit it on
+    tiny-world digits against their adversarials (train split; dev given when ``fit`` takes it),
+    and assert the contract on the eval split. Returns the eval AUROC.
+
+    Asserts: predict (N,) of 0/1 and scores (N,) finite; scores separate the classes (AUROC >=
+    ``min_auroc``); a second detector built and fit alike gives the same scores; the classifier
+    is left as found (eval mode, weights, no hooks). When present: ``torch_scores`` agrees with
+    ``scores`` (``atol``, relative to their spread), a gradient reaches the input, and ``predict``
+    equals ``scores > threshold``; ``save``/``load`` restore the same scores, from files that
+    load without pickle.
+
+    The tiny model's weights depend on the seed and on torch's thread count when it is first
+    trained, and with them the adversarial images: leave ``min_auroc`` about 0.1 below what your
+    detector measures (the baselines vary by up to 0.12 between such variants)."""
+    assert spec.inputs == "model", f"{spec.name}: check_model_detector is for inputs = 'model', not {spec.inputs!r}"
+    params = params or spec.params()
+    model = tiny_model()
+    weights = {k: v.clone() for k, v in model.module.state_dict().items()}
+    splits = tiny_detection_splits()
+    train, dev, test = splits["train"], splits["dev"], splits["eval"]
+    with tempfile.TemporaryDirectory() as scratch:
+        ctx = DetectorContext(cache_dir=Path(scratch) / "cache", device="cpu", seed=0, model=model)
+        detector = spec.build(params, ctx)
+        for method in ("fit", "predict", "scores"):
+            assert callable(getattr(detector, method, None)), f"{spec.name}: the detector has no {method}()"
+        _fit(detector, train, dev)
+        pred, scores = np.asarray(detector.predict(test.images)), np.asarray(detector.scores(test.images))
+        n = len(test.labels)
+        assert pred.shape == (n,) and scores.shape == (n,), f"{spec.name}: predict/scores must give one value per image"
+        assert np.isin(pred, (0, 1)).all(), f"{spec.name}: predict must return 0/1"
+        assert np.isfinite(scores.astype(float)).all(), f"{spec.name}: scores must be finite"
+        auroc = _auroc(test.labels, scores)
+        assert auroc >= min_auroc, f"{spec.name}: eval AUROC {auroc:.3f} on the tiny world (< {min_auroc})"
+
+        twin = spec.build(params, ctx)
+        _fit(twin, train, dev)
+        assert np.allclose(np.asarray(twin.scores(test.images)), scores, rtol=1e-5, atol=1e-6), \
+            f"{spec.name}: two fits with the same seed gave different scores"
+
+        module = model.module
+        assert not module.training, f"{spec.name}: the classifier was left in training mode"
+        hooks = [name for name, m in module.named_modules()
+                 if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks]
+        assert not hooks, f"{spec.name}: hooks left on the classifier's modules {hooks}"
+        assert all(torch.equal(v, weights[k]) for k, v in module.state_dict().items()), \
+            f"{spec.name}: the classifier's weights changed"
+
+        spread = float(np.ptp(scores)) or 1.0
+        if hasattr(detector, "torch_scores"):
+            x = to_tensor(test.images).requires_grad_(True)
+            differentiable = detector.torch_scores(x)
+            assert tuple(differentiable.shape) == (n,), f"{spec.name}: torch_scores must give one value per image"
+            gap = float(np.abs(differentiable.detach().double().numpy() - scores).max())
+            assert gap <= atol * spread, f"{spec.name}: torch_scores and scores differ by {gap:.3g}"
+            differentiable.sum().backward()
+            assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, \
+                f"{spec.name}: no finite gradient of torch_scores reaches the input"
+            threshold = getattr(detector, "threshold", None)
+            assert isinstance(threshold, (int, float)), f"{spec.name}: torch_scores needs a numeric attribute threshold"
+            clear = np.abs(scores - threshold) > atol * spread
+            assert np.array_equal(pred[clear], (scores[clear] > threshold).astype(int)), \
+                f"{spec.name}: predict must equal scores > threshold"
+        if hasattr(detector, "save") and hasattr(detector, "load"):
+            folder = Path(scratch) / "saved"
+            detector.save(folder)
+            for file in folder.rglob("*"):
+                if file.suffix == ".npy":
+                    np.load(file, allow_pickle=False)
+                elif file.is_file() and file.suffix in (".pt", ".pth", ".bin"):
+                    torch.load(file, map_location="cpu", weights_only=True)
+                assert file.suffix not in (".pkl", ".pickle", ".joblib"), f"{spec.name}: save wrote a pickle: {file.name}"
+            restored = spec.build(params, ctx)
+            restored.load(folder)
+            assert np.allclose(np.asarray(restored.scores(test.images)), scores, rtol=1e-5, atol=1e-6), \
+                f"{spec.name}: scores changed after save/load"
+            assert np.array_equal(np.asarray(restored.predict(test.images)), pred), \
+                f"{spec.name}: predictions changed after save/load"
+    return auroc

@@ -15,9 +15,18 @@ with ``--defaults``.
     python bench/attack_throughput.py                                 # PGD and CW, 64 images, batch 32
     python bench/attack_throughput.py --images 64 --batch-size 64 --attacks pgd,cw,deepfool
 
-Needs ../shared (the ResNet-20 checkpoint and the 1,000 CIFAR-10 test images); skips with a
-message when they are absent. The machine may be shared: run it on a quiet machine, or compare
-only numbers from the same invocation.
+``--overhead`` times instead the advbench wrapper against the same foolbox attack called
+directly (PGD, DeepFool, CW): one batch, the same model, criterion rule, parameters and seed,
+the two alternated ``--repeats`` times; it prints the median seconds of each and their ratio,
+and checks that the wrapper's images are the direct call's (after the wrapper's documented
+per-image choice). ``--random-inputs`` attacks uniform random 32x32 inputs instead of the
+CIFAR-10 images (labels = the model's top-1).
+
+    python bench/attack_throughput.py --overhead --attacks pgd,deepfool,cw --images 32 --repeats 7
+
+Needs ../shared (the ResNet-20 checkpoint and the 1,000 CIFAR-10 test images; ``--shared DIR``
+points elsewhere); skips with a message when they are absent. The machine may be shared: run it
+on a quiet machine, or compare only numbers from the same invocation.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+import eagerpy as ep
+import foolbox as fb
 import numpy as np
 import torch
 
@@ -36,12 +47,12 @@ from advbench.criteria import PaperCriterion, target_labels
 from advbench.engine.database import select_clean
 from advbench.imaging import to_tensor
 from advbench.registry import discover
-from advbench.specs import BuildContext
+from advbench.specs import AttackOutput, BuildContext
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared"
-CKPT = SHARED / "models" / "resnet20-cifar10-12fca82f.th"
-DATA = SHARED / "data" / "cifar10-test-1000"
+CKPT = Path("models") / "resnet20-cifar10-12fca82f.th"
+DATA = Path("data") / "cifar10-test-1000"
 CONFIG = ROOT / "benchmarks" / "cifar10-resnet20.toml"
 
 
@@ -84,9 +95,151 @@ def run_attack(spec, params, model: Counting, x: torch.Tensor, top1: torch.Tenso
         t0 = time.perf_counter()
         adversarial = spec.run(model, x[index].clone(), criterion, params, ctx)
         seconds += time.perf_counter() - t0
+        if isinstance(adversarial, AttackOutput):
+            adversarial = adversarial.images
         with torch.no_grad():
             successes += int(criterion(model.module(adversarial)).sum())
     return seconds, successes, model.calls, model.rows
+
+
+# --- wrapper overhead: advbench's plugin vs the same foolbox attack called directly ----------
+
+
+class _Rule:
+    """The benchmark's success rule as a plain foolbox criterion (what a foolbox user writes)."""
+
+    def __call__(self, perturbed, outputs):
+        raw, restore = ep.astensor_(outputs)
+        return restore(ep.astensor(self.rule(raw.raw)))
+
+
+class _DirectUntargeted(_Rule, fb.criteria.Misclassification):
+    def __init__(self, rule: PaperCriterion):
+        super().__init__(rule.labels)
+        self.rule = rule
+
+
+class _DirectTargeted(_Rule, fb.criteria.TargetedMisclassification):
+    def __init__(self, rule: PaperCriterion):
+        super().__init__(rule.targets)
+        self.rule = rule
+
+
+def direct_call(name: str, params, fmodel, x: torch.Tensor, rule: PaperCriterion):
+    """The foolbox attack behind plugin ``name`` on ``x``: foolbox's (raw, clipped, success)."""
+    criterion = _DirectTargeted(rule) if rule.targeted else _DirectUntargeted(rule)
+    if name == "pgd":
+        attack = fb.attacks.LinfPGD(rel_stepsize=params.rel_stepsize, steps=params.steps)
+        return attack(fmodel, x, criterion, epsilons=list(params.epsilons))
+    if name == "deepfool":
+        attack = fb.attacks.L2DeepFoolAttack(steps=params.steps, candidates=params.candidates,
+                                             overshoot=params.overshoot)
+        return attack(fmodel, x, criterion, epsilons=None)
+    if name == "cw":
+        return fb.attacks.L2CarliniWagnerAttack(**params.model_dump(exclude={"max_norm"}))(
+            fmodel, x, criterion, epsilons=None)
+    raise SystemExit(f"--overhead: no direct foolbox call for '{name}' (pgd, deepfool, cw)")
+
+
+def expected_from_direct(name: str, x: torch.Tensor, direct) -> torch.Tensor:
+    """What the wrapper documents it returns, computed from the direct call's outputs: the
+    smallest successful budget per image (PGD), or the result where foolbox succeeded and the
+    clean image elsewhere (minimal-norm attacks; CW's all-black 'not found' rows stay clean)."""
+    _, clipped, success = direct
+    if name == "pgd":
+        best = clipped[-1].clone()
+        for adv, ok in zip(reversed(clipped), reversed(success)):
+            best[ok] = adv[ok]
+        return best
+    flat = clipped.flatten(1)
+    sentinel = (flat == 0).all(1) & (x.flatten(1) != 0).any(1)
+    keep = success & ~sentinel & torch.isfinite(flat).all(1)
+    return torch.where(keep.view(-1, 1, 1, 1), clipped, x).clamp(0, 1)
+
+
+class InsideFoolbox:
+    """Seconds spent inside foolbox attacks' ``__call__`` (patched for the block): the wrapper's
+    own time is its total minus this, a number the machine's load hardly touches."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self.saved = {cls: cls.__call__ for cls in (fb.attacks.base.FixedEpsilonAttack,
+                                                    fb.attacks.base.MinimizationAttack)}
+        for cls, call in self.saved.items():
+            cls.__call__ = self._timed(call)
+        return self
+
+    def _timed(self, call):
+        def timed(attack, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return call(attack, *args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+        return timed
+
+    def __exit__(self, *exc):
+        for cls, call in self.saved.items():
+            cls.__call__ = call
+
+
+def overhead(registry, names: list[str], config: Path | None, model: torch.nn.Module, x: torch.Tensor,
+             top1: torch.Tensor, *, top_k: int, shift: int, threshold: float, repeats: int, ctx) -> None:
+    print("wall: median seconds; ratio: median wrapper / median direct wall time; cpu ratio: median of the\n"
+          "per-repeat ratios of process CPU time (less sensitive to other jobs), [lowest, highest] of them;\n"
+          "own ms: median wrapper time outside foolbox's attack call; same: the wrapper's images are the\n"
+          "direct call's")
+    print(f"{'attack':<10} {'params':<22} {'wrapper':>8} {'direct':>8} {'ratio':>6} {'cpu ratio':>21} "
+          f"{'own ms':>7} {'same':>5}")
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)  # built once, outside the timing
+    for name in names:
+        spec, params, origin = attack_params(registry, name, config)
+        targets = target_labels(top1, shift, 10) if spec.targeted else None
+        rule = PaperCriterion(spec.targeted, top1, targets, k=top_k, threshold=threshold)
+        wall: dict[str, list[float]] = {"wrapper": [], "direct": []}  # alternated: load drift hits both
+        cpu: dict[str, list[float]] = {"wrapper": [], "direct": []}
+        own = []
+        for repeat in range(repeats):
+            # alternate which goes first, so an order effect (warm caches, allocator) cancels
+            for mode in ("wrapper", "direct") if repeat % 2 == 0 else ("direct", "wrapper"):
+                torch.manual_seed(0)  # PGD's random start: the same draws in both
+                with InsideFoolbox() as inside:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    if mode == "wrapper":
+                        out = spec.run(model, x.clone(), rule, params, ctx)
+                    else:
+                        direct = direct_call(name, params, fmodel, x.clone(), rule)
+                    wall[mode].append(time.perf_counter() - t0)
+                    cpu[mode].append(time.process_time() - c0)
+                if mode == "wrapper":
+                    own.append(wall[mode][-1] - inside.seconds)
+        same = torch.equal(out, expected_from_direct(name, x, direct))
+        w, d = statistics.median(wall["wrapper"]), statistics.median(wall["direct"])
+        ratios = [a / b for a, b in zip(cpu["wrapper"], cpu["direct"])]
+        spread = f"{statistics.median(ratios):.3f} [{min(ratios):.2f}, {max(ratios):.2f}]"
+        print(f"{name:<10} {origin:<22} {w:8.3f} {d:8.3f} {w / d:6.3f} {spread:>21} "
+              f"{statistics.median(own) * 1e3:7.1f} {str(same):>5}", flush=True)
+
+
+def load_world(args, registry, ctx):
+    """The ResNet-20 and its clean images (or random inputs); None when ../shared is absent."""
+    shared = args.shared
+    ckpt, data = shared / CKPT, shared / DATA
+    if not ckpt.is_file() or not (args.random_inputs or data.is_dir()):
+        return None
+    mspec = registry.get("model", "cifar-resnet")
+    model = mspec.build(mspec.params(depth=20, checkpoint=str(ckpt)), ctx)
+    model.module.eval().requires_grad_(False)
+    if args.random_inputs:
+        x = torch.rand(args.images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return model, x, model.module(x).argmax(1)
+    source = registry.get("dataset", "image-folder").load(
+        registry.get("dataset", "image-folder").params(root=str(data)), ctx)
+    arrays, _ = select_clean(source, model, top_k=args.top_k, n=args.images, seed=0, device="cpu")
+    return model, to_tensor(arrays["images"], "cpu"), torch.from_numpy(arrays["top1"]).long()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,35 +254,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.99, help="P(target) needed by targeted attacks.")
     ap.add_argument("--repeats", type=int, default=1, help="Alternate the two modes this often; print medians.")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    ap.add_argument("--shared", type=Path, default=SHARED, help="The reference data folder (default ../shared).")
+    ap.add_argument("--overhead", action="store_true",
+                    help="Time the advbench wrapper against the foolbox attack called directly (one batch).")
+    ap.add_argument("--random-inputs", action="store_true", help="Uniform random 32x32 inputs, not CIFAR-10 images.")
     args = ap.parse_args(argv)
 
-    if not (CKPT.is_file() and DATA.is_dir()):
-        print(f"skipped: needs {CKPT} and {DATA} (../shared is absent)")
-        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     registry = discover()
-    mspec = registry.get("model", "cifar-resnet")
     ctx = BuildContext(cache_dir=Path("."), device="cpu", seed=0)
-    model = mspec.build(mspec.params(depth=20, checkpoint=str(CKPT)), ctx)
-    model.module.eval().requires_grad_(False)
-    source = registry.get("dataset", "image-folder").load(
-        registry.get("dataset", "image-folder").params(root=str(DATA)), ctx)
-    arrays, _ = select_clean(source, model, top_k=args.top_k, n=args.images, seed=0, device="cpu")
-    x, top1 = to_tensor(arrays["images"], "cpu"), torch.from_numpy(arrays["top1"]).long()
+    world = load_world(args, registry, ctx)
+    if world is None:
+        print(f"skipped: needs {args.shared / CKPT} and {args.shared / DATA} (reference data absent)")
+        return 0
+    model, x, top1 = world
     n = len(x)
     config = None if args.defaults else args.config
+    names = [a.strip() for a in args.attacks.split(",") if a.strip()]
 
-    print(f"CIFAR-10 ResNet-20, {n} images 32x32, cpu, {torch.get_num_threads()} torch threads, "
+    inputs = "random inputs" if args.random_inputs else "images"
+    print(f"CIFAR-10 ResNet-20, {n} {inputs} 32x32, cpu, {torch.get_num_threads()} torch threads, "
           f"top-{args.top_k} / shift {args.shift} / P(target) >= {args.threshold}")
+    counted = Counting(model.module).eval()  # foolbox warns about modules in training mode
+    if args.overhead:
+        overhead(registry, names, config, counted, x, top1, top_k=args.top_k, shift=args.shift,
+                 threshold=args.threshold, repeats=max(1, args.repeats), ctx=ctx)
+        return 0
     header = (f"{'attack':<10} {'params':<22} {'mode':<10} {'seconds':>8} {'images/s':>9} {'successes':>9} "
               f"{'fwd calls':>9} {'img-fwds':>9}")
     print(header)
     print("-" * len(header))
-    counted = Counting(model.module).eval()  # foolbox warns about modules in training mode
     modes = ((f"batch {args.batch_size}", args.batch_size), ("single", 1))
     speedups = []
-    for name in [a.strip() for a in args.attacks.split(",") if a.strip()]:
+    for name in names:
         spec, params, origin = attack_params(registry, name, config)
         runs: dict[str, list] = {mode: [] for mode, _ in modes}
         for _ in range(max(1, args.repeats)):

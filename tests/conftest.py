@@ -21,9 +21,9 @@ def registry():
 def tiny_run(tmp_path_factory, registry):
     """A completed tiny benchmark: (RunResult, its directory). Do not modify its files."""
     root = tmp_path_factory.mktemp("tiny-world")
-    result = run_tiny(root, tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5'],
+    result = run_tiny(root, tiny_benchmark(attacks=['plugin = "fgsm"\nepsilons = [0.1, 0.2, 0.3]', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5'],
                                            detectors=['plugin = "lda"', 'plugin = "svm"'],
-                                           features=['plugin = "counting"', 'plugin = "differences"']),
+                                           features=['plugin = "counting"', 'plugin = "differences"'], images=40),
                       registry=registry)
     assert not result.failed, [o.error for o in result.failed]
     return result, root

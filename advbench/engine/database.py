@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -110,7 +111,9 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
                                    k=top_k, threshold=threshold)
         torch.manual_seed(seed + start)
         t0 = time.perf_counter()
-        adversarial = spec.run(model.module, to_tensor(batch, device), criterion, params, ctx)
+        # each batch draws its own random numbers (a plugin seeding a generator from ctx.seed too)
+        adversarial = spec.run(model.module, to_tensor(batch, device), criterion, params,
+                               dataclasses.replace(ctx, seed=seed + start))
         attack_seconds += time.perf_counter() - t0
         if isinstance(adversarial, AttackOutput):
             for name, values in adversarial.per_image.items():

@@ -1,7 +1,8 @@
 """Oblivious attacks (§2.2): adversarial images saved as files, reloaded and re-verified.
 
-Primary attacks (no ``budgets``) run on every clean image; the points of a budget grid are
-evaluation sets and run on the eval split's sources only, the only images they are scored on.
+Primary attacks run on every clean image; evaluation sets (the points of a budget grid, an
+entry with ``evaluation = true``) run on the eval split's sources only, the only images they
+are scored on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from advbench.stages.context import CellContext, MetricRows
 def attacked_sources(ctx: CellContext, cell: Cell) -> np.ndarray:
     """Indices of the clean images an attack cell attacks."""
     n = len(ctx.clean_arrays(cell)["labels"])
-    if cell.budget is None and cell.stage == "attack":
+    if cell.stage == "attack" and not cell.evaluation:
         return np.arange(n)
     return np.flatnonzero(ctx.split(cell) == EVAL)
 

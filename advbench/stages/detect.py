@@ -26,9 +26,10 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         extra += [("feature_size", "", float(inputs.shape[1])), ("operations", "", float(data.transformed.shape[1]))]
     pred, scores = np.asarray(model.predict(inputs)), np.asarray(model.scores(inputs), dtype=float)
     save_arrays(out, pred=pred, scores=scores, y=data.y, split=data.split, train_index=np.flatnonzero(data.split == TRAIN))
-    if hasattr(model, "logits"):  # for the logit scatter of §4 (Fig. 2)
-        save_arrays(out, logits=model.logits(inputs))
+    logits = model.logits(inputs) if hasattr(model, "logits") else None  # the logit scatter of §4 (Fig. 2)
+    if logits is not None:
+        save_arrays(out, logits=logits)
     detectors.save(model, out)
-    save_columns(out, "per_image", **detector_columns(ctx, cell, data, pred, scores))
+    save_columns(out, "per_image", **detector_columns(ctx, cell, data, pred, scores, logits=logits))
     return detect.detection_metrics(data, pred, scores) + extra
 

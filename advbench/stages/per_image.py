@@ -12,14 +12,20 @@ SPLIT_NAMES = np.array(["train", "dev", "eval", "unused"])  # index -1 (held out
 
 
 def detector_columns(ctx: CellContext, cell: Cell, data: LabelledSet, decision: np.ndarray | None = None,
-                     scores: np.ndarray | None = None, label: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                     scores: np.ndarray | None = None, label: np.ndarray | None = None,
+                     logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Origin (source image, imageset, split, truth) of every row of ``data`` and what a cell said
+    of it; columns a cell has nothing for are left out."""
     ids = ctx.clean_arrays(cell)["ids"]
-    n = len(data.y)
-    nan = np.full(n, np.nan)
-    missing = np.full(n, -1)
-    return {"source": ids[data.source].astype(str), "origin": data.origin.astype(str),
-            "split": SPLIT_NAMES[data.split.astype(int)], "y": data.y.astype(np.int64),
-            "truth": data.truth.astype(np.int64),
-            "score": nan if scores is None else np.asarray(scores, dtype=float),
-            "decision": missing if decision is None else np.asarray(decision).astype(np.int64),
-            "label": missing if label is None else np.asarray(label).astype(np.int64)}
+    columns = {"source": ids[data.source].astype(str), "origin": data.origin.astype(str),
+               "split": SPLIT_NAMES[data.split.astype(int)], "y": data.y.astype(np.int64),
+               "truth": data.truth.astype(np.int64)}
+    if scores is not None:
+        columns["score"] = np.asarray(scores, dtype=float)
+    if decision is not None:
+        columns["decision"] = np.asarray(decision).astype(np.int64)
+    if label is not None:
+        columns["label"] = np.asarray(label).astype(np.int64)
+    if logits is not None:
+        columns["logit_0"], columns["logit_1"] = np.asarray(logits, dtype=float).T[:2]
+    return columns

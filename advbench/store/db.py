@@ -55,7 +55,7 @@ MIGRATION_LOCK_KEY = 0x6164766265_6E6368
 IMAGE_CHUNK = 10_000
 
 #: Columns of record_images: the first five are required; idx defaults to 0..N-1.
-IMAGE_COLUMNS = ("idx", "source", "origin", "split", "y", "truth", "score", "decision", "label")
+IMAGE_COLUMNS = ("idx", "source", "origin", "split", "y", "truth", "score", "decision", "label", "logit_0", "logit_1")
 REQUIRED_IMAGE_COLUMNS = ("source", "origin", "split", "y", "truth")
 #: The cell's columns that Store.images() puts beside each image row.
 IMAGE_CELL_COLUMNS = ("cell_key", "stage", "dataset", "model", "attack", "transform", "feature", "detector",
@@ -642,7 +642,8 @@ def _image_columns(cell_key: str, columns: Mapping[str, Sequence]) -> tuple[dict
     optional_ints = lambda values: [None if v is None else int(v) for v in values]  # noqa: E731
     convert = {"idx": ints, "source": lambda v: [str(x) for x in v], "origin": lambda v: [str(x) for x in v],
                "split": lambda v: [str(x) for x in v], "y": ints, "truth": ints,
-               "score": lambda v: [_finite(x) for x in v], "decision": optional_ints, "label": optional_ints}
+               "score": lambda v: [_finite(x) for x in v], "decision": optional_ints, "label": optional_ints,
+               "logit_0": lambda v: [_finite(x) for x in v], "logit_1": lambda v: [_finite(x) for x in v]}
     try:
         data = {name: convert[name](values) for name, values in data.items()}
     except (TypeError, ValueError) as exc:

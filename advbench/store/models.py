@@ -123,3 +123,5 @@ class Image(Base):
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     decision: Mapped[int | None] = mapped_column(Integer, nullable=True)
     label: Mapped[int | None] = mapped_column(Integer, nullable=True)  # e.g. a corrector's top-1
+    logit_0: Mapped[float | None] = mapped_column(Float, nullable=True)  # a binary detector's logits
+    logit_1: Mapped[float | None] = mapped_column(Float, nullable=True)  # (normal, adversarial): Fig. 2

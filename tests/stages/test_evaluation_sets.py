@@ -37,7 +37,7 @@ GRID = ['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5', 'plugi
 def grid_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("grid")
     registry = registry_with(_grid_module())
-    toml = tiny_benchmark(attacks=GRID, detection='protocol = "leave-one-attack-out"\n'
+    toml = tiny_benchmark(attacks=GRID, images=60, detection='protocol = "leave-one-attack-out"\n'
                           'subset_search = [{ detector = "lda", feature = "counting", group = "All", max_operations = 2 }]')
     result = run_tiny(root, toml, registry=registry)
     assert not result.failed, [o.error for o in result.failed]

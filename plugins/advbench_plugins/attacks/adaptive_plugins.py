@@ -161,7 +161,9 @@ def _hsj_cost(p: HSJParams, inputs: CostInputs) -> tuple[float, float]:
     return p.max_queries * per_query, 0.0
 
 
-_OPS = ("operations", "pipeline")
+# a detector cell on a feature of labels under a group's operations is attacked through those
+# operations (the defense hands them in); one that sees images has none, and eot-pgd says so
+_OPS = ("operations", "detector", "pipeline")
 _SYSTEM = ("detector", "operations", "pipeline")
 ATTACKS = [
     AttackSpec(name="eot-pgd", summary="EOT-PGD, L∞: one adversarial label under every operation of the group "

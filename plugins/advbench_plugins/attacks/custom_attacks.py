@@ -12,6 +12,7 @@ from advbench import hookimpl
 from advbench.specs import AttackSpec, CostInputs, Params
 
 from advbench_plugins.attacks.adef import adef_attack
+from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec
 from advbench_plugins.attacks.jsma import jsma_attack
 from advbench_plugins.attacks.lbfgs import lbfgs_attack
 
@@ -21,6 +22,7 @@ class LBFGSParams(Params):
     binary_search_steps: int = Field(5, ge=1, description="Searches over c per image.")
     max_iterations: int = Field(50, ge=1, description="L-BFGS iterations per search step.")
     learning_rate: float = Field(1.0, gt=0, description="L-BFGS step length.")
+    max_norm: float | None = Field(None, gt=0, description=MAX_NORM_HELP)
 
 
 class JSMAParams(Params):
@@ -62,14 +64,19 @@ def _adef_cost(p: ADefParams, inputs: CostInputs) -> tuple[float, float]:
 
 
 def _call(fn):
-    return lambda model, images, criterion, params, ctx: fn(model, images, criterion, **params.model_dump())
+    return lambda model, images, criterion, params, ctx: fn(model, images, criterion,
+                                                            **params.model_dump(exclude={"max_norm"}))
 
 
 @hookimpl
 def advbench_register_attacks(register):
-    register(AttackSpec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
-                        params=LBFGSParams, targeted=True, run=_call(lbfgs_attack), cost=_lbfgs_cost))
+    register(minimal_norm_spec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
+                               params=LBFGSParams, targeted=True, norm="l2", unbounded=_call(lbfgs_attack),
+                               cost=_lbfgs_cost))
+    # gamma bounds the fraction of values changed: an L0 budget
     register(AttackSpec(name="jsma", summary="Jacobian saliency map attack (Papernot et al.), non-targeted rule.",
-                        params=JSMAParams, run=_call(jsma_attack), cost=_jsma_cost))
+                        params=JSMAParams, run=_call(jsma_attack), budget_param="gamma", norm="l0",
+                        cost=_jsma_cost))
+    # a deformation is not an Lp perturbation
     register(AttackSpec(name="adef", summary="ADef adversarial deformations (Alaifari et al.), non-targeted.",
-                        params=ADefParams, run=_call(adef_attack), cost=_adef_cost))
+                        params=ADefParams, run=_call(adef_attack), norm="", cost=_adef_cost))

@@ -3,21 +3,23 @@
 Budgets are given per pixel value so one default fits any image size: an L2 budget ``e`` means
 ``e * sqrt(D)`` and an L1 budget ``e * D`` for D = C*H*W values (L∞ budgets are per value
 already). Fast single-step attacks sweep a list of budgets and keep, per image, the smallest
-that succeeds, as foolbox 1.8 (the paper's version) did.
+that succeeds, as foolbox 1.8 (the paper's version) did. Minimal-perturbation attacks (DeepFool,
+NewtonFool, CW) take ``max_norm`` (see :mod:`advbench_plugins.attacks.budgets`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import eagerpy as ep
 import foolbox as fb
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from advbench import hookimpl
 from advbench.specs import AttackSpec, BuildContext, CostInputs, Criterion, Params
+
+from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec, norm_scale, positive_budgets
 
 
 class _PaperRule:
@@ -46,11 +48,6 @@ class _Targeted(_PaperRule, fb.criteria.TargetedMisclassification):
 
 def foolbox_criterion(criterion: Criterion):
     return _Targeted(criterion) if criterion.targeted else _Untargeted(criterion)
-
-
-def _scale(norm: str, images: torch.Tensor) -> float:
-    d = images[0].numel()
-    return {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[norm]
 
 
 def _sweep(attack, model, images, criterion, epsilons: list[float]) -> torch.Tensor:
@@ -128,14 +125,17 @@ def newtonfool(model, images: torch.Tensor, criterion, *, steps: int = 100, step
 
 
 class FastParams(Params):
-    epsilons: list[float] = Field([0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1],
+    epsilons: list[float] = Field([0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1], min_length=1,
                                   description="Budgets to sweep, smallest first (per pixel value).")
+    _positive = field_validator("epsilons")(positive_budgets)
 
 
 class IterativeParams(Params):
-    epsilons: list[float] = Field([0.01, 0.02, 0.03, 0.05], description="Budgets to sweep (per pixel value).")
+    epsilons: list[float] = Field([0.01, 0.02, 0.03, 0.05], min_length=1,
+                                  description="Budgets to sweep (per pixel value).")
     steps: int = Field(20, ge=1, description="Iterations.")
     rel_stepsize: float = Field(0.1, gt=0, description="Step size relative to the budget.")
+    _positive = field_validator("epsilons")(positive_budgets)
 
 
 class PGDParams(IterativeParams):
@@ -147,11 +147,13 @@ class DeepFoolParams(Params):
     steps: int = Field(50, ge=1, description="Iterations.")
     candidates: int = Field(10, ge=2, description="Top classes considered per step.")
     overshoot: float = Field(0.02, ge=0, description="Overshoot of each step.")
+    max_norm: float | None = Field(None, gt=0, description=MAX_NORM_HELP)
 
 
 class NewtonFoolParams(Params):
     steps: int = Field(100, ge=1, description="Iterations.")
     stepsize: float = Field(0.01, gt=0, description="eta of Jang et al.")
+    max_norm: float | None = Field(None, gt=0, description=MAX_NORM_HELP)
 
 
 class CWParams(Params):
@@ -160,18 +162,19 @@ class CWParams(Params):
     stepsize: float = Field(0.01, gt=0, description="Adam learning rate.")
     confidence: float = Field(0.0, ge=0, description="Logit margin kappa; raise it to push past top-k.")
     initial_const: float = Field(1e-3, gt=0, description="Initial trade-off constant c.")
+    max_norm: float | None = Field(None, gt=0, description=MAX_NORM_HELP)
 
 
 def _iterative(make: Callable[[IterativeParams], object], norm: str):
     def run(model, images, criterion, params: IterativeParams, ctx: BuildContext) -> torch.Tensor:
-        scale = _scale(norm, images)
+        scale = norm_scale(norm, images)
         return _sweep(make(params), model, images, criterion, [e * scale for e in params.epsilons])
     return run
 
 
 def _fast(attack_type, norm: str):
     def run(model, images, criterion, params: FastParams, ctx: BuildContext) -> torch.Tensor:
-        scale = _scale(norm, images)
+        scale = norm_scale(norm, images)
         return _sweep(attack_type(), model, images, criterion, [e * scale for e in params.epsilons])
     return run
 
@@ -211,30 +214,34 @@ def _bim(kind):
 ATTACKS = [
     AttackSpec(name="bim", summary="Basic iterative method, L∞ (Kurakin et al.), targeted.",
                params=IterativeParams, targeted=True, run=_iterative(_bim(fb.attacks.LinfBasicIterativeAttack), "linf"),
-               cost=_sweep_cost(lambda p: p.steps)),
+               budget_param="epsilons", norm="linf", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="pgd", summary="Projected gradient descent, L∞, random start (Kurakin et al.; Madry et al.), targeted.",
                params=PGDParams, targeted=True, default=True,
                run=_iterative(lambda p: fb.attacks.LinfPGD(rel_stepsize=p.rel_stepsize, steps=p.steps), "linf"),
-               cost=_sweep_cost(lambda p: p.steps)),
+               budget_param="epsilons", norm="linf", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="l1-iter", summary="Basic iterative method under an L1 budget (foolbox), targeted.",
                params=IterativeParams, targeted=True, run=_iterative(_bim(fb.attacks.L1BasicIterativeAttack), "l1"),
-               cost=_sweep_cost(lambda p: p.steps)),
+               budget_param="epsilons", norm="l1", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="l2-iter", summary="Basic iterative method under an L2 budget (foolbox), targeted.",
                params=IterativeParams, targeted=True, run=_iterative(_bim(fb.attacks.L2BasicIterativeAttack), "l2"),
-               cost=_sweep_cost(lambda p: p.steps)),
+               budget_param="epsilons", norm="l2", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="gradient", summary="L2 fast gradient (foolbox 'Gradient'), non-targeted, budget sweep.",
-               params=FastParams, run=_fast(fb.attacks.L2FastGradientAttack, "l2"), cost=_sweep_cost(lambda p: 1)),
+               params=FastParams, run=_fast(fb.attacks.L2FastGradientAttack, "l2"), budget_param="epsilons", norm="l2",
+               cost=_sweep_cost(lambda p: 1)),
     AttackSpec(name="fgsm", summary="Fast gradient sign method (Goodfellow et al.), non-targeted, budget sweep.",
-               params=FastParams, default=True, run=_fast(fb.attacks.FGSM, "linf"), cost=_sweep_cost(lambda p: 1)),
-    AttackSpec(name="deepfool", summary="DeepFool, L2 (Moosavi-Dezfooli et al.), non-targeted.",
-               params=DeepFoolParams, version="2", cost=_deepfool_cost, run=lambda m, x, c, p, ctx: _minimize(
-                   fb.attacks.L2DeepFoolAttack(steps=p.steps, candidates=p.candidates, overshoot=p.overshoot), m, x, c)),
-    AttackSpec(name="newtonfool", summary="NewtonFool (Jang et al.), non-targeted.",
-               params=NewtonFoolParams, version="3", cost=_newtonfool_cost, run=lambda m, x, c, p, ctx: newtonfool(
-                   m, x, c, steps=p.steps, stepsize=p.stepsize)),
-    AttackSpec(name="cw", summary="Carlini-Wagner L2, non-targeted.",
-               params=CWParams, version="2", cost=_cw_cost, run=lambda m, x, c, p, ctx: _minimize(
-                   fb.attacks.L2CarliniWagnerAttack(**p.model_dump()), m, x, c)),
+               params=FastParams, default=True, run=_fast(fb.attacks.FGSM, "linf"), budget_param="epsilons",
+               norm="linf", cost=_sweep_cost(lambda p: 1)),
+    minimal_norm_spec(name="deepfool", summary="DeepFool, L2 (Moosavi-Dezfooli et al.), non-targeted.",
+                      params=DeepFoolParams, version="2", norm="l2", cost=_deepfool_cost,
+                      unbounded=lambda m, x, c, p, ctx: _minimize(
+                          fb.attacks.L2DeepFoolAttack(steps=p.steps, candidates=p.candidates, overshoot=p.overshoot),
+                          m, x, c)),
+    minimal_norm_spec(name="newtonfool", summary="NewtonFool (Jang et al.), non-targeted.",
+                      params=NewtonFoolParams, version="3", norm="l2", cost=_newtonfool_cost,
+                      unbounded=lambda m, x, c, p, ctx: newtonfool(m, x, c, steps=p.steps, stepsize=p.stepsize)),
+    minimal_norm_spec(name="cw", summary="Carlini-Wagner L2, non-targeted.",
+                      params=CWParams, version="2", norm="l2", cost=_cw_cost, unbounded=lambda m, x, c, p, ctx: _minimize(
+                          fb.attacks.L2CarliniWagnerAttack(**p.model_dump(exclude={"max_norm"})), m, x, c)),
 ]
 
 

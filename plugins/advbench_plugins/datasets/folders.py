@@ -45,8 +45,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
 
 
-def open_rgb(path: str | os.PathLike[str]) -> Image.Image | None:
-    """Open, fully decode and convert ``path`` to RGB; None (with a warning) if unreadable."""
+def _decode(path: str | os.PathLike[str]) -> Image.Image | str:
+    """``path`` opened, fully decoded and converted to RGB, or why it could not be."""
     try:
         if os.path.getsize(path) == 0:
             raise OSError("empty file")
@@ -54,8 +54,43 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image | None:
             img.load()  # decode now: truncation only shows up while decoding
             return _to_rgb(img)  # pixel data stays loaded after the file closes
     except _DECODE_ERRORS as e:
-        warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
+        return str(e) or type(e).__name__
+
+
+def open_rgb(path: str | os.PathLike[str]) -> Image.Image | None:
+    """Open, fully decode and convert ``path`` to RGB; None (with a warning) if unreadable."""
+    img = _decode(path)
+    if isinstance(img, str):
+        warnings.warn(f"skipping unreadable image {path}: {img}", stacklevel=2)
         return None
+    return img
+
+
+class _Unreadable:
+    """Counts the files a pass skips and keeps the first with its reason, so that a pass that
+    yields nothing can say why in one line."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = ""
+
+    def skip(self, path: Path, why: str) -> None:
+        warnings.warn(f"skipping {path}: {why}", stacklevel=3)
+        self.count += 1
+        self.first = self.first or f"{path}: {why}"
+
+    def open(self, path: Path) -> Image.Image | None:
+        img = _decode(path)
+        if isinstance(img, str):
+            self.skip(path, f"unreadable image ({img})")
+            return None
+        return img
+
+    def nothing_read(self, what: str, root: Path, extensions: Sequence[str]) -> DataError:
+        if not self.count:
+            return DataError(f"{what} {root} holds no image file (looked for {', '.join(extensions)})")
+        return DataError(f"{what} {root} holds no readable image: all {self.count} files were skipped "
+                         f"(first: {self.first})")
 
 
 def _require_dir(root: Path, what: str) -> None:
@@ -104,17 +139,21 @@ class ImageFolderSource:
 
     def __iter__(self) -> Iterator[Sample]:
         self.skipped = 0
+        unreadable, read = _Unreadable(), 0
         for label, cls in enumerate(self.class_names):
             taken = 0
             for name in self._files(cls):
                 if self.limit_per_class is not None and taken >= self.limit_per_class:
                     break
-                img = open_rgb(self.root / cls / name)
+                img = unreadable.open(self.root / cls / name)
+                self.skipped = unreadable.count
                 if img is None:
-                    self.skipped += 1
                     continue
                 taken += 1
+                read += 1
                 yield Sample(id=f"{cls}/{name}", image=img, label=label)
+        if not read:  # a whole pass and not one image: say why here, where the folder is known
+            raise unreadable.nothing_read("image folder", self.root, self.extensions)
 
 
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d+)\.[A-Za-z]+$")
@@ -234,14 +273,16 @@ class ImageNetValSource:
             for e in os.scandir(self.root)
             if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
+        unreadable, read = _Unreadable(), 0
         for name in names:
             label = self._lookup(name)
             if label is None:
-                warnings.warn(f"skipping {self.root / name}: no label in {self.labels_file}", stacklevel=2)
-                self.skipped += 1
-                continue
-            img = open_rgb(self.root / name)
+                unreadable.skip(self.root / name, f"no label in {self.labels_file}")
+            img = None if label is None else unreadable.open(self.root / name)
+            self.skipped = unreadable.count
             if img is None:
-                self.skipped += 1
                 continue
+            read += 1
             yield Sample(id=name, image=img, label=label)
+        if not read:
+            raise unreadable.nothing_read("ImageNet validation folder", self.root, IMAGE_EXTENSIONS)

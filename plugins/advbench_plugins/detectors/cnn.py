@@ -305,7 +305,9 @@ class CNNDetector:
         return 5e-5 if (p.pretrained and p.softmax) else 5e-4
 
     def _to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        x = to_tensor(batch, self.device)
+        return self._resize(to_tensor(batch, self.device))
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
         side = self.params.max_side
         h, w = x.shape[-2:]
         if side is not None and max(h, w) > side:
@@ -441,6 +443,31 @@ class CNNDetector:
         if self.params.score == "margin":
             return margin
         return 0.5 * (1.0 + np.tanh(margin / 2.0))  # softmax of two logits, without overflow
+
+    #: predict() flags an image when torch_scores(image) > threshold (logit_adv > logit_norm)
+    threshold = 0.0
+
+    def torch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable logit margin logit_adv - logit_norm of a float (N, 3, H, W) batch in
+        [0, 1], for attacks that know the detector (the network stays in eval mode)."""
+        if self.module is None:
+            raise RuntimeError(f"{self.name} is not fitted: call fit() first")
+        self.module.eval()
+        z = self.module(self._resize(x.to(self.device)))
+        return (z[:, 1] - z[:, 0]).to(x.device)
+
+    def save(self, directory: Path) -> None:
+        """The fitted network's weights (loaded back with ``weights_only=True``)."""
+        if self.module is None:
+            raise RuntimeError(f"{self.name} is not fitted: call fit() first")
+        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, directory / "weights.pt")
+
+    def load(self, directory: Path) -> CNNDetector:
+        p = self.params
+        module = build_network(p.arch, False, 2).to(self.device)
+        module.load_state_dict(torch.load(directory / "weights.pt", map_location=self.device, weights_only=True))
+        self.module, self._last = module.eval(), None
+        return self
 
     def predict(self, images: Any) -> np.ndarray:
         z = self.logits(images)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
+import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
@@ -46,6 +49,46 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: how torch.save files begin: a zip archive (torch >= 1.6), or the legacy format's pickled magic number
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+EXPECTED_CHECKPOINT = ("a file written by torch.save holding only tensors: a state dict, or a dict with one "
+                       "under 'state_dict' or 'model'")
+
+
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """What the file is, in a few words, judged from its first bytes and the loader's error
+    (torch's own message is not passed on: it advises unpickling with weights_only=False)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+    if not head:
+        return "the file is empty"
+    if not head.startswith((_ZIP_MAGIC, b"\x80")):  # neither an archive nor a pickle of protocol 2+
+        return "it is not a PyTorch file (neither a torch.save archive nor a pickle)"
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if found:
+        return f"it holds a pickled {found.group(1)} object, and only tensors are loaded, never code"
+    if head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+        return "it is a truncated or damaged torch.save file"
+    return "it is a pickle, not a torch.save file of tensors"
+
+
+def read_weights(path: Path, what: str = "checkpoint", expected: str = EXPECTED_CHECKPOINT) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is a one-line DataError
+    naming the file, saying it is not a readable weights checkpoint and what is expected."""
+    try:
+        with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: not the user's business
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt archive, truncated pickle, pickled objects, not a torch file...
+        why = _why_unreadable(path, e)
+    # raised outside the handler, so no traceback carries torch's message along
+    raise DataError(f"{what} {path} is not a readable weights checkpoint: {why}; expected {expected}")
+
+
 def _is_state_dict(obj: object) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -67,10 +110,7 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt zip, pickle with non-tensor objects, ...
-        raise DataError(f"cannot read checkpoint {path}: {_one_line(e)}") from e
+    ckpt = read_weights(path)
 
     if key is not None:
         if not isinstance(ckpt, Mapping) or key not in ckpt:
@@ -141,15 +181,49 @@ def torchvision_classifier(
         raise DataError(
             f"weights {enum.__name__}.{w.name} for {arch} not found: put {file_name} (from {w.url}) in {folder}"
         )
+    state = read_weights(file, "weights file", expected=f"the file published at {w.url}")
+    if not _is_state_dict(state):
+        raise DataError(f"weights file {file} holds no state dict; expected the file published at {w.url}")
     try:
-        # Vet the file with the safe loader first: torchvision re-reads it with weights_only=False.
-        torch.load(file, map_location="cpu", weights_only=True)
-        # The file is in the hub cache, so torchvision loads it from there instead of downloading,
-        # and applies the per-architecture settings that go with these weights.
-        net = torchvision.models.get_model(arch, weights=w)
-    except Exception as e:
-        raise DataError(f"cannot load weights file {file} for {arch}: {_one_line(e)}") from e
+        net = _build_with_state_dict(arch, w, state)
+    except DataError:
+        raise
+    except Exception as e:  # the file is a state dict, but of another network
+        raise DataError(f"weights file {file} does not fit torchvision {arch}: {_one_line(e)}") from None
     return Normalized(net, IMAGENET_MEAN, IMAGENET_STD)
+
+
+_HUB_PATCH = threading.Lock()
+
+
+def _build_with_state_dict(arch: str, weights, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """``torchvision.models.get_model(arch, weights=weights)`` with ``state`` as the weights.
+
+    The builder is given the weights so that it applies the settings that go with them (class
+    count, Inception's input transform, DenseNet's key renaming, ...), but the state dict it
+    asks for comes from ``state``, read with ``weights_only=True``: the weights enum's own
+    ``get_state_dict`` goes through ``torch.hub.load_state_dict_from_url``, which unpickles with
+    ``weights_only=False`` and downloads what is missing.
+    """
+    import torchvision
+
+    enum = type(weights)
+    own = enum.__dict__.get("get_state_dict")
+
+    def get_state_dict(self, *args, **kwargs):
+        if self is not weights:  # a builder asking for other weights too: never download them
+            raise DataError(f"torchvision {arch} asked for weights {self!r} as well; advbench loads only {weights!r}")
+        return dict(state)
+
+    with _HUB_PATCH:
+        enum.get_state_dict = get_state_dict
+        try:
+            return torchvision.models.get_model(arch, weights=weights)
+        finally:
+            if own is None:
+                del enum.get_state_dict
+            else:
+                enum.get_state_dict = own
 
 
 # --- prepare policies ----------------------------------------------------------------------

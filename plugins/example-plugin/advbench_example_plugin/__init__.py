@@ -1,4 +1,5 @@
-"""An example third-party advbench plugin: one attack and one detector.
+"""An example third-party advbench plugin: one attack and two detectors (one on features, one
+model-aware: it sees the classifier).
 
 advbench finds this module through the ``advbench`` entry point in ``pyproject.toml``; the two
 ``@hookimpl`` functions below register the specs. Nothing in advbench itself names this package.
@@ -7,11 +8,13 @@ advbench finds this module through the ``advbench`` entry point in ``pyproject.t
 from advbench import hookimpl
 from advbench_example_plugin.attack import BLEND
 from advbench_example_plugin.detector import THRESHOLD
+from advbench_example_plugin.model_detector import BLUR_SHIFT
 
-#: The advbench plugin API this package was written against; advbench refuses another major.
-ADVBENCH_API = "1.0"
+#: The advbench plugin API this package was written against (1.1: model-aware detectors);
+#: advbench refuses another major.
+ADVBENCH_API = "1.1"
 
-__all__ = ["BLEND", "THRESHOLD"]
+__all__ = ["BLEND", "BLUR_SHIFT", "THRESHOLD"]
 
 
 @hookimpl
@@ -22,3 +25,4 @@ def advbench_register_attacks(register):
 @hookimpl
 def advbench_register_detectors(register):
     register(THRESHOLD)
+    register(BLUR_SHIFT)

@@ -1,7 +1,7 @@
 """The example plugin tested the way advbench suggests to plugin authors: ``advbench.testing``."""
 
 import advbench_example_plugin as plugin
-from advbench.testing import check_attack, check_detector, registry_with, run_tiny, tiny_benchmark
+from advbench.testing import check_attack, check_detector, check_model_detector, registry_with, run_tiny, tiny_benchmark
 
 
 def test_attack_meets_the_attack_contract():
@@ -10,6 +10,11 @@ def test_attack_meets_the_attack_contract():
 
 def test_detector_meets_the_detector_contract():
     check_detector(plugin.THRESHOLD)
+
+
+def test_model_aware_detector_meets_the_contract_and_separates_adversarial_digits():
+    # fit on tiny-world digits vs. their adversarials; torch_scores, threshold, save/load checked
+    assert check_model_detector(plugin.BLUR_SHIFT) >= 0.65  # about 0.7-0.87, with the tiny model's variants
 
 
 def test_a_tiny_benchmark_runs_the_attack_and_the_detector_end_to_end(tmp_path):

@@ -126,6 +126,27 @@ def test_image_folder_missing_root(tmp_path: Path) -> None:
         ImageFolderSource(tmp_path)
 
 
+def test_image_folder_without_a_readable_image_says_why_in_one_line(tmp_path: Path) -> None:
+    """A pass that reads nothing is the folder's fault, said where the folder is known: its
+    path, how many files were skipped and the first with its reason (not a later, vaguer
+    error about selected images or images_per_model)."""
+    root = tmp_path / "junk"
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "a.jpg").write_bytes(b"\x00garbage" * 10)
+        (root / cls / "b.png").write_text("plain text")
+    with pytest.warns(UserWarning), pytest.raises(DataError) as err:
+        list(ImageFolderSource(root))
+    msg = str(err.value)
+    assert "\n" not in msg and f"image folder {root} holds no readable image: all 4 files were skipped" in msg
+    assert f"first: {root / 'cat' / 'a.jpg'}: unreadable image (cannot identify image file" in msg
+    for f in root.rglob("*.*"):
+        f.unlink()
+    (root / "cat" / "notes.txt").write_text("not an image, ignored by extension")
+    with pytest.raises(DataError, match=f"image folder {root} holds no image file \\(looked for .jpg, .jpeg"):
+        list(ImageFolderSource(root))
+
+
 # --- ImageNetValSource ---------------------------------------------------------------------
 
 
@@ -204,3 +225,13 @@ def test_imagenet_val_errors(val: Path, tmp_path: Path) -> None:
     labels.write_text("1\na.JPEG 2\n")
     with pytest.raises(DataError, match="gt.txt:2"):
         ImageNetValSource(val, labels)
+
+
+def test_imagenet_val_without_a_labelled_readable_image_says_why(val: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "val.txt"
+    labels.write_text("ILSVRC2012_val_00000003.JPEG 0\n")  # the one labelled image is empty
+    with pytest.warns(UserWarning), pytest.raises(DataError) as err:
+        list(ImageNetValSource(val, labels))
+    msg = str(err.value)
+    assert f"ImageNet validation folder {val} holds no readable image: all 5 files were skipped" in msg
+    assert f"first: {val / 'ILSVRC2012_val_00000001.JPEG'}: no label in {labels}" in msg and "\n" not in msg

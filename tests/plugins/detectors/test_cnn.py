@@ -196,3 +196,20 @@ def test_a_cuda_device_without_cuda_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DataError, match=r"cnn-small.device = 'cuda' but no CUDA device is available"):
         CNNDetector(CNNDetectorParams(device="cuda"), seed=0, name="cnn-small")
+
+
+def test_a_saved_detector_comes_back_and_its_torch_scores_are_differentiable(tmp_path):
+    from advbench.imaging import to_tensor
+
+    x, y = toy_images(64, seed=2)
+    det = CNNDetector(CNNDetectorParams(epochs=2, batch_size=16, score="margin"), seed=0).fit(x, y)
+    det.save(tmp_path)
+    again = CNNDetector(CNNDetectorParams(epochs=2, batch_size=16, score="margin"), seed=5).load(tmp_path)
+    assert np.array_equal(again.predict(x), det.predict(x))
+    np.testing.assert_allclose(again.scores(x), det.scores(x), rtol=1e-5, atol=1e-5)
+    batch = to_tensor(x[:8]).requires_grad_(True)
+    margin = again.torch_scores(batch)
+    np.testing.assert_allclose(margin.detach().numpy(), det.scores(x[:8]), rtol=1e-4, atol=1e-4)
+    (grad,) = torch.autograd.grad(margin.sum(), batch)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert np.array_equal((margin.detach().numpy() > again.threshold).astype(int), det.predict(x[:8]))

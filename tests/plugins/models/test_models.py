@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -165,10 +166,64 @@ def test_load_checkpoint_shape_mismatch_and_garbage(tmp_path: Path) -> None:
         load_checkpoint(path, Tiny(out=5))
     assert "\n" not in str(err.value)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="cannot read checkpoint .*junk.pt"):
+    with pytest.raises(DataError, match="junk.pt is not a readable weights checkpoint"):
         load_checkpoint(tmp_path / "junk.pt", Tiny())
     with pytest.raises(DataError, match="no key 'weights'"):
         load_checkpoint(path, Tiny(), key="weights")
+
+
+class Pickled:
+    """Stands for any object a checkpoint may pickle besides tensors (a whole model, an optimiser)."""
+
+
+def _unreadable(kind: str, path: Path) -> Path:
+    if kind == "random bytes":
+        path.write_bytes(random.Random(0).randbytes(4096))
+    elif kind == "truncated shared checkpoint":
+        if not CIFAR_CKPT.is_file():
+            pytest.skip(f"shared checkpoint absent: {CIFAR_CKPT}")
+        data = CIFAR_CKPT.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "truncated zip checkpoint":
+        _save(path, Tiny())
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "object in torch.save":
+        torch.save({"state_dict": Tiny().state_dict(), "extra": Pickled()}, path)
+    elif kind == "object in pickle":
+        import pickle
+
+        path.write_bytes(pickle.dumps({"net": Pickled()}))
+    elif kind == "text":
+        path.write_text("conv.weight: 0.1 0.2 0.3\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    return path
+
+
+UNREADABLE = {
+    "random bytes": "not a PyTorch file",
+    "truncated shared checkpoint": "truncated or damaged torch.save file",
+    "truncated zip checkpoint": "truncated or damaged torch.save file",
+    "object in torch.save": "holds a pickled test_models.Pickled object",
+    "object in pickle": "is a pickle, not a torch.save file",
+    "text": "not a PyTorch file",
+    "empty": "the file is empty",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE))
+def test_unreadable_checkpoint_is_one_line_that_never_advises_unpickling(tmp_path: Path, kind: str) -> None:
+    """The file, that it is not a readable weights checkpoint, what it looks like and what is
+    expected; never torch's advice to retry with weights_only=False (the traceback neither)."""
+    path = _unreadable(kind, tmp_path / "weights.pt")
+    with pytest.raises(DataError) as err:
+        load_checkpoint(path, Tiny())
+    msg = str(err.value)
+    assert f"{path} is not a readable weights checkpoint" in msg and UNREADABLE[kind] in msg, msg
+    assert "expected a file written by torch.save holding only tensors" in msg
+    assert "\n" not in msg and "weights_only" not in msg and "trust" not in msg
+    assert err.value.__cause__ is None and err.value.__context__ is None  # torch's message stays out of logs
 
 
 # --- torchvision ---------------------------------------------------------------------------
@@ -196,17 +251,75 @@ def test_torchvision_weights_missing_names_file_and_folder(tmp_path: Path, monke
         torchvision_classifier("resnet18", "IMAGENET9K", None)
 
 
-def test_torchvision_weights_load_from_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torchvision
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An empty hub cache in a temporary TORCH_HOME, torch.hub's loader (which unpickles with
+    weights_only=False and downloads) forbidden, and every torch.load call's keywords recorded."""
+    import torchvision.models._api as api
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     folder = tmp_path / "hub" / "checkpoints"
     folder.mkdir(parents=True)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"torch.hub.load_state_dict_from_url called: {args}")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", forbidden)
+    calls: list[dict] = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    return folder, calls
+
+
+def test_torchvision_weights_load_from_hub_cache(hub) -> None:
+    import torchvision
+
+    folder, calls = hub
     ref = torchvision.models.squeezenet1_1()
     torch.save(ref.state_dict(), folder / "squeezenet1_1-b8a52dc0.pth")  # stands in for the real file
     for name in ("IMAGENET1K_V1", "SqueezeNet1_1_Weights.IMAGENET1K_V1", "DEFAULT"):
         net = torchvision_classifier("squeezenet1_1", name, None)
         assert isinstance(net, Normalized) and _same(ref, net.net)
+    assert len(calls) == 3 and all(c.get("weights_only") is True for c in calls)
+    assert "get_state_dict" not in torchvision.models.SqueezeNet1_1_Weights.__dict__  # the enum is as it was
+
+
+def test_torchvision_weights_keep_the_settings_that_go_with_them(hub) -> None:
+    """GoogLeNet's weights set transform_input and are saved with the auxiliary heads, which the
+    builder drops after loading: torchvision's builder still applies its settings."""
+    import torchvision
+
+    folder, calls = hub
+    ref = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    torch.save(ref.state_dict(), folder / "googlenet-1378be20.pth")
+    net = torchvision_classifier("googlenet", "DEFAULT").net
+    assert net.transform_input and net.aux1 is None and net.aux2 is None
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in net.state_dict().items())
+    assert calls and all(c.get("weights_only") is True for c in calls)
+
+
+@pytest.mark.parametrize("kind", ["object in torch.save", "truncated zip checkpoint"])
+def test_torchvision_unreadable_weights_file_is_one_line(hub, kind: str) -> None:
+    folder, _ = hub
+    path = _unreadable(kind, folder / "squeezenet1_1-b8a52dc0.pth")
+    with pytest.raises(DataError) as err:
+        torchvision_classifier("squeezenet1_1", "DEFAULT")
+    msg = str(err.value)
+    assert f"weights file {path} is not a readable weights checkpoint" in msg and UNREADABLE[kind] in msg
+    assert "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth" in msg
+    assert "\n" not in msg and "weights_only" not in msg
+
+
+def test_torchvision_weights_of_another_network_do_not_fit(hub) -> None:
+    folder, _ = hub
+    torch.save(Tiny().state_dict(), folder / "squeezenet1_1-b8a52dc0.pth")
+    with pytest.raises(DataError, match="squeezenet1_1-b8a52dc0.pth does not fit torchvision squeezenet1_1: .*Missing key"):
+        torchvision_classifier("squeezenet1_1", "DEFAULT")
 
 
 # --- prepare -------------------------------------------------------------------------------

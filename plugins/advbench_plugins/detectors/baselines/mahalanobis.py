@@ -1,0 +1,147 @@
+"""Mahalanobis confidence (Lee, Lee, Lee, Shin, "A Simple Unified Framework for Detecting
+Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018).
+
+Per probed layer, the feature vector of an image is the layer's output averaged over space
+(the paper's pooling of feature maps) or the vector itself. From the NORMAL training images,
+class-conditional Gaussians with one covariance shared by all classes (tied) are estimated:
+class means ``mu_c`` and the pseudo-inverse of the pooled within-class covariance (as the
+paper's use of scikit-learn's EmpiricalCovariance). The classes are the classifier's
+predictions on those images (the core hands no ground-truth labels; its normal images are
+ones the classifier gets right). The layer's confidence score is
+``M(x) = max_c -(f(x) - mu_c)^T Sigma^-1 (f(x) - mu_c)``.
+
+Input pre-processing (the paper's eq. 4): ``x' = x - noise * sign(grad_x (f(x) - mu_c')^T
+Sigma^-1 (f(x) - mu_c'))``, ``c'`` the closest class, in pixel units of [0, 1] images (the
+paper's code scales the step by 1/std in normalised space: the same step in pixel space), no
+clipping; then ``M(x')``. One gradient per layer. In a layer that is a linear map of the
+pixels (a first convolution before any non-linearity) the spatially averaged features span few
+directions, the covariance is near-degenerate and a fixed step overshoots there: its score
+falls instead of rising (such directions are kept, as the paper's pseudo-inverse keeps them:
+on the tiny world they carry much of the signal without pre-processing). Default ``noise = 0.0``: no
+pre-processing (the paper chose the magnitude per dataset from the grid 0, 0.0005, 0.001,
+0.0014, 0.002, 0.005, 0.01, 0.05, 0.1, 0.2 on validation adversarial images: give that grid to
+the core's dev search, ``search = { noise = [...] }``).
+
+The per-layer scores, standardised, go to a logistic regression trained on the train split
+(the paper's "feature ensemble", trained on validation normal and adversarial images; here the
+core's train split; ``C`` for the dev search). Score = its log-odds of 'adversarial'.
+
+Defaults: layers = the top-level children of the network (ResNets: the stem and each residual
+stage, the paper's choice) plus the penultimate features (the input of the last linear layer,
+the paper's final feature); the logits are not used. Cost: one classifier pass per image
+(plus one backward and one forward pass per layer with ``noise > 0``); the fitted state is
+the class means and one precision matrix per layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from advbench.errors import DataError
+
+from advbench_plugins.detectors.baselines.activations import (LOGITS, ActivationProbe, collect, image_batches, reduce,
+                                                               select_layers)
+from advbench_plugins.detectors.baselines.common import HeadParams, LogisticHead, ModelDetector, check_labels
+
+
+#: folds of the normal training images when scoring them for the logistic regression
+CROSS_FIT_FOLDS = 5
+
+
+class MahalanobisParams(HeadParams):
+    noise: float = Field(0.0, ge=0, description="Input pre-processing step in [0, 1] pixel units (the paper's grid: "
+                                                "0 ... 0.2, chosen on validation data); 0 = none.")
+    layers: str = Field("children", description="Layers read: 'children' (the network's top-level children), or "
+                                                "comma-separated module names / types; the penultimate features always.")
+
+
+def tied_gaussian(features: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(class ids present, their means (c, D), the pseudo-inverse of the pooled within-class
+    covariance (D, D)), in float64."""
+    f = features.double()
+    present = torch.unique(classes)
+    means = torch.stack([f[classes == c].mean(0) for c in present])
+    centred = f - means[torch.searchsorted(present, classes)]
+    covariance = centred.T @ centred / len(f)
+    return present, means, torch.linalg.pinv(covariance, hermitian=True)
+
+
+def squared_mahalanobis(f: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(N, c) squared Mahalanobis distances of rows of ``f`` to each class mean."""
+    diff = f.double()[:, None, :] - means[None]
+    return torch.einsum("ncd,de,nce->nc", diff, precision, diff)
+
+
+class Mahalanobis(ModelDetector):
+    name = "mahalanobis"
+
+    def __init__(self, params: MahalanobisParams, ctx):
+        super().__init__(params, ctx)
+        self.probe = ActivationProbe(self.module, select_layers(self.module, params.layers), penultimate=True)
+        self.head = LogisticHead(params.C)
+        self.gaussians: list[tuple[torch.Tensor, torch.Tensor]] = []  # (means, precision), in probe order
+
+    def _layer_vectors(self, x: torch.Tensor) -> list[torch.Tensor]:
+        vectors = [reduce(v, "mean") for n, v in self.probe(x).items() if n != LOGITS]
+        if self.gaussians and len(vectors) != len(self.gaussians):
+            raise DataError(f"{self.name}: the classifier gives {len(vectors)} layers, the fitted detector "
+                            f"{len(self.gaussians)}: fitted on another model?")
+        return vectors
+
+    def _confidence(self, layer: int, f: torch.Tensor) -> torch.Tensor:
+        """(N,) the layer's Mahalanobis confidence score: minus the closest squared distance."""
+        means, precision = self.gaussians[layer]
+        return -squared_mahalanobis(f, means.to(f.device), precision.to(f.device)).min(1).values
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, layers) Mahalanobis confidence scores, after pre-processing when noise > 0."""
+        if self.params.noise == 0:
+            return torch.stack([self._confidence(i, v) for i, v in enumerate(self._layer_vectors(x))], 1)
+        columns = []
+        for i in range(len(self.gaussians)):
+            with torch.enable_grad():
+                probe_x = x.detach().requires_grad_(True)
+                closest = -self._confidence(i, self._layer_vectors(probe_x)[i])
+                (grad,) = torch.autograd.grad(closest.sum(), probe_x)
+            # the step direction is piecewise constant in x: gradients flow through the second pass only
+            shifted = x - self.params.noise * grad.sign()
+            columns.append(self._confidence(i, self._layer_vectors(shifted)[i]))
+        return torch.stack(columns, 1)
+
+    def _fit(self, images: np.ndarray, labels) -> None:
+        y = check_labels(labels, len(images), self.name)
+        normal = np.flatnonzero(y == 0)
+        found = collect(self.probe, images[normal], self.params.batch_size, self.device, how="mean")
+        layers, classes = list(found.features.values()), found.predicted
+        self.fitted = True
+        features = torch.zeros(len(images), len(layers), dtype=torch.float64)
+        # cross-fitting: a normal training image is scored by Gaussians fitted without it, as a
+        # new image is; else the logistic regression learns from distances that are too small
+        folds = np.random.default_rng(self.seed).permutation(len(normal)) % min(CROSS_FIT_FOLDS, len(normal))
+        for fold in np.unique(folds):
+            rest = torch.from_numpy(folds != fold)
+            self.gaussians = [tied_gaussian(f[rest], classes[rest])[1:] for f in layers]
+            features[normal[folds == fold]] = self._score_images(images[normal[folds == fold]])
+        self.gaussians = [tied_gaussian(f, classes)[1:] for f in layers]
+        features[y == 1] = self._score_images(images[y == 1])
+        self.head.fit(features, y)
+
+    def _score_images(self, images: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self._features(x).double().cpu()
+                              for x in image_batches(images, self.params.batch_size, self.device)])
+
+    def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._features(x))
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        state = {f"layer{i}.means": m for i, (m, _) in enumerate(self.gaussians)}
+        state.update({f"layer{i}.precision": p for i, (_, p) in enumerate(self.gaussians)})
+        return {**state, **self.head.state()}
+
+    def _load_state(self, state: dict[str, torch.Tensor]) -> None:
+        count = sum(1 for k in state if k.endswith(".means"))
+        self.gaussians = [(state[f"layer{i}.means"], state[f"layer{i}.precision"]) for i in range(count)]
+        self.head.load_state(state)

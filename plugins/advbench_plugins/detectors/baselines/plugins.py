@@ -1,0 +1,33 @@
+"""Registers the baseline detectors (see docs/detectors.md). None is in the default set: each
+needs the classifier (``inputs = "model"``) and they are comparisons, not the paper's method."""
+
+from __future__ import annotations
+
+from advbench import hookimpl
+from advbench.specs import DetectorSpec
+
+from advbench_plugins.detectors.baselines.feature_squeezing import FeatureSqueezing, FeatureSqueezingParams
+from advbench_plugins.detectors.baselines.kernel_density import KernelDensity, KernelDensityParams
+from advbench_plugins.detectors.baselines.lid import LID, LIDParams
+from advbench_plugins.detectors.baselines.mahalanobis import Mahalanobis, MahalanobisParams
+
+DETECTORS = [
+    DetectorSpec(name="feature-squeezing", inputs="model", params=FeatureSqueezingParams, build=FeatureSqueezing,
+                 summary="Feature squeezing: L1 change of the softmax under bit-depth reduction and median "
+                         "filtering, threshold at 5 % FPR on normal images (Xu et al. 2018)."),
+    DetectorSpec(name="kernel-density", inputs="model", params=KernelDensityParams, build=KernelDensity,
+                 summary="Kernel density of penultimate features and MC-dropout uncertainty under a logistic "
+                         "regression (Feinman et al. 2017)."),
+    DetectorSpec(name="lid", inputs="model", params=LIDParams, build=LID,
+                 summary="Local intrinsic dimensionality of every layer's activations against normal "
+                         "minibatches, logistic regression (Ma et al. 2018)."),
+    DetectorSpec(name="mahalanobis", inputs="model", params=MahalanobisParams, build=Mahalanobis,
+                 summary="Mahalanobis confidence per layer under class-conditional tied Gaussians, logistic "
+                         "regression (Lee et al. 2018)."),
+]
+
+
+@hookimpl
+def advbench_register_detectors(register):
+    for spec in DETECTORS:
+        register(spec)
