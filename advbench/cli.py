@@ -287,15 +287,18 @@ def report(
         cells = st.cells(run_row.id)
         if table:
             result = tables.table_named(table)(cells)
-        elif fmt == Format.html:  # the whole run on one page
+        elif fmt == Format.html:  # the whole run on one page: the evaluation tables where the run has their cells
             result = tables.leaderboard(cells, sort, top) + [t for n in sorted(tables.TABLES) for t in tables.TABLES[n](cells)]
-            images = _run_figures(cells, cache_dir)
+            result += [t for name in HTML_EXTRA_TABLES for t in tables.EXTRA_TABLES[name](cells)]
+            images = _run_figures(cells, cache_dir, st, run_row.id)
         else:
             result = tables.leaderboard(cells, sort, top)
         failed = tables.failures(cells)
         if failed and not table:
             result.append(failed)
     if not result:
+        if table in tables.TABLE_NEEDS:
+            raise AdvbenchError(f"--table {table}: this run has nothing for it; it needs {tables.TABLE_NEEDS[table]}")
         raise AdvbenchError("nothing to report for this selection (no matching cells)")
     if fmt == Format.rich and out_file is None:
         formats.render_rich(result, out)
@@ -313,11 +316,15 @@ def report(
     return 0
 
 
+#: Tables of the evaluation protocol on the whole-run HTML page (each empty without its cells).
+HTML_EXTRA_TABLES = ("detection", "adaptive", "security", "unseen", "subset")
+
+
 def _pick_run(st, run_id: int | None, benchmark: str | None):
     return st.get_run(run_id) if run_id is not None else st.latest_run(benchmark)
 
 
-def _run_figures(cells, cache_dir: Path | None) -> list[tuple[str, bytes]]:
+def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = None) -> list[tuple[str, bytes]]:
     from advbench.cache import Cache, default_cache_dir
     from advbench.report import figures
 
@@ -325,9 +332,11 @@ def _run_figures(cells, cache_dir: Path | None) -> list[tuple[str, bytes]]:
     made = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in figures.KINDS:
+            if kind == "security" and not any(c.stage == "score" for c in cells):
+                continue  # a run without evaluation sets: no curve to expect, nothing to say
             path = Path(tmp) / f"{kind}.png"
             try:
-                _draw(kind, cells, cache, path)
+                _draw(kind, cells, cache, path, st, run_id)
             except AdvbenchError as e:  # nothing to draw for that kind, or no artefacts: say which
                 err.print(f"report: no {kind} plot: {e}", highlight=False)
                 continue
@@ -335,11 +344,14 @@ def _run_figures(cells, cache_dir: Path | None) -> list[tuple[str, bytes]]:
     return made
 
 
-def _draw(kind: str, cells, cache, path: Path) -> Path:
+def _draw(kind: str, cells, cache, path: Path, st=None, run_id: int | None = None) -> Path:
+    """One plot of a run; ROC curves and logits read the store's per-image rows, the cache as a fallback."""
     from advbench.report import figures
 
     if kind in ("roc", "logits"):
-        return getattr(figures, kind)(cells, cache, path)
+        images = st.images(run_id, stage="detect") if st is not None and hasattr(st, "images") else None
+        return getattr(figures, kind)(cells, cache, path, images=images,
+                                      on_note=lambda note: err.print(note, highlight=False, markup=False))
     return getattr(figures, kind)(cells, path)
 
 
@@ -348,24 +360,56 @@ class PlotKind(str, Enum):
     heatmap = "heatmap"
     cost = "cost"
     logits = "logits"
+    security = "security"
 
 
 @app.command()
 def plot(
-    kind: Annotated[PlotKind, typer.Argument(help="roc | heatmap (Table 3) | cost (accuracy vs operations) | logits (Fig. 2).")],
+    kind: Annotated[PlotKind, typer.Argument(help="roc | heatmap (Table 3) | cost (accuracy vs operations, subset searches) | logits (Fig. 2) | security (rates vs budget).")],
     out_file: Annotated[Path, typer.Option("--out", help="PNG, SVG or PDF file to write.")] = Path("plot.png"),
     store: StoreOpt = None,
     benchmark: Annotated[Optional[str], typer.Option("--benchmark", help="Benchmark name (default: the latest run's).")] = None,
     run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache holding the run's scores and logits.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache holding the run's logits (and scores the store lacks).")] = None,
 ) -> int:
     """Draw a plot of a stored run."""
     from advbench.cache import Cache, default_cache_dir
 
     st = open_store(store, create=False)
     run_row = _pick_run(st, run_id, benchmark)
-    path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file)
+    path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file, st, run_row.id)
     err.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+@app.command()
+def export(
+    run_id: Annotated[int, typer.Argument(metavar="RUN", help="Run id (see 'advbench report --runs').")],
+    out_file: Annotated[Path, typer.Option("--out", help="File to write (.csv, .parquet).")],
+    fmt: Annotated[Optional[ExportFormat], typer.Option("--format", help="csv or parquet (pip install 'advbench[parquet]'); default: from the --out suffix.")] = None,
+    store: StoreOpt = None,
+    stage: Annotated[Optional[str], typer.Option("--stage", help="Only the cells of this stage: detect, score or correct.")] = None,
+) -> int:
+    """Export a run's per-image results: one row per image per cell, with the cell's columns."""
+    from advbench.report import export as exporting
+
+    chosen = exporting.format_for(out_file, fmt.value if fmt else None)
+    if stage is not None and stage not in STAGES:
+        raise AdvbenchError(f"--stage {stage!r}: unknown stage; valid: {', '.join(STAGES)}")
+    st = open_store(store, create=False)
+    run_row = st.get_run(run_id)
+    columns = st.images(run_row.id, stage=stage)
+    if not columns.get("cell_key"):
+        what = f"{stage} cells of run {run_row.id}" if stage else f"run {run_row.id}"
+        raise AdvbenchError(f"no per-image rows stored for {what}; detect, score and correct cells store them "
+                            "when they finish (a run made before advbench stored them: run it again)")
+    n = exporting.write_images(columns, out_file, chosen)
+    err.print(f"wrote {out_file} ({n} rows, {len(set(columns['cell_key']))} cells)", highlight=False)
     return 0
 
 

@@ -13,6 +13,7 @@ Environment switches:
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata as md
 import os
 import sys
@@ -37,9 +38,13 @@ class Registered:
 
 
 class Registry:
-    """Every discovered plugin, by kind and name."""
+    """Every discovered plugin, by kind and name.
 
-    def __init__(self, entries: Iterable[Registered] = ()):
+    ``sources`` names the ``(module, package)`` pairs it was built from, so another process (a
+    Ray worker) can build the same registry with :func:`registry_from_sources`."""
+
+    def __init__(self, entries: Iterable[Registered] = (), sources: tuple[tuple[str, str], ...] = ()):
+        self.sources = sources
         self._by_kind: dict[str, dict[str, Registered]] = {k: {} for k in KINDS}
         for entry in entries:
             self.add(entry)
@@ -112,7 +117,7 @@ def build_registry(modules: Iterable[tuple[ModuleType, str]]) -> Registry:
         plugin_name = f"{package}:{module.__name__}"
         pm.register(module, name=plugin_name)
         packages[plugin_name] = (module, package)
-    registry = Registry()
+    registry = Registry(sources=tuple((module.__name__, package) for module, package in packages.values()))
     for kind in KINDS:
         hook_name = hookspecs.HOOK_FOR_KIND[kind]
         for plugin_name, (module, package) in packages.items():
@@ -134,6 +139,24 @@ def _registrar(registry: Registry, kind: str, package: str, module: str):
         registry.add(Registered(spec=spec, package=package, module=module))
 
     return register
+
+
+def registry_from_sources(sources: Iterable[tuple[str, str]]) -> Registry:
+    """The registry built from the modules named in ``sources`` (a :attr:`Registry.sources`),
+    imported by name: how a worker on another machine rebuilds the driver's registry."""
+    modules = []
+    for name, package in sources:
+        try:
+            parent = name.rpartition(".")[0]
+            if parent:  # a synthetic module (advbench.testing.tiny_world_plugins) exists once its parent ran
+                importlib.import_module(parent)
+            module = sys.modules.get(name) or importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any import failure names the module
+            reason = (str(exc).splitlines() or [""])[0]
+            raise PluginError(f"cannot import plugin module {name!r} (package {package!r}) on this machine: "
+                              f"{type(exc).__name__}: {reason}; install it on every node") from exc
+        modules.append((module, package))
+    return build_registry(modules)
 
 
 def entry_point_modules() -> list[tuple[ModuleType, str]]:

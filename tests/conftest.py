@@ -29,6 +29,29 @@ def tiny_run(tmp_path_factory, registry):
     return result, root
 
 
+EVALUATION_DETECTION = ('protocol = "leave-one-attack-out"\n'
+                        'subset_search = [{ detector = "lda", feature = "counting", group = "All", max_operations = 2 }]')
+EVALUATION_ADAPTIVE = ('[[adaptive]]\nplugin = "eot-pgd"\nbudgets = [0.1, 0.3]\nsteps = 8\nrandom_start = false\n'
+                       'targets = [{ group = "JPEG" }]\n\n'
+                       '[[adaptive]]\nplugin = "system-hsj"\nmax_queries = 150\niterations = 4\ninit_evals = 10\n'
+                       'max_evals = 20\ninit_queries = 20\ntargets = [{ detector = "lda", feature = "counting", group = "JPEG" }]\n')
+
+
+@pytest.fixture(scope="session")
+def evaluation_run(tmp_path_factory, registry):
+    """A completed tiny run with every evaluation-set cell: a budget grid (fgsm-grid@0.1, @0.3),
+    leave-one-attack-out detectors, a subset search, and adaptive sets (EOT-PGD against the JPEG
+    operations at 0.1 and 0.3, label-only HopSkipJump against an LDA detector).
+    (RunResult, its directory); do not modify its files."""
+    root = tmp_path_factory.mktemp("evaluation-world")
+    toml = tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5',
+                                   'plugin = "fgsm"\nname = "fgsm-grid"\nbudgets = [0.1, 0.3]'],
+                          detection=EVALUATION_DETECTION, extra=EVALUATION_ADAPTIVE, images=40)
+    result = run_tiny(root, toml, registry=registry)
+    assert not result.failed, [o.error for o in result.failed]
+    return result, root
+
+
 def requires_shared(path: str = "") -> Path:
     target = SHARED / path
     if not target.exists():

@@ -1,4 +1,5 @@
-"""Figures for reports: Fig. 2's logit scatter, ROC curves, heatmaps (Table 3), accuracy vs cost.
+"""Figures for reports: Fig. 2's logit scatter, ROC curves, heatmaps (Table 3), accuracy vs cost,
+security curves (rates against the attack budget).
 
 Each function draws one figure from plain arrays and writes it to ``path``; the format follows
 the suffix (``.png``, ``.svg`` or ``.pdf``). The path is returned. matplotlib is imported on first
@@ -162,13 +163,18 @@ LABEL_ALL_UP_TO = 8
 
 
 def accuracy_vs_cost(points: Sequence[tuple[str, float, float]], path: str | os.PathLike[str],
-                     *, title: str = "Accuracy vs number of operations", ylabel: str = "accuracy") -> Path:
+                     *, title: str = "Accuracy vs number of operations", ylabel: str = "accuracy",
+                     curves: Sequence[tuple[str, Sequence[float], Sequence[float]]] = ()) -> Path:
     """Each ``(name, n_ops, accuracy)`` as a point; the dashed line is the Pareto front (the best
     accuracy reachable with at most that many image operations). Only the front's points are
-    named when there are many (dozens of labels on one plot are unreadable)."""
+    named when there are many (dozens of labels on one plot are unreadable). Each of ``curves``,
+    ``(name, n_ops, accuracy)`` sequences (e.g. an operation-subset search), is a line with markers."""
     path = _target(path)
     fig = _figure(5.5, 4.0)
     ax = fig.subplots()
+    for i, (name, x, y) in enumerate(curves):  # C0 is the detector cells' colour
+        ax.plot(np.asarray(x, dtype=float), np.asarray(y, dtype=float), marker="s", ms=4, lw=1.2, zorder=2,
+                color=f"C{1 + i % 9}", label=str(name))
     if points:
         names = [str(p[0]) for p in points]
         x = np.asarray([p[1] for p in points], dtype=float)
@@ -185,9 +191,75 @@ def accuracy_vs_cost(points: Sequence[tuple[str, float, float]], path: str | os.
             ax.annotate(names[i], (x[i], y[i]), textcoords="offset points", xytext=(4, -10), fontsize=7)
         if len(front) > 1:
             ax.step(x[front], y[front], where="post", ls="--", lw=0.9, color="0.4", label="Pareto front")
+    if points or curves:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("number of image operations")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# --- security curves -----------------------------------------------------------------------
+
+#: (name, budgets, values, lower bounds, upper bounds); NaN where there is no value
+Series = tuple[str, Sequence[float], Sequence[float], Sequence[float], Sequence[float]]
+
+
+def security_curves(panels: Sequence[tuple[str, Sequence[Sequence[Series]]]], path: str | os.PathLike[str],
+                    *, rows: Sequence[str] = ("detection rate", "system success"), xlabel: str = "budget",
+                    max_cols: int = 4, title: str = "") -> Path:
+    """Rates against the attack budget: one column of panels per ``(title, series per row)``
+    (an attack family), one row of panels per quantity in ``rows``; each series a line with
+    its 95 % interval as a band. A name keeps its colour in every panel; names starting with
+    "(" (a reference such as the attack alone) are drawn dashed and black."""
+    path = _target(path)
+    if not panels:
+        raise ValueError("security_curves needs at least one panel")
+    if any(len(per_row) != len(rows) for _, per_row in panels):
+        raise ValueError(f"each panel needs one list of series per row ({len(rows)})")
+    n_rows, cols = _grid(len(panels), max_cols)
+    fig = _figure(3.6 * cols, 2.9 * len(rows) * n_rows)
+    axes = fig.subplots(len(rows) * n_rows, cols, squeeze=False)
+    names = list(dict.fromkeys(s[0] for _, per_row in panels for series in per_row for s in series
+                               if not str(s[0]).startswith("(")))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    for i, (panel_title, per_row) in enumerate(panels):
+        block, col = divmod(i, cols)
+        xs = np.asarray([v for series in per_row for s in series for v in s[1]], dtype=float)
+        x_lo, x_hi = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
+        pad = 0.05 * (x_hi - x_lo) or 0.05 * abs(x_hi) or 0.05  # one budget: a visible range around it
+        for r, (quantity, series) in enumerate(zip(rows, per_row)):
+            ax = axes[block * len(rows) + r][col]
+            for name, x, y, lo, hi in series:
+                x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+                lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+                reference = str(name).startswith("(")
+                colour = "black" if reference else colours[name]
+                ax.plot(x, y, marker="o", ms=3.5, lw=1.3, color=colour, ls="--" if reference else "-", label=str(name))
+                if np.isfinite(lo).any():
+                    ax.fill_between(x, lo, hi, color=colour, alpha=0.12, lw=0)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlim(x_lo - pad, x_hi + pad)  # the rows of a column share the budgets
+            ax.grid(alpha=0.3)
+            ax.set_ylabel(quantity)
+            if r == 0:
+                ax.set_title(str(panel_title), fontsize=9)
+            if r == len(rows) - 1:
+                ax.set_xlabel(xlabel)
+    for j in range(len(panels), n_rows * cols):
+        block, col = divmod(j, cols)
+        for r in range(len(rows)):
+            axes[block * len(rows) + r][col].set_axis_off()
+    handles, labels = {}, []
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if handles:
+        fig.legend([handles[label] for label in labels], labels, loc="outside lower center", fontsize=7,
+                   ncols=min(4, len(labels)))
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -154,3 +154,81 @@ def test_a_failed_cell_gives_exit_1_and_names_the_log(tmp_path, monkeypatch, cap
     assert main(["run", str(tmp_path / "ok.toml")]) == 1
     err = capsys.readouterr().err
     assert "failed: attack:d/m/a: RuntimeError: x" in err and "run.log" in err
+
+
+# --- report, plot and export on a run with every evaluation-set cell (in process) ----------------
+
+
+@pytest.fixture(scope="module")
+def evaluation_store(evaluation_run):
+    result, root = evaluation_run
+    return str(root / "results.db"), result.run_id, root
+
+
+def test_export_csv_and_parquet_load_with_pandas(evaluation_store, tmp_path, capsys):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    from advbench.store import open_store
+
+    db, run_id, _ = evaluation_store
+    expected = open_store(db).images(run_id)
+    assert main(["export", str(run_id), "--out", str(tmp_path / "images.csv"), "--store", db]) == 0
+    assert main(["export", str(run_id), "--format", "parquet", "--out", str(tmp_path / "images.pq"), "--store", db]) == 0
+    assert f"({len(expected['idx'])} rows," in capsys.readouterr().err
+    numeric = ("budget", "score", "decision", "label", "logit_0", "logit_1")  # empty text stays "" elsewhere
+    from_csv = pd.read_csv(tmp_path / "images.csv", keep_default_na=False, na_values={c: [""] for c in numeric})
+    from_parquet = pd.read_parquet(tmp_path / "images.pq")
+    def values(frame, column):  # SQL NULL reads back as NaN; whole numbers as float beside NaN
+        return [None if pd.isna(v) else v for v in frame[column].tolist()]
+
+    for frame in (from_csv, from_parquet):
+        assert list(frame.columns) == list(expected) and len(frame) == len(expected["idx"]) > 0
+        assert frame["cell_key"].tolist() == expected["cell_key"] and frame["source"].tolist() == expected["source"]
+        assert frame["y"].tolist() == expected["y"] and frame["truth"].tolist() == expected["truth"]
+        for column in ("score", "decision", "label"):  # floats survive both formats exactly
+            assert values(frame, column) == expected[column], column
+        assert any(v is not None for v in expected["decision"]) and None in expected["label"]
+        budgets = {b for b in frame["budget"] if not pd.isna(b)}
+        assert budgets == {0.1, 0.3} and set(frame["stage"]) == {"detect", "score", "correct"}
+        assert set(frame["holdout"]) == {"", "fgsm", "bim"} and "adaptive" in set(frame["threat"])
+    assert main(["export", str(run_id), "--stage", "score", "--out", str(tmp_path / "s.csv"), "--store", db]) == 0
+    assert set(pd.read_csv(tmp_path / "s.csv")["stage"]) == {"score"}
+
+
+def test_export_errors_are_one_line(evaluation_store, tmp_path, capsys, monkeypatch):
+    db, run_id, _ = evaluation_store
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # pyarrow not installed
+    assert main(["export", str(run_id), "--out", str(tmp_path / "x.parquet"), "--store", db]) == 2
+    assert main(["export", "99", "--out", str(tmp_path / "x.csv"), "--store", db]) == 2
+    assert main(["export", str(run_id), "--stage", "clean", "--out", str(tmp_path / "x.csv"), "--store", db]) == 2
+    assert main(["export", str(run_id), "--stage", "nope", "--out", str(tmp_path / "x.csv"), "--store", db]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and "pip install 'advbench[parquet]'" in lines[0]
+    assert "no run with id 99" in lines[1] and "no per-image rows" in lines[2] and "valid: clean" in lines[3]
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_report_tables_plots_and_the_html_page_of_evaluation_sets(evaluation_store, tmp_path, capsys):
+    db, _, root = evaluation_store
+    for name in ("adaptive", "security", "unseen", "subset"):
+        assert main(["report", "--store", db, "--table", name, "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["rows"], name
+    assert main(["plot", "security", "--store", db, "--out", str(tmp_path / "security.png")]) == 0
+    assert (tmp_path / "security.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", "roc", "--store", db, "--out", str(tmp_path / "roc.png"),
+                 "--cache-dir", str(tmp_path / "no-cache")]) == 0  # per-image rows of the store: no cache needed
+    assert "artefact cache" not in capsys.readouterr().err
+    page = tmp_path / "run.html"
+    assert main(["report", "--store", db, "--format", "html", "--out", str(page), "--cache-dir", str(root / "cache")]) == 0
+    text = page.read_text()
+    for title in ("Adaptive attacks against the defense", "Security curve — fgsm-grid", "Unseen attacks",
+                  "Operation subsets", "Table 1 —"):
+        assert title in text, title
+    assert "security — detection rate and defended-system success" in text and text.count("<figure>") == 4  # no CNN: no logits
+
+
+def test_an_evaluation_table_of_a_run_without_its_cells_says_what_it_needs(tiny_run, capsys):
+    _, root = tiny_run
+    assert main(["report", "--store", str(root / "results.db"), "--table", "unseen"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "--table unseen: this run has nothing for it" in line and "leave-one-attack-out" in line

@@ -81,3 +81,28 @@ def test_no_pyplot_state_left_behind(tmp_path):
         import matplotlib.pyplot as plt
 
         assert plt.get_fignums() == []
+
+
+def _security_panels():
+    budgets = [0.01, 0.03, 0.1]
+    det = [("svm", budgets, [0.9, 0.6, np.nan], [0.8, 0.5, np.nan], [0.95, 0.7, np.nan])]
+    system = [("svm", budgets, [0.1, 0.4, 0.9], [0.05, 0.3, 0.8], [0.2, 0.5, 0.95]),
+              ("(attack alone)", budgets, [0.5, 0.9, 1.0], [np.nan] * 3, [np.nan] * 3)]
+    return [("pgd (oblivious)", [det, system]), ("eot-pgd (adaptive vs svm)", [det[:1], system]),
+            ("one budget", [[("svm", [0.03], [0.5], [0.4], [0.6])], []])]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_security_curves_and_subset_lines(tmp_path, suffix):
+    path = plots.security_curves(_security_panels(), tmp_path / f"security{suffix}", max_cols=2)
+    _check_png(path) if suffix == ".png" else _check_svg(path)
+    cost = plots.accuracy_vs_cost([("all", 38, 0.95)], tmp_path / f"cost{suffix}",
+                                  curves=[("subset search", [1, 2, 3], [0.8, 0.9, 0.93])])
+    _check_png(cost) if suffix == ".png" else _check_svg(cost)
+
+
+def test_security_curves_reject_a_panel_without_every_row(tmp_path):
+    with pytest.raises(ValueError, match="one list of series per row"):
+        plots.security_curves([("x", [[]])], tmp_path / "s.png")
+    with pytest.raises(ValueError, match="at least one panel"):
+        plots.security_curves([], tmp_path / "s.png")

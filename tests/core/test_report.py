@@ -56,7 +56,8 @@ def _svg_text(svg: str) -> str:
 
 def test_table1_counts_match_the_attack_cells(cells):
     t1, budgets = tables.table1(cells)
-    by_attack = {r[0]: r[2] for r in t1.rows}
+    assert t1.columns[:4] == ("Attack", "Type", "Threat", "Budget")
+    by_attack = {r[0]: r[4] for r in t1.rows}
     attack_cells = {c.attack: c for c in cells if c.stage == "attack"}
     assert by_attack["fgsm"] == int(tables.metric(attack_cells["fgsm"], "success"))
     linf = {r[0]: r[2] for r in budgets.rows}
@@ -308,3 +309,276 @@ def test_latex_escapes_specials():
     t = tables.Table("a_b & 50%", ("x_y",), (("#1",),))
     out = formats.render_latex([t])
     assert re.search(r"a\\_b \\& 50\\%", out) and r"\#1" in out
+
+
+# --- the evaluation protocol: budgets, adaptive sets, unseen attacks, subset search ------------------
+
+
+@pytest.fixture(scope="module")
+def evaluation_cells(evaluation_run):
+    result, root = evaluation_run
+    return open_store(str(root / "results.db")).cells(result.run_id)
+
+
+@pytest.mark.parametrize("name", ["adaptive", "security", "unseen", "subset"])
+def test_evaluation_tables_have_rows_in_every_format(evaluation_cells, cells, name):
+    built = tables.table_named(name)(evaluation_cells)
+    assert built and all(t.rows for t in built)
+    for t in built:
+        assert all(len(r) == len(t.columns) for r in t.rows)
+    rows = list(csv.reader(io.StringIO(formats.render_csv(built))))
+    assert len(rows) == sum(len(t.rows) + 1 for t in built) and len({len(r) for r in rows[:len(built[0].rows) + 1]}) == 1
+    assert [t["title"] for t in json.loads(formats.render_json(built))] == [t.title for t in built]
+    _assert_every_value_shown(built, _rendered(built, 120))
+    assert tables.table_named(name)(cells) == []  # a run without those cells: nothing
+
+
+def _by(cells, **fields):
+    return [c for c in cells if all(getattr(c, k) == v for k, v in fields.items())]
+
+
+def test_adaptive_table_on_the_tiny_world(evaluation_cells):
+    main, transfer = tables.adaptive_tables(evaluation_cells)
+    col = main.columns.index
+    rows = {(r[0], r[2]): r for r in main.rows}
+    [score] = _by(evaluation_cells, stage="score", attack="eot-pgd@0.3>JPEG", detector="lda", transform="JPEG")
+    [oblivious] = _by(evaluation_cells, stage="score", attack="fgsm-grid@0.3", detector="lda", transform="JPEG")
+    row = rows[("eot-pgd@0.3>JPEG", "lda/counting/JPEG")]
+    assert row[col("Oblivious set")] == "fgsm-grid@0.3" and row[col("Budget")] == "0.3"
+    [detect] = [c for c in evaluation_cells if tables.standard(c) and c.transform == "JPEG"]
+    assert row[col("Primary")] == "fgsm" and row[col("Det. primary")] == tables.wilson(
+        tables.metric(detect, "detection_rate", "fgsm"), tables.metric(detect, "n", "fgsm"))
+    n, tried = tables.metric(score, "n"), tables.metric(score, "attempted")
+    assert row[col("Det. adaptive")] == tables.wilson(tables.metric(score, "detection_rate"), n)
+    assert row[col("System adaptive")].value == tables.metric(score, "fooled") / tried
+    assert row[col("System oblivious")].value == tables.metric(oblivious, "system_success")
+    # the JPEG operations are the target: every detector and corrector over JPEG, never the All group
+    assert {d for s, d in rows if s == "eot-pgd@0.3>JPEG"} == {"lda/counting/JPEG", "vote/JPEG", "rank-weighted/JPEG",
+                                                               "top1-majority/JPEG"}
+    assert rows[("system-hsj>lda/counting/JPEG", "lda/counting/JPEG")][col("Oblivious set")] == "–"  # no budget
+    assert transfer.columns[1:] == ("eot-pgd@0.1>JPEG", "eot-pgd@0.3>JPEG", "system-hsj>lda/counting/JPEG")
+    assert {r[0] for r in transfer.rows} == {"lda/counting/JPEG", "lda/counting/All"}
+
+
+def test_unseen_and_subset_tables_on_the_tiny_world(evaluation_cells):
+    [unseen] = tables.unseen(evaluation_cells)
+    held = [c for c in evaluation_cells if c.stage == "detect" and c.holdout]
+    assert len(unseen.rows) == len(held) == 4 and {r[3] for r in unseen.rows} == {"fgsm", "bim"}
+    for r in unseen.rows:
+        [c] = [c for c in held if (c.transform, c.holdout) == (r[2], r[3])]
+        [seen] = [s for s in evaluation_cells if tables.standard(s) and s.transform == c.transform]
+        assert r[5].value == tables.metric(c, "detection_rate", r[4]) and r[6].value == tables.metric(seen, "detection_rate", r[4])
+    [subset] = tables.subset(evaluation_cells)
+    assert [r[3] for r in subset.rows] == [1, 2, 5] and subset.rows[-1][4].startswith("(all operations")
+    [cell] = [c for c in evaluation_cells if c.stage == "subset"]
+    assert subset.rows[0][6].value == tables.metric(cell, "accuracy", f"01 +{subset.rows[0][4]}")
+
+
+def test_table1_rows_for_grid_points_and_adaptive_sets(evaluation_cells):
+    t1, budgets = tables.table1(evaluation_cells)
+    rows = {r[0]: r for r in t1.rows}
+    assert rows["fgsm-grid@0.3"][2:4] == ("oblivious", "0.3") and rows["fgsm"][2:4] == ("oblivious", "–")
+    assert rows["eot-pgd@0.1>JPEG"][2:4] == ("adaptive", "0.1") and rows["system-hsj>lda/counting/JPEG"][3] == "–"
+    [grid] = _by(evaluation_cells, stage="attack", attack="fgsm-grid@0.3")
+    assert rows["(eval images attacked: evaluation sets)"][4] == int(tables.metric(grid, "attempted"))
+    assert rows["fgsm-grid@0.3"][4] == int(tables.metric(grid, "success"))
+    hsj = next(r for r in budgets.rows if r[0] == "system-hsj>lda/counting/JPEG")
+    [cell] = _by(evaluation_cells, stage="adaptive", attack="system-hsj>lda/counting/JPEG")
+    assert budgets.columns[-1].endswith("queries") and hsj[-1] == tables.metric(cell, "mean_queries") > 0
+    assert next(r for r in budgets.rows if r[0] == "fgsm")[-1] is None
+
+
+def test_held_out_cells_stay_off_the_standard_tables(evaluation_cells):
+    [board] = tables.leaderboard(evaluation_cells)
+    assert len(board.rows) == len([c for c in evaluation_cells if tables.standard(c)]) == 2
+    [t4] = tables.table4(evaluation_cells)
+    [standard_jpeg] = [c for c in evaluation_cells if tables.standard(c) and c.transform == "JPEG"]
+    assert t4.rows[0][2].value == tables.metric(standard_jpeg, "accuracy")
+
+
+# constructed cells: exact values
+
+def _made(stage, attack, success, attempted=20, budget=None, threat="oblivious", target="", targeted=0.0, **extra):
+    metrics = [_m("success", success), _m("attempted", attempted), _m("targeted", targeted)]
+    metrics += [_m(k, v) for k, v in extra.items()]
+    return SimpleNamespace(stage=stage, status="ok", error="", dataset="d", model="m", attack=attack, transform="",
+                           feature="", detector="", corrector="", budget=budget, threat=threat, target=target,
+                           holdout="", metrics=metrics)
+
+
+def _score(attack, *, n, flagged=None, fooled, attempted=20, detector="svm", feature="differences", group="JPEG",
+           corrector="", budget=None, threat="oblivious", target=""):
+    metrics = [_m("attempted", attempted), _m("n", n), _m("fooled", fooled), _m("system_success", fooled / attempted)]
+    if flagged is not None:
+        metrics.append(_m("detection_rate", flagged / n if n else None))
+    return SimpleNamespace(stage="score", status="ok", error="", dataset="d", model="m", attack=attack,
+                           transform=group, feature=feature, detector=detector, corrector=corrector, budget=budget,
+                           threat=threat, target=target, holdout="", metrics=metrics)
+
+
+def _world():
+    """pgd (primary), a pgd grid at 0.01/0.03 and fgsm at 0.03; eot-pgd at 0.01/0.03 against the
+    svm/differences/JPEG detector; a corrector over JPEG; a pipeline target nobody trained."""
+    target = "svm/differences/JPEG"
+    return [
+        _made("attack", "pgd", 18),
+        _made("attack", "pgd@0.01", 8, budget=0.01), _made("attack", "pgd@0.03", 15, budget=0.03),
+        _made("attack", "fgsm@0.03", 12, budget=0.03),
+        _made("adaptive", "eot-pgd@0.01>" + target, 6, budget=0.01, threat="adaptive", target=target),
+        _made("adaptive", "eot-pgd@0.03>" + target, 14, budget=0.03, threat="adaptive", target=target),
+        _made("adaptive", "eot-pgd@0.03>pipeline", 3, budget=0.03, threat="adaptive", target="pipeline"),
+        _detector("svm", feature="differences", per_attack=(("pgd", 25, 20),)),
+        _score("pgd@0.01", n=8, flagged=6, fooled=2, budget=0.01),
+        _score("pgd@0.03", n=15, flagged=12, fooled=3, budget=0.03),
+        _score("fgsm@0.03", n=12, flagged=6, fooled=6, budget=0.03),
+        _score("eot-pgd@0.01>" + target, n=6, flagged=1, fooled=5, budget=0.01, threat="adaptive", target=target),
+        _score("eot-pgd@0.03>" + target, n=14, flagged=2, fooled=12, budget=0.03, threat="adaptive", target=target),
+        _score("eot-pgd@0.03>" + target, n=14, fooled=11, detector="", feature="", corrector="vote", budget=0.03,
+               threat="adaptive", target=target),
+        _score("eot-pgd@0.03>pipeline", n=3, fooled=3, detector="", feature="", corrector="vote", budget=0.03,
+               threat="adaptive", target="pipeline"),
+    ]
+
+
+def test_adaptive_rows_compare_the_same_budget_and_family():
+    main, transfer = tables.adaptive_tables(_world())
+    col = main.columns.index
+    rows = [r for r in main.rows if r[0] == "eot-pgd@0.03>svm/differences/JPEG"]
+    # the corrector is not the target; no eot-pgd grid: pgd@0.03 shares "pgd" with eot-pgd, fgsm@0.03 nothing
+    assert [(r[col("Defense")], r[col("Oblivious set")], r[col("Primary")]) for r in rows] == [
+        ("svm/differences/JPEG", "pgd@0.03", "pgd")]
+    row = rows[0]
+    assert row[col("Det. adaptive")] == tables.Estimate(2 / 14, *M.wilson_interval(2, 14), 14)
+    assert row[col("Det. oblivious")] == tables.Estimate(12 / 15, *M.wilson_interval(12, 15), 15)
+    assert row[col("Det. primary")] == tables.Estimate(20 / 25, *M.wilson_interval(20, 25), 25)
+    assert row[col("System adaptive")] == tables.Estimate(12 / 20, *M.wilson_interval(12, 20), 20)
+    assert row[col("System oblivious")].value == 3 / 20 and row[col("Attack success")].value == 14 / 20
+    # system success 5/20 at 0.01, 12/20 at 0.03: the adaptive attack succeeds at 0.03; pgd never (3/20)
+    assert (row[col("Adaptive ≥ 0.5 at")], row[col("Oblivious ≥ 0.5 at")]) == ("0.03", "> 0.03")
+    [low] = [r for r in main.rows if r[0] == "eot-pgd@0.01>svm/differences/JPEG"]
+    assert low[col("Oblivious set")] == "pgd@0.01" and low[col("Adaptive ≥ 0.5 at")] == "0.03"
+    [pipe] = [r for r in main.rows if r[0] == "eot-pgd@0.03>pipeline"]
+    assert pipe[col("Defense")] == "(no trained defense)" and pipe[col("Attack success")].value == 3 / 20
+    assert transfer.columns[1:] == ("eot-pgd@0.01>svm/differences/JPEG", "eot-pgd@0.03>svm/differences/JPEG",
+                                    "eot-pgd@0.03>pipeline")
+    [svm] = transfer.rows
+    assert svm[0] == "svm/differences/JPEG" and svm[2].value == 2 / 14 and svm[3] is None
+
+
+def test_unrelated_names_compare_with_every_oblivious_set_of_the_budget():
+    renamed = [SimpleNamespace(**{**vars(c), "attack": c.attack.replace("eot-pgd", "zoo")}) for c in _world()]
+    [main, _] = tables.adaptive_tables(renamed)
+    col = main.columns.index
+    rows = [r for r in main.rows if r[0] == "zoo@0.03>svm/differences/JPEG"]
+    assert [(r[col("Oblivious set")], r[col("Primary")]) for r in rows] == [("pgd@0.03", "pgd"), ("fgsm@0.03", "–")]
+    assert rows[1][col("Det. oblivious")].value == 6 / 12 and rows[1][col("Det. primary")] is None
+    assert tables.closest(["pgd-grid", "deepfool-grid", "cw"], "eot-pgd", str) == ["pgd-grid"]
+    assert tables.closest(["a", "b"], "c", str) == ["a", "b"] and tables.closest(["a"], "c", str, or_all=False) == []
+
+
+def test_the_adaptive_family_s_own_grid_is_preferred():
+    renamed = [SimpleNamespace(**{**vars(c), "attack": c.attack.replace("eot-pgd", "pgd")}) for c in _world()]
+    [main, _] = tables.adaptive_tables(renamed)
+    rows = [r for r in main.rows if r[0] == "pgd@0.03>svm/differences/JPEG"]
+    assert [r[main.columns.index("Oblivious set")] for r in rows] == ["pgd@0.03"]  # not fgsm@0.03
+
+
+def test_budget_threat_and_target_are_read_from_labels_of_older_stores():
+    old = SimpleNamespace(stage="score", attack="eot-pgd@0.03>svm/differences/JPEG", detector="svm", feature="",
+                          transform="JPEG", corrector="")
+    assert (tables.budget(old), tables.threat(old), tables.target(old), tables.family(old)) == (
+        0.03, "adaptive", "svm/differences/JPEG", "eot-pgd")
+    grid = SimpleNamespace(stage="attack", attack="pgd@1e-05")
+    assert (tables.budget(grid), tables.threat(grid), tables.target(grid), tables.family(grid)) == (1e-05, "oblivious", "", "pgd")
+    primary = SimpleNamespace(stage="attack", attack="pgd", budget=None, threat="", target="")
+    assert tables.budget(primary) is None and tables.family(primary) == "pgd"
+    assert tables.smallest_succeeding_budget([]) == "–"
+
+
+def test_security_table_reads_per_budget():
+    built = tables.security(_world())
+    titles = [t.title.split(" — ")[1] for t in built]
+    assert titles == ["pgd (oblivious)", "fgsm (oblivious)", "eot-pgd (adaptive vs svm/differences/JPEG)",
+                      "eot-pgd (adaptive vs pipeline)"]  # oblivious first, then in the order of the cells
+    pgd = built[0]
+    assert pgd.columns == ("Defense", "Det. @0.01", "System @0.01", "Det. @0.03", "System @0.03")
+    svm, alone = pgd.rows
+    assert svm[0] == "svm/differences/JPEG" and svm[1].value == 6 / 8 and svm[4] == tables.Estimate(
+        3 / 20, *M.wilson_interval(3, 20), 20)
+    assert alone[0] == "(attack alone)" and alone[1] is None and alone[2].value == 8 / 20 and alone[4].value == 15 / 20
+    adaptive = built[2]
+    vote = next(r for r in adaptive.rows if r[0] == "vote/JPEG")
+    assert vote[1] is None and vote[3] is None and vote[4].value == 11 / 20 and vote[2].value is None  # none at 0.01
+    [curve] = [c for c in tables.security_curves(_world()) if c.family == "pgd"]
+    assert curve.budgets == (0.01, 0.03) and curve.name == "pgd (oblivious)"
+
+
+def test_unseen_table_compares_with_the_cell_that_saw_the_attack():
+    seen = _detector("svm", per_attack=(("fgsm", 25, 20), ("pgd", 25, 15), ("cw", 10, 9)))
+    held = SimpleNamespace(**{**vars(_detector("svm", per_attack=(("pgd", 25, 5),))), "holdout": "pgd"})
+    part = SimpleNamespace(**{**vars(_detector("svm", per_attack=(("pgd", 25, 10), ("cw", 10, 2)))), "holdout": "linf-to-l2"})
+    broken = SimpleNamespace(**{**vars(_detector("lda", status="failed")), "holdout": "fgsm"})
+    [table] = tables.unseen([seen, held, part, broken])
+    rows = {(r[0], r[3], r[4]): r for r in table.rows}
+    pgd = rows[("svm", "pgd", "pgd")]
+    assert pgd[5] == tables.Estimate(0.2, *M.wilson_interval(5, 25), 25) and pgd[6].value == 0.6
+    assert pgd[9] == pytest.approx(0.2 - 0.6) and pgd[7].n == 50 and pgd[8].n == 75
+    assert rows[("svm", "linf-to-l2", "cw")][5].value == 0.2 and rows[("svm", "linf-to-l2", "cw")][6].value == 0.9
+    assert rows[("lda", "fgsm", "–")][5] == "failed"
+    [board] = tables.leaderboard([seen, held, part])
+    assert len(board.rows) == 1  # held-out cells are not on the leaderboard
+
+
+def test_subset_table_orders_steps_and_gives_the_all_operations_reference():
+    full = _detector("lda", group="All", extra=(("operations", 38.0),))
+    full.metrics += [_m("n", 30.0, "dev"), _m("accuracy", 0.9, "dev")]
+    steps = [("02 +scaling@0.5", 0.8, 0.78, 3.5), ("01 +jpeg@60", 0.7, 0.66, 2.0), ("10 +rotate@5", 0.92, 0.9, 9.0)]
+    metrics = [_m("candidates", 38.0)] + [m for where, dev, ev, cost in steps for m in (
+        _m("dev_accuracy", dev, where), _m("accuracy", ev, where), _m("seconds_per_1000", cost, where))]
+    cell = SimpleNamespace(stage="subset", status="ok", error="", dataset="d", model="m", attack="", transform="All",
+                           feature="counting", detector="lda", corrector="", metrics=metrics)
+    [table] = tables.subset([full, cell])
+    assert [(r[3], r[4]) for r in table.rows] == [(1, "jpeg@60"), (2, "scaling@0.5"), (10, "rotate@5"),
+                                                 (38, "(all operations: detect cell)")]
+    first = table.rows[0]
+    assert first[5] == tables.Estimate(0.7, *M.wilson_interval(21, 30), 30)
+    assert first[6] == tables.Estimate(0.66, *M.wilson_interval(66, 100), 100) and first[7] == 2.0
+    assert table.rows[-1][6] == tables.estimate(full, "accuracy") and table.rows[-1][5].value == 0.9
+
+
+def test_table1_orders_primary_grid_then_adaptive_and_shows_queries_only_when_stored():
+    cells = [_made("attack", "pgd@0.03", 15, budget=0.03), _made("attack", "cw", 17, targeted=1.0),
+             _made("adaptive", "hsj>svm", 9, threat="adaptive", target="svm", mean_queries=812.5),
+             _made("attack", "pgd", 18), _made("attack", "pgd@0.01", 8, budget=0.01),
+             _made("attack", "square-linf", 5, attempted=10),  # evaluation = true: no budget, but scored
+             _score("square-linf", n=5, flagged=2, fooled=3)]
+    t1, budgets = tables.table1(cells)
+    assert [r[:4] for r in t1.rows[:6]] == [("cw", "targeted", "oblivious", "–"), ("pgd", "non-targeted", "oblivious", "–"),
+                                           ("pgd@0.01", "non-targeted", "oblivious", "0.01"),
+                                           ("pgd@0.03", "non-targeted", "oblivious", "0.03"),
+                                           ("square-linf", "non-targeted", "oblivious", "–"),
+                                           ("hsj>svm", "non-targeted", "adaptive", "–")]
+    assert [r[4] for r in t1.rows[:6]] == [17, 18, 8, 15, 5, 9]
+    assert [r[0] for r in t1.rows[6:]] == ["(clean images attacked)", "(eval images attacked: evaluation sets)"]
+    assert [r[4] for r in t1.rows[6:]] == [20, 20]  # cw's attempted; pgd@0.01's (the first evaluation set)
+    assert budgets.columns[-1] == "d/m queries" and budgets.rows[-1] == ("hsj>svm", None, None, 812.5)
+    assert tables.evaluation_sets(cells) == {("d", "m", a) for a in ("pgd@0.03", "hsj>svm", "pgd@0.01", "square-linf")}
+    flagged = SimpleNamespace(**{**vars(cells[3]), "evaluation": True})  # a cell's own flag wins
+    assert ("d", "m", "pgd") in tables.evaluation_sets([flagged])
+    _, plain = tables.table1([c for c in cells if c.stage == "attack"])
+    assert not any("queries" in c for c in plain.columns)
+
+
+def test_a_failed_score_cell_shows_its_status_in_the_adaptive_table():
+    cells = _world()
+    broken = _score("eot-pgd@0.01>svm/differences/JPEG", n=6, flagged=1, fooled=5, budget=0.01, threat="adaptive",
+                    target="svm/differences/JPEG")
+    broken.status = "failed"
+    cells = [c for c in cells if c.attack != broken.attack or c.stage != "score"] + [broken]
+    main, transfer = tables.adaptive_tables(cells)
+    [row] = [r for r in main.rows if r[0] == broken.attack]
+    assert row[2] == "svm/differences/JPEG" and row[main.columns.index("Det. adaptive")] == "failed"
+    assert transfer.rows[0][1] is None  # nothing to transfer from a failed cell
+    # the 0.03 row's curve no longer sees the failed 0.01 point
+    [high] = [r for r in main.rows if r[0] == "eot-pgd@0.03>svm/differences/JPEG" and r[3] == "pgd@0.03"]
+    assert high[main.columns.index("Adaptive ≥ 0.5 at")] == "0.03"

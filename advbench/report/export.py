@@ -1,0 +1,75 @@
+"""Per-image results of a run as one flat file: a row per image per cell, for pandas, R or SQL.
+
+The rows come from the store's per-image table (``Store.images(run_id)``: column name -> list):
+each cell's columns (stage, dataset, model, attack, transform, feature, detector, corrector,
+budget, threat, target, holdout) beside each image's (cell_key, idx, source, origin, split, y,
+truth, score, decision, label, logit_0, logit_1; empty where a cell has none). CSV needs nothing beyond Python; Parquet needs pyarrow
+(``pip install 'advbench[parquet]'``).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from advbench.errors import AdvbenchError
+
+FORMATS = ("csv", "parquet")
+PARQUET_EXTRA = "pip install 'advbench[parquet]'"
+#: Parquet types of the known columns (CSV readers infer the same); others are inferred.
+TEXT_COLUMNS = ("cell_key", "stage", "dataset", "model", "attack", "transform", "feature", "detector", "corrector",
+                "threat", "target", "holdout", "source", "origin", "split")
+FLOAT_COLUMNS = ("budget", "score", "logit_0", "logit_1")
+INT_COLUMNS = ("idx", "y", "truth", "decision", "label")
+
+
+def format_for(path: Path, fmt: str | None) -> str:
+    """The export format: ``fmt`` if given, else from the file name (.parquet / .pq, else CSV)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise AdvbenchError(f"--format {fmt!r}: unknown export format; valid: {', '.join(FORMATS)}")
+        return fmt
+    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+def write_images(columns: Mapping[str, Sequence], path: Path, fmt: str) -> int:
+    """Write the per-image ``columns`` to ``path`` as CSV or Parquet; returns the row count.
+    The file is written beside its target and moved into place, so a reader never sees half."""
+    n = len(next(iter(columns.values()), []))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if fmt == "parquet":
+            _parquet(columns, partial)
+        else:
+            _csv(columns, partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return n
+
+
+def _csv(columns: Mapping[str, Sequence], path: Path) -> None:
+    names = list(columns)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(names)
+        for row in zip(*(columns[name] for name in names)):
+            writer.writerow(["" if v is None else v for v in row])  # None (SQL NULL): an empty field
+
+
+def _parquet(columns: Mapping[str, Sequence], path: Path) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise AdvbenchError(f"--format parquet needs pyarrow: {PARQUET_EXTRA} (or export --format csv)") from None
+
+    def kind(name: str):
+        if name in TEXT_COLUMNS:
+            return pa.string()
+        return pa.float64() if name in FLOAT_COLUMNS else pa.int64() if name in INT_COLUMNS else None
+
+    table = pa.table({name: pa.array(list(values), type=kind(name)) for name, values in columns.items()})
+    pq.write_table(table, path)
