@@ -169,7 +169,12 @@ OBLIVIOUS = {"fgsm": {"epsilons": [0.01, 0.1, 0.3]}, "gradient": {"epsilons": [0
              "l1-iter": {"epsilons": [0.01], "steps": 2}, "l2-iter": {"epsilons": [0.01], "steps": 2},
              "deepfool": {"steps": 3, "candidates": 4}, "newtonfool": {"steps": 3},
              "cw": {"binary_search_steps": 2, "steps": 3}, "lbfgs": {"binary_search_steps": 2, "max_iterations": 3},
-             "jsma": {"max_iterations": 3}, "adef": {"max_iterations": 3, "candidates": 2}}
+             "jsma": {"max_iterations": 3}, "adef": {"max_iterations": 3, "candidates": 2},
+             "square-linf": {"max_queries": 20}, "square-l2": {"max_queries": 20}, "spatial": {"n_angles": 3, "n_shifts": 2},
+             "hopskipjump": {"max_queries": 40, "steps": 2, "initial_gradient_eval_steps": 5, "max_gradient_eval_steps": 10},
+             "hopskipjump-linf": {"max_queries": 40, "steps": 2, "initial_gradient_eval_steps": 5,
+                                  "max_gradient_eval_steps": 10},
+             "boundary": {"max_queries": 30}}
 EXACT = {"fgsm", "gradient", "pgd", "bim", "l1-iter", "l2-iter"}  # fixed-budget sweeps never stop early
 ADAPTIVE_CASES = {"eot-pgd": ({"steps": 3, "restarts": 2}, 2), "opgd": ({"steps": 3}, 0), "cw-joint": ({"steps": 3, "rounds": 2}, 0),
                   "system-hsj": ({"max_queries": 40, "iterations": 2, "init_evals": 4, "max_evals": 8}, 0)}
