@@ -175,17 +175,33 @@ def _training_passes(plan: Plan, cell: Cell, det: DetectorFacts, facts: Facts, n
     return passes
 
 
+def _entry_and_target(plan: Plan, cell: Cell):
+    entry = next(e for e in plan.benchmark.adaptive if e.label == cell.attack.rsplit(">", 1)[0])
+    return entry, next(t for t in entry.targets if t.label == cell.target)
+
+
 def adaptive_operations(plan: Plan, cell: Cell) -> int:
     """Image operations of the defense an adaptive cell targets (the larger group of a pipeline's
     detector and corrector)."""
     bench = plan.benchmark
-    entry = next(e for e in bench.adaptive if e.label == cell.attack.rsplit(">", 1)[0])
-    target = next(t for t in entry.targets if t.label == cell.target)
+    _, target = _entry_and_target(plan, cell)
     if target.kind in ("operations", "detector"):
         return len(group_ops(bench, target.group)) if target.group else 0
     pipe = bench.correction.pipeline
     groups = [g for g in (pipe.group if pipe else "", *bench.correction_groups()[:1]) if g]
     return max((len(group_ops(bench, g)) for g in groups), default=0)
+
+
+def _uncounted_detector(plan: Plan, cell: Cell) -> str:
+    """The detector that sees images (or the model) inside an adaptive cell's defense: its own
+    passes are not the classifier's, and are not counted. "" when there is none."""
+    entry, target = _entry_and_target(plan, cell)
+    pipe = plan.benchmark.correction.pipeline
+    if target.kind == "detector" and not target.feature:
+        return f"adaptive {entry.family!r} against {target.detector!r}: the detector's own passes are not counted"
+    if target.kind == "pipeline" and pipe is not None and not pipe.feature:
+        return f"adaptive {entry.family!r} against the pipeline: detector {pipe.detector!r}'s own passes are not counted"
+    return ""
 
 
 def count_work(plan: Plan, facts: Facts) -> list[CellWork]:
@@ -227,9 +243,8 @@ def _attack_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tupl
         return CellWork(cell, (Passes(net, 2 * attacked, 0.0),),
                         unknown=(f"attack {label!r}: its plugin declares no cost",), at_least=True)
     forward, backward = per_image
-    unknown = ()
-    if cell.stage == "adaptive" and cell.target not in plan.benchmark.detection.groups:
-        unknown = (f"adaptive {cell.attack!r}: the defense's own passes (detector) are not counted",)
+    uncounted = _uncounted_detector(plan, cell) if cell.stage == "adaptive" else ""
+    unknown = (uncounted,) if uncounted else ()
     return CellWork(cell, (Passes(net, attacked * (forward + 2), attacked * backward),), unknown=unknown,
                     at_least=bool(unknown))
 
