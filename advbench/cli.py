@@ -53,7 +53,7 @@ def run(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Forked processes for the CPU cells (predictions, feature detectors, scores).")] = 1,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached artefacts; recompute every cell.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")] = None,
-    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".[ray]\").")] = ExecutorKind.local,
+    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".\\[ray]\").")] = ExecutorKind.local,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default: a local Ray instance.")] = None,
 ) -> int:
     """Plan the benchmark matrix and execute it; results go to the store."""

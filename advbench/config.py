@@ -175,6 +175,7 @@ class Entry:
     targets: tuple[Target, ...] = ()  # adaptive attacks: the defenses attacked
     k: int | None = None  # features: their own k (default: benchmark.top_k)
     evaluation: bool = False  # attacks: an evaluation set (a budget grid point, or evaluation = true)
+    norm: str = ""  # attacks: the norm their budget is measured in (the plugin's AttackSpec.norm)
 
     def identity(self) -> dict[str, Any]:
         ident = {"plugin": self.plugin, "params": self.params.model_dump(mode="json")}
@@ -385,7 +386,8 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
                 candidates = _search_candidates(spec, params, search, f"{where}.search", problems) if search is not None else ()
                 yield Entry(kind, plugin, entry_label, validated, group, tuple(datasets or ()), candidates,
                             budget=budget, family=family if kind == "attack" else "", targets=parsed_targets, k=k,
-                            evaluation=kind == "attack" and (evaluation or budget is not None or adaptive))
+                            evaluation=kind == "attack" and (evaluation or budget is not None or adaptive),
+                            norm=getattr(spec, "norm", "") if kind == "attack" else "")
 
 
 def _expand_budgets(spec, params: dict, budgets: Any, where: str, problems: list[str]):

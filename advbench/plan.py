@@ -32,7 +32,7 @@ from advbench import __version__
 from advbench.config import Benchmark, Entry, Target, stable_hash
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
-ARTEFACT_SCHEMA = 4
+ARTEFACT_SCHEMA = 5
 
 STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "score", "correct", "subset")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
@@ -58,6 +58,7 @@ class Cell:
     threat: str = ""  # attack, adaptive, score: "oblivious" or "adaptive"
     target: str = ""  # adaptive, score: label of the defense the imageset was made against
     evaluation: bool = False  # attack: an evaluation set (eval sources only, scored, never trained on)
+    norm: str = ""  # attack, adaptive, predict, score: the norm of the imageset's budget
 
     @property
     def title(self) -> str:
@@ -82,6 +83,7 @@ class ImageSet:
     threat: str = "clean"  # "clean", "oblivious" or "adaptive"
     target: str = ""  # adaptive: the defense it was made against
     training: bool = False  # the clean set and primary attacks: split and detector training
+    norm: str = ""  # the norm of its budget (the attack plugin's)
 
     @property
     def evaluation_only(self) -> bool:
@@ -209,14 +211,15 @@ class _Builder:
         for atk in bench.primary_attacks:
             key = self.attack_cell(d, m, atk, clean_key)
             if (d, m, atk.label) not in self.failed:
-                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, None, "oblivious", training=True)
+                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, None, "oblivious", training=True,
+                                           norm=atk.norm)
         training = {label: st.key for label, st in sets.items()}
         split_key = stable_hash({"stage": "split", "sets": training, "split": db.split, "seed": s.seed})
         self.add(Cell("split", split_key, d, m, deps=tuple(training.values())), ("split", d, m, "", ""))
         for atk in bench.attacks:
             if atk.evaluation:  # evaluation sets: made on the eval split's sources only
                 key = self.attack_cell(d, m, atk, clean_key, split_key)
-                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, atk.budget, "oblivious")
+                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, atk.budget, "oblivious", norm=atk.norm)
         for st in list(sets.values()):
             self.predictions(d, m, st)
         detect = self.detectors(d, m, clean_key, split_key, sets)
@@ -241,12 +244,13 @@ class _Builder:
         })
         deps = (clean_key, split_key) if split_key else (clean_key,)
         self.add(Cell("attack", key, d, m, attack=atk.label, deps=deps, budget=atk.budget, threat="oblivious",
-                      evaluation=atk.evaluation),
+                      evaluation=atk.evaluation, norm=atk.norm),
                  ("attack", d, m, atk.label, ""))
         return key
 
     def predictions(self, d: str, m: str, st: ImageSet) -> None:
         bench = self.bench
+        clean_key = self.index[("clean", d, m, "", "")]  # labels to keep (Table 3), source ids
         for op in (None, *bench.transforms):
             op_label = op.label if op else ORIGINAL
             key = stable_hash({
@@ -254,9 +258,11 @@ class _Builder:
                 "k": bench.labels_k, "backend": bench.prediction.backend if op else "",
             })
             # every op cell reads the original top-k of its imageset (probabilities of it)
-            deps = (st.key,) if op is None else (st.key, self.index[("predict", d, m, st.label, ORIGINAL)])
+            deps = tuple(dict.fromkeys((st.key, clean_key) if op is None else
+                                       (st.key, clean_key, self.index[("predict", d, m, st.label, ORIGINAL)])))
             self.add(Cell("predict", key, d, m, attack=st.label, transform=op_label, deps=deps,
-                          group=op.group if op else "", budget=st.budget, threat=st.threat, target=st.target),
+                          group=op.group if op else "", budget=st.budget, threat=st.threat, target=st.target,
+                          norm=st.norm),
                      ("predict", d, m, st.label, op_label))
 
     def _predict_keys(self, d: str, m: str, sets: Iterable[ImageSet], ops: list[str]) -> list[str]:
@@ -356,9 +362,9 @@ class _Builder:
         })
         self.add(Cell("adaptive", key, d, m, attack=label, transform=target.group, feature=target.feature,
                       detector=target.detector, deps=tuple(dict.fromkeys((clean_key, split_key, *reads))),
-                      budget=entry.budget, threat="adaptive", target=target.label),
+                      budget=entry.budget, threat="adaptive", target=target.label, evaluation=True, norm=entry.norm),
                  ("adaptive", d, m, label, ""))
-        return ImageSet(label, key, entry.label, entry.family, entry.budget, "adaptive", target.label)
+        return ImageSet(label, key, entry.label, entry.family, entry.budget, "adaptive", target.label, norm=entry.norm)
 
     def _cell(self, key: str) -> Cell:
         return next(c for c in reversed(self.cells) if c.key == key)
@@ -384,7 +390,7 @@ class _Builder:
             self.add(Cell("score", key, d, m, attack=st.label, transform=transform,
                           feature=det.feature if det else "", detector=det.detector if det else "",
                           corrector=cor.corrector if cor else "", deps=deps, budget=st.budget, threat=st.threat,
-                          target=st.target, group=det.transform if det and cor else ""),
+                          target=st.target, group=det.transform if det and cor else "", norm=st.norm),
                      ("score", d, m, st.label, *keys))
 
     def subsets(self, d: str, m: str, clean_key: str, split_key: str, sets: dict[str, ImageSet]) -> None:

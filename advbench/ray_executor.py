@@ -51,10 +51,8 @@ def needs_gpu(cell: Cell) -> bool:
 
 
 def reads(plan: Plan, cell: Cell) -> tuple[str, ...]:
-    """Keys of the artefacts ``cell`` reads: its deps, and its world's clean set, which every
-    stage reads through :meth:`CellContext.clean_arrays` (predict cells do not list it)."""
-    clean = plan.key("clean", cell.dataset, cell.model)
-    return tuple(k for k in dict.fromkeys((*cell.deps, clean)) if k != cell.key)
+    """Keys of the artefacts ``cell`` reads: its deps (the planner lists every one)."""
+    return tuple(k for k in dict.fromkeys(cell.deps) if k != cell.key)
 
 
 # --- packed artefacts -------------------------------------------------------------------------

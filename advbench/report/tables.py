@@ -661,6 +661,12 @@ def _name_parts(label: str) -> set[str]:
     return set(re.split(r"[^a-z0-9]+", label.lower())) - {""}
 
 
+def _same_norm(a, b) -> bool:
+    """Whether two cells' budgets are in the same norm; true where a store does not say."""
+    na, nb = getattr(a, "norm", "") or "", getattr(b, "norm", "") or ""
+    return not na or not nb or na == nb
+
+
 def closest(items: Sequence, name: str, name_of: Callable[[Any], str], or_all: bool = True) -> list:
     """The items whose name matches ``name`` best: the same name, else those sharing the most
     name parts ("eot-pgd" and "pgd-grid" share "pgd"), else (``or_all``) all of them when none
@@ -685,6 +691,7 @@ def adaptive_tables(cells) -> list[Table]:
     evaluation = evaluation_sets(cells)
     primary = list(dict.fromkeys((c.dataset, c.model, c.attack) for c in cells
                                  if c.stage == "attack" and (c.dataset, c.model, c.attack) not in evaluation))
+    norms = {(c.dataset, c.model, c.attack): c for c in cells if c.stage == "attack"}
     for (dataset, model), group in _by_world(c for c in cells if c.stage == "adaptive").items():
         world = [c for c in scores if (c.dataset, c.model) == (dataset, model)]
         rows = []
@@ -702,9 +709,10 @@ def adaptive_tables(cells) -> list[Table]:
                     continue
                 same = [c for c in world if _defense_key(c) == _defense_key(sc) and c.status == "ok"]
                 curve = [c for c in same if threat(c) == "adaptive" and family(c) == family(sc) and target(c) == goal]
-                comparators = closest([c for c in same if threat(c) == "oblivious"
+                comparators = closest([c for c in same if threat(c) == "oblivious" and _same_norm(c, sc)
                                        and _same_budget(budget(c), set_budget)], family(sc), family)
-                primaries = [a for d, m, a in primary if (d, m) == (dataset, model)]
+                primaries = [a for d, m, a in primary if (d, m) == (dataset, model)
+                             and _same_norm(norms.get((d, m, a)), sc)]
                 for ob in comparators or [None]:
                     first_primary = next(iter(closest(primaries, family(ob), str, or_all=False)), "") if ob else ""
                     first_primary = first_primary or next(iter(closest(primaries, family(sc), str, or_all=False)), "")

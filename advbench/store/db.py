@@ -484,7 +484,8 @@ class Store:
             "transform": cell.transform, "feature": cell.feature, "detector": cell.detector,
             "corrector": getattr(cell, "corrector", ""), "budget": _finite(getattr(cell, "budget", None)),
             "threat": getattr(cell, "threat", ""), "target": getattr(cell, "target", ""),
-            "holdout": getattr(cell, "holdout", ""),
+            "holdout": getattr(cell, "holdout", ""), "evaluation": bool(getattr(cell, "evaluation", False)),
+            "norm": getattr(cell, "norm", ""),
             "status": status, "cached": cached, "error": error, "seconds": seconds,
         }
         unique = {(n, sub): _finite(v) for n, sub, v in metrics}

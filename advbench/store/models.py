@@ -81,6 +81,8 @@ class Cell(Base):
     threat: Mapped[str] = mapped_column(String(40), default="")  # threat model of the attack
     target: Mapped[str] = mapped_column(String(200), default="")
     holdout: Mapped[str] = mapped_column(String(200), default="")
+    evaluation: Mapped[bool] = mapped_column(default=False)  # an attack made as an evaluation set
+    norm: Mapped[str] = mapped_column(String(10), default="")  # the norm of the imageset's budget
     status: Mapped[str] = mapped_column(String(20))  # ok, failed, skipped
     cached: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str] = mapped_column(Text, default="")

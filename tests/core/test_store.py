@@ -23,7 +23,7 @@ def test_schema_comes_from_alembic_migrations(tmp_path):
     tables = set(inspect(store.engine).get_table_names())
     assert {"runs", "invocations", "cells", "metrics", "image_sets", "images", "alembic_version"} <= tables
     with sqlite3.connect(tmp_path / "r.db") as conn:
-        assert conn.execute("select version_num from alembic_version").fetchone() == (head_revision(),) == ("0006",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == (head_revision(),) == ("0008",)
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
     assert (tmp_path / "r.db.lock").exists()  # migrations were serialised by a lock next to the file
 

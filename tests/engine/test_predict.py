@@ -1,4 +1,5 @@
-"""The prediction engine: results identical to a plain reference loop, bounded memory."""
+"""The prediction engine: results identical to a plain reference loop, bounded memory, full
+probability vectors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 from advbench.engine import predict
+from advbench.errors import PluginError
 from advbench.engine.predict import predict_under_operation, topk_misclassified
 from advbench.imaging import to_tensor
 from advbench.specs import LoadedModel
@@ -74,7 +76,7 @@ def _reference(model: LoadedModel, images: np.ndarray, *, top_k: int, batch_size
                reference=None) -> dict[str, np.ndarray]:
     """The straightforward loop: chunk by chunk, image by image, no threads."""
     k = min(top_k, model.num_classes)
-    labels, probs = [], []
+    labels, probs, full = [], [], []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             part = np.asarray(images[start:start + batch_size])
@@ -85,25 +87,57 @@ def _reference(model: LoadedModel, images: np.ndarray, *, top_k: int, batch_size
                 batch = tensor_op(batch).clamp_(0, 1)
             p = torch.softmax(model.module(batch).float(), dim=1)
             top = p.topk(k, dim=1)
+            full.append(p.numpy().astype(np.float16))
             labels.append(top.indices.numpy().astype(np.int32))
             if reference is None:
                 probs.append(top.values.numpy())
             else:
                 ref = torch.from_numpy(np.asarray(reference[start:start + len(part)], dtype=np.int64))
                 probs.append(p.gather(1, ref).numpy())
-    return {"labels": np.concatenate(labels), "probs": np.concatenate(probs).astype(np.float32)}
+    return {"labels": np.concatenate(labels), "probs": np.concatenate(probs).astype(np.float32),
+            "full": np.concatenate(full)}
 
 
 def _assert_identical(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert got["labels"].dtype == np.int32 and got["probs"].dtype == np.float32
+    assert set(got) == {"labels", "probs", "full"}
+    assert got["labels"].dtype == np.int32 and got["probs"].dtype == np.float32 and got["full"].dtype == np.float16
     np.testing.assert_array_equal(got["labels"], want["labels"])
     assert got["probs"].tobytes() == want["probs"].tobytes()  # bit for bit
+    assert got["full"].tobytes() == want["full"].tobytes()
+
+
+@pytest.fixture
+def pillow_threads_on_small_images(monkeypatch):
+    """The test images are 12x12: spread their Pillow work over threads all the same."""
+    monkeypatch.setattr(predict, "_PARALLEL_PILLOW_PIXELS", 1)
 
 
 @pytest.mark.parametrize("op_name", [None, *PILLOW_OPS])
-@pytest.mark.parametrize("batch_size, threads", [(4, 2), (64, 1), (2, 3)])
-def test_pillow_backend_matches_reference_loop(model, images, op_name, batch_size, threads) -> None:
+@pytest.mark.parametrize("batch_size, threads", [(4, 2), (64, 1), (2, 3), (11, 4), (5, 2)])
+def test_pillow_backend_matches_reference_loop(model, images, op_name, batch_size, threads,
+                                               pillow_threads_on_small_images) -> None:
     _check_pillow_backend(model, images, op_name, batch_size, threads)
+
+
+def test_small_images_are_prepared_in_one_thread(images) -> None:
+    small = predict._Preparer(images, 4, PILLOW_OPS["blur"], None, "cpu", threads=4)
+    large = predict._Preparer(np.zeros((2, 64, 64, 3), np.uint8), 4, PILLOW_OPS["blur"], None, "cpu", threads=4)
+    try:
+        assert small.helpers == 0 and small.pool is None
+        assert large.helpers == 3
+    finally:
+        small.close()
+        large.close()
+
+
+@pytest.mark.parametrize("exact_divide", [True, False])
+def test_uint8_to_float_gives_to_tensor_values(exact_divide, monkeypatch) -> None:
+    assert predict._DIVIDE_IS_EXACT  # NumPy's float32 division agrees with torch's on this machine
+    monkeypatch.setattr(predict, "_DIVIDE_IS_EXACT", exact_divide)  # either way: the same values
+    values = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    out = np.empty(values.shape, np.float32)
+    predict._to_float(values, out)
+    assert out.tobytes() == to_tensor(values).permute(0, 2, 3, 1).contiguous().numpy().tobytes()
 
 
 @pytest.mark.parametrize("throttled", [False, True])
@@ -181,6 +215,67 @@ def test_top_k_is_capped_at_the_number_of_classes(model, images) -> None:
 def test_no_images(model, images) -> None:
     got = predict_under_operation(model, images[:0], top_k=3, batch_size=4, device="cpu", op=PILLOW_OPS["jpeg"])
     assert got["labels"].shape == got["probs"].shape == (0, 3)
+    assert got["full"].shape == (0, NUM_CLASSES) and got["full"].dtype == np.float16
+
+
+MANY_CLASSES = 12
+
+
+@pytest.fixture(scope="module")
+def wide_model() -> LoadedModel:
+    """More classes than the benchmark's top-5, so that features can ask for k > 5."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(24, MANY_CLASSES)).eval()
+    return LoadedModel(module=net, input_size=(12, 12), num_classes=MANY_CLASSES, prepare=lambda im: im)
+
+
+@pytest.mark.parametrize("top_k", [5, 8, MANY_CLASSES, 40])
+@pytest.mark.parametrize("op_name", [None, "jpeg"])
+def test_full_probability_vectors(wide_model, images, top_k, op_name) -> None:
+    op = PILLOW_OPS.get(op_name)
+    original = predict_under_operation(wide_model, images, top_k=3, batch_size=4, device="cpu")
+    reference = None if op is None else original["labels"]
+    got = predict_under_operation(wide_model, images, top_k=top_k, batch_size=4, device="cpu", op=op,
+                                  reference=reference)
+    k = min(top_k, MANY_CLASSES)
+    full = got["full"]
+    assert got["labels"].shape == (len(images), k)
+    assert got["probs"].shape == (len(images), 3 if reference is not None else k)
+    assert full.shape == (len(images), MANY_CLASSES) and full.dtype == np.float16
+    np.testing.assert_allclose(full.astype(np.float64).sum(axis=1), 1, atol=MANY_CLASSES * 2.0 ** -11)
+    assert (full >= 0).all()
+    # float16 rounding is monotonic: the float32 top-k order holds in `full`, up to ties
+    ranked = np.take_along_axis(full, got["labels"].astype(np.int64), axis=1)
+    assert (np.diff(ranked.astype(np.float32), axis=1) <= 0).all()
+    assert (ranked[:, 0] == full.max(axis=1)).all()
+    rest = full.copy()
+    np.put_along_axis(rest, got["labels"].astype(np.int64), -1, axis=1)
+    assert (rest.max(axis=1) <= ranked[:, -1]).all()  # no class outside the top-k beats it
+    if reference is None:  # `probs` are the float32 values that `full` rounds
+        assert (got["probs"].astype(np.float16) == ranked).all()
+    else:
+        np.testing.assert_array_equal(got["probs"].astype(np.float16),
+                                      np.take_along_axis(full, reference.astype(np.int64), axis=1))
+    _assert_identical(got, _reference(wide_model, images, top_k=top_k, batch_size=4, op=op, reference=reference))
+
+
+def test_probs_and_labels_unchanged_by_full(wide_model, images) -> None:
+    """``labels``/``probs`` as the engine computed them before ``full``: the float32 softmax's
+    top-k (values and order) and the gathered reference probabilities."""
+    got = predict_under_operation(wide_model, images, top_k=6, batch_size=4, device="cpu")
+    with torch.no_grad():
+        p = torch.softmax(wide_model.module(to_tensor(np.asarray(images[:4]))).float(), dim=1)
+    top = p.topk(6, dim=1)
+    assert got["labels"][:4].tobytes() == top.indices.numpy().astype(np.int32).tobytes()
+    assert got["probs"][:4].tobytes() == top.values.numpy().tobytes()
+
+
+def test_a_model_with_the_wrong_number_of_outputs_is_a_plugin_error(model, images) -> None:
+    wrong = LoadedModel(module=model.module, input_size=(12, 12), num_classes=NUM_CLASSES + 1,
+                        prepare=lambda im: im)
+    with pytest.raises(PluginError, match="num_classes=8"):
+        predict_under_operation(wrong, images, top_k=3, batch_size=4, device="cpu")
 
 
 def test_errors_in_an_operation_propagate(model, images) -> None:
@@ -197,8 +292,18 @@ def test_images_of_different_sizes_in_one_batch_are_an_error(model, images) -> N
     def uneven(image):
         return image.resize((8 + next(counter) % 2, 8))
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="different sizes"):
         predict_under_operation(model, images, top_k=3, batch_size=4, device="cpu", op=uneven, threads=1)
+
+
+def test_uneven_sizes_are_an_error_in_pillow_threads_too(model, images, pillow_threads_on_small_images) -> None:
+    calls = iter(range(1000))
+
+    def uneven(image):  # the first image (done first) is 8x8, the others 8x1, which would broadcast
+        return image.resize((8, 8 if next(calls) == 0 else 1))
+
+    with pytest.raises(ValueError, match="different sizes"):
+        predict_under_operation(model, images, top_k=3, batch_size=11, device="cpu", op=uneven, threads=3)
 
 
 class RecordingArray:

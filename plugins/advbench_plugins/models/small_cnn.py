@@ -38,6 +38,17 @@ def small_cnn(num_classes: int = 10, width: int = 32) -> nn.Module:
 
 
 def train_digits_cnn(params: SmallCNNParams, seed: int) -> nn.Module:
+    """Trained on one thread: a multi-threaded reduction sums in another order, so the weights
+    (and every number of the embedded default) would depend on the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(params, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(params: SmallCNNParams, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     images, labels = digits_arrays(params.size, "train")
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
