@@ -119,13 +119,137 @@ class PlainProgress:
 
 
 @app.command()
-def validate(config: Annotated[Path, typer.Argument(help="Benchmark file (TOML).")]) -> int:
-    """Check a benchmark file and print its matrix size; no work is done."""
+def validate(
+    config: Annotated[Path, typer.Argument(help="Benchmark file (TOML).")],
+    estimate: Annotated[bool, typer.Option("--estimate", help="Also estimate, per stage, the forward/backward passes, FLOPs and wall time (builds each model, or its architecture when the weights are absent, and times a few passes here).")] = False,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", help="With --estimate: GPUs to plan for (default: those torch sees here).")] = None,
+    cpus: Annotated[Optional[int], typer.Option("--cpus", help="With --estimate: CPU cores to plan for (default: this machine's).")] = None,
+    max_images: Annotated[Optional[int], typer.Option("--max-images", help="Cap clean images per model, as run --max-images.")] = None,
+    success_rate: Annotated[Optional[float], typer.Option("--success-rate", help="With --estimate: share of attacked images that succeed (default 1, an upper bound; the paper's and the CIFAR-10 run's attacks: about 0.5).")] = None,
+    gpu_tflops: Annotated[Optional[float], typer.Option("--gpu-tflops", help="With --estimate: achieved TFLOP/s of a GPU not measured here (default 20: an A100 in TF32).")] = None,
+    rate_gpu_fwd: Annotated[Optional[list[str]], typer.Option("--rate-gpu-fwd", metavar="[MODEL=]IMG/S", help="With --estimate: [MODEL=]IMAGES_PER_S, forward passes per second measured on the planned GPU (repeatable; without MODEL: every model).")] = None,
+    rate_gpu_bwd: Annotated[Optional[list[str]], typer.Option("--rate-gpu-bwd", metavar="[MODEL=]IMG/S", help="With --estimate: [MODEL=]IMAGES_PER_S, forward+backward passes per second on the planned GPU.")] = None,
+) -> int:
+    """Check a benchmark file and print its matrix size; no work is done. --estimate adds what it
+    will cost: passes, FLOPs and wall time per stage on the given GPUs/CPUs (docs/planning.md)."""
+    wanted = {"--gpus": gpus, "--cpus": cpus, "--success-rate": success_rate, "--gpu-tflops": gpu_tflops,
+              "--rate-gpu-fwd": rate_gpu_fwd, "--rate-gpu-bwd": rate_gpu_bwd}
+    given = [flag for flag, value in wanted.items() if value is not None]
+    if given and not estimate:
+        raise AdvbenchError(f"{given[0]} sets up an estimate; add --estimate")
+    _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops)
     bench = load_benchmark(config, discover())
-    runner_plan = Runner(bench, discover()).plan
+    runner_plan = Runner(bench, discover(), RunOptions(max_images=max_images)).plan
     sizes = ", ".join(f"{len(runner_plan.stage(s))} {s}" for s in STAGES)
     out.print(f"{config}: ok — {sizes} cells", highlight=False)
+    if estimate:
+        _estimate(runner_plan, gpus, cpus, success_rate, gpu_tflops,
+                  _gpu_rates(bench, rate_gpu_fwd or [], rate_gpu_bwd or []))
     return 0
+
+
+def _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops) -> None:
+    checks = [("--gpus", gpus, gpus is None or gpus >= 0, "a whole number >= 0"),
+              ("--cpus", cpus, cpus is None or cpus >= 1, "a whole number >= 1"),
+              ("--max-images", max_images, max_images is None or max_images >= 1, "a whole number >= 1"),
+              ("--success-rate", success_rate, success_rate is None or 0 <= success_rate <= 1, "a share in [0, 1]"),
+              ("--gpu-tflops", gpu_tflops, gpu_tflops is None or gpu_tflops > 0, "a number > 0")]
+    for flag, value, ok, valid in checks:
+        if not ok:
+            raise AdvbenchError(f"{flag} {value}: expected {valid}")
+
+
+def _gpu_rates(bench, forward: list[str], both: list[str]) -> dict[str, tuple[float | None, float | None]]:
+    """--rate-gpu-fwd/--rate-gpu-bwd [MODEL=]IMAGES_PER_S -> {model label or "*": (fwd, fwd+bwd)}."""
+    labels = [m.label for m in bench.models]
+    rates: dict[str, list[float | None]] = {}
+    for position, (flag, values) in enumerate((("--rate-gpu-fwd", forward), ("--rate-gpu-bwd", both))):
+        for text in values:
+            label, _, number = text.rpartition("=")
+            label = label or "*"
+            try:
+                rate = float(number)
+            except ValueError:
+                rate = -1.0
+            if not rate > 0:
+                raise AdvbenchError(f"{flag} {text!r}: expected [MODEL=]IMAGES_PER_S with a number > 0, e.g. 2500 "
+                                    f"or {labels[0]}=2500")
+            if label != "*" and label not in labels:
+                raise AdvbenchError(f"{flag} {text!r}: unknown model {label!r}; valid: {', '.join(labels)}")
+            rates.setdefault(label, [None, None])[position] = rate
+    return {label: (pair[0], pair[1]) for label, pair in rates.items()}
+
+
+def _estimate(plan, gpus, cpus, success_rate, gpu_tflops, gpu_rates) -> None:
+    import os
+
+    import torch
+
+    from advbench import estimate as E
+
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options = E.Options(gpus=torch.cuda.device_count() if gpus is None else gpus, cpus=cpus,
+                        success_rate=1.0 if success_rate is None else success_rate,
+                        gpu_tflops=E.DEFAULT_GPU_TFLOPS if gpu_tflops is None else gpu_tflops, gpu_rates=gpu_rates)
+    result = E.estimate(plan, discover(), options, log=lambda line: err.print(f"estimate: {line}", highlight=False,
+                                                                                  markup=False))
+    _print_estimate(result)
+
+
+def _print_estimate(est) -> None:
+    from rich.table import Table as RichTable
+
+    from advbench import estimate as E
+
+    stages = RichTable(title=E.hardware_line(est.hardware), header_style="bold", title_justify="left")
+    device = "GPU" if est.hardware.gpus else "CPU"
+    for col in ("Stage", "Cells", "Forward passes", "Backward passes", "FLOPs", f"Passes ({device})",
+                "Operations (CPU)", "Wall time"):
+        stages.add_column(col, justify="left" if col == "Stage" else "right")
+    for s in est.stages:
+        def shown(value: float, text: str, s=s) -> str:
+            return "-" if not s.cells else ("≥ " if s.at_least and value > 0 else "") + text
+        stages.add_row(s.stage, str(s.cells), shown(s.forward, E.human_count(s.forward)),
+                       shown(s.backward, E.human_count(s.backward)), shown(s.flops, E.human_count(s.flops)),
+                       shown(s.pass_seconds, E.human_time(s.pass_seconds)), shown(s.cpu_seconds, E.human_time(s.cpu_seconds)),
+                       shown(s.seconds, E.human_time(s.seconds)))
+    bound = "≥ " if any(s.at_least for s in est.stages) else ""
+    stages.add_row("total", str(sum(s.cells for s in est.stages)), "", "", bound + E.human_count(est.flops), "", "",
+                   bound + E.human_time(est.seconds), style="bold")
+    out.print(stages)
+    nets = RichTable(title="Networks (FLOPs per image, on one batch)", header_style="bold", title_justify="left")
+    for col in ("Network", "Input", "Forward", "Backward", "Rates (images/s: forward, forward+backward)", "Built"):
+        nets.add_column(col)
+    for n in est.networks:
+        rates = [f"{r.how}: {E.human_rate(1 / r.forward_s)}, {E.human_rate(1 / (r.forward_s + r.backward_s))}"
+                 for r in (n.cpu, n.gpu) if r is not None and r.forward_s > 0]
+        if est.hardware.gpus and n.gpu is None:
+            r = E.gpu_rates(n, est.hardware, n.batch)
+            rates.append(f"planned GPU, {r.how}: {E.human_rate(1 / r.forward_s)}, "
+                         f"{E.human_rate(1 / (r.forward_s + r.backward_s))}")
+        kind = " (training: weight gradients)" if n.training else " (input gradients)"
+        built = "architecture only (weights absent)" if n.source.startswith(E.ARCHITECTURE_ONLY) else n.source
+        nets.add_row(n.name, f"{n.batch}x{n.shape[0]}x{n.shape[1]}x{n.shape[2]}", E.human_count(n.forward_flops),
+                     E.human_count(n.backward_flops) + kind, "; ".join(rates) or "not measured", built)
+    out.print(nets)
+    if est.attacks:
+        attacks = RichTable(title="Attacks (classifier passes per attacked image: upper bounds from AttackSpec.cost)",
+                            header_style="bold", title_justify="left")
+        for col in ("Model", "Attack", "Forward / image", "Backward / image", "Images", "FLOPs",
+                    "Time (one GPU)" if est.hardware.gpus else "Time"):
+            attacks.add_column(col, justify="left" if col in ("Model", "Attack") else "right")
+        for a in est.attacks:
+            fwd, bwd = (f"{a.per_image[0]:,.0f}", f"{a.per_image[1]:,.0f}") if a.per_image else ("unknown", "unknown")
+            attacks.add_row(a.model, a.attack, fwd, bwd, f"{a.images:,.0f}", E.human_count(a.flops), E.human_time(a.seconds))
+        out.print(attacks)
+    out.print("Assumptions:", style="bold")
+    for line in est.assumptions:
+        out.print(f"- {line}", highlight=False, markup=False, soft_wrap=True)
+    if est.unknown:
+        out.print("Not counted (unknown):", style="bold")
+        for line in est.unknown:
+            out.print(f"- {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -102,8 +102,47 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ModelSpec(PluginSpec):
+    """``build(params, ctx)`` returns the :class:`LoadedModel`.
+
+    ``architecture(params)`` (optional) returns the same network with random weights, built
+    without reading or training any weights: ``advbench validate --estimate`` counts FLOPs and
+    times passes on it when ``build`` cannot run offline (weights absent).
+    """
+
     build: Callable[[Any, BuildContext], LoadedModel] = None  # type: ignore[assignment]
+    architecture: Callable[[Any], LoadedModel] | None = None
     kind: ClassVar[str] = "model"
+
+
+# --- costs, for estimates ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CostInputs:
+    """What a plugin's ``cost`` function is told about the work it prices
+    (``advbench validate --estimate``): the classifier's input, (C, H, W), its number of
+    classes, and for an adaptive attack the number of image operations of the defense it
+    targets (0 for an oblivious attack)."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    operations: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """What fitting a detector that sees images costs, from ``DetectorSpec.cost``: ``epochs``
+    passes (forward and backward, weight gradients included) of ``network`` (an ``nn.Module``
+    with random weights taking float (N, 3, H, W) batches) over the train split, a forward pass
+    over the dev split after each epoch, and one forward pass per image it scores; inputs of
+    ``image_shape`` when the detector resizes them (default: the classifier's).
+    ``classifier_forward``: forward passes of the classifier per image the detector fits on or
+    scores (model-aware detectors)."""
+
+    network: Any = None
+    epochs: int = 0
+    image_shape: tuple[int, int, int] | None = None
+    classifier_forward: float = 0.0
 
 
 # --- attacks -------------------------------------------------------------------------------
@@ -175,10 +214,17 @@ class AttackSpec(PluginSpec):
     (``white-box``, ``score-based`` or ``decision-based``). ``adaptive`` lists the kinds of
     :class:`Defense` the attack can target (``operations``, ``detector``, ``pipeline``); empty
     for an oblivious attack.
+
+    ``cost(params, inputs)`` (optional) returns ``(forward, backward)``: the passes through the
+    classifier per attacked image, an upper bound (a forward pass followed by a backward pass
+    counts one of each; a pass over a batch of n images counts n/n = 1 per image). ``inputs`` is
+    a :class:`CostInputs`. ``advbench validate --estimate`` multiplies it by the images attacked;
+    an attack without ``cost`` is reported as "unknown".
     """
 
     targeted: bool = False
     run: Callable[..., Any] = None  # type: ignore[assignment]
+    cost: Callable[[Any, CostInputs], tuple[float, float]] | None = None
     budget_param: str = ""
     norm: str = ""
     threat: str = "white-box"
@@ -274,9 +320,14 @@ class DetectorSpec(PluginSpec):
     attribute ``threshold`` (flagged when ``torch_scores > threshold``);
     ``save(directory)``/``load(directory)`` to keep a fitted detector in the cache, so cells that
     score new images against it need not refit it (without them it is refit, seeded).
+
+    ``cost(params, inputs)`` (optional, for detectors that see images or the model) returns a
+    :class:`TrainingCost` (``inputs``: a :class:`CostInputs`) for ``advbench validate
+    --estimate``; without it their cost is reported as "unknown". Feature detectors need none.
     """
 
     build: Callable[[Any, Any], Detector] = None  # type: ignore[assignment]
+    cost: Callable[[Any, CostInputs], TrainingCost] | None = None
     inputs: str = "features"
     kind: ClassVar[str] = "detector"
 

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from advbench import hookimpl
 from advbench.errors import PluginError
-from advbench.specs import AttackContext, AttackOutput, AttackSpec, Criterion, Params
+from advbench.specs import AttackContext, AttackOutput, AttackSpec, CostInputs, Criterion, Params
 
 from advbench_plugins.attacks.adaptive.common import require_defense, seeded_generator, system_decision
 from advbench_plugins.attacks.adaptive.eot import eot_pgd
@@ -137,6 +137,30 @@ def _hsj(norm: str):
     return run
 
 
+# --- costs: classifier passes per image, upper bounds (AttackSpec.cost) ----------------------
+# ``inputs.operations`` is the number of image operations of the targeted defense. The
+# defense's own passes (a detector network's scores) are not the classifier's and not counted.
+
+
+def _eot_cost(p: EOTParams, inputs: CostInputs) -> tuple[float, float]:
+    ops = inputs.operations
+    sampled = ops if p.eot_samples <= 0 or p.eot_samples >= ops else p.eot_samples
+    # each iterate (steps and a last check, per restart): the image and every operation
+    # forward; the gradient flows back through the image and the sampled operations
+    return 1 + p.restarts * (p.steps + 1) * (1 + ops), p.restarts * p.steps * (1 + sampled)
+
+
+def _joint_cost(p, inputs: CostInputs) -> tuple[float, float]:
+    runs = p.rounds if isinstance(p, CWJointParams) else p.restarts
+    return 1 + runs * (p.steps + 1), runs * p.steps
+
+
+def _hsj_cost(p: HSJParams, inputs: CostInputs) -> tuple[float, float]:
+    # each decision: the classifier, and a feature detector's labels under its operations
+    per_query = 1 + (1 + inputs.operations if inputs.operations else 0)
+    return p.max_queries * per_query, 0.0
+
+
 # a detector cell on a feature of labels under a group's operations is attacked through those
 # operations (the defense hands them in); one that sees images has none, and eot-pgd says so
 _OPS = ("operations", "detector", "pipeline")
@@ -144,30 +168,30 @@ _SYSTEM = ("detector", "operations", "pipeline")
 ATTACKS = [
     AttackSpec(name="eot-pgd", summary="EOT-PGD, L∞: one adversarial label under every operation of the group "
                                        "(Athalye et al. 2018; BPDA for JPEG).",
-               params=EOTParams, run=_eot("linf"), budget_param="epsilon", norm="linf", adaptive=_OPS),
+               params=EOTParams, run=_eot("linf"), cost=_eot_cost, budget_param="epsilon", norm="linf", adaptive=_OPS),
     AttackSpec(name="eot-pgd-l2", summary="EOT-PGD, L2: one adversarial label under every operation of the group "
                                           "(Athalye et al. 2018; BPDA for JPEG).",
-               params=EOTParamsL2, run=_eot("l2"), budget_param="epsilon", norm="l2", adaptive=_OPS),
+               params=EOTParamsL2, run=_eot("l2"), cost=_eot_cost, budget_param="epsilon", norm="l2", adaptive=_OPS),
     AttackSpec(name="cw-joint", summary="Classifier + detector combined loss (Carlini & Wagner 2017), L∞ PGD.",
-               params=CWJointParams, run=_joint("linf", "cw"), budget_param="epsilon", norm="linf",
+               params=CWJointParams, run=_joint("linf", "cw"), cost=_joint_cost, budget_param="epsilon", norm="linf",
                adaptive=("detector",)),
     AttackSpec(name="cw-joint-l2", summary="Classifier + detector combined loss (Carlini & Wagner 2017), L2 PGD.",
-               params=CWJointParamsL2, run=_joint("l2", "cw"), budget_param="epsilon", norm="l2",
+               params=CWJointParamsL2, run=_joint("l2", "cw"), cost=_joint_cost, budget_param="epsilon", norm="l2",
                adaptive=("detector",)),
     AttackSpec(name="opgd", summary="Orthogonal projected gradient descent against a detector (Bryniarski et al. "
                                     "2022), L∞.",
-               params=OPGDParams, run=_joint("linf", None), budget_param="epsilon", norm="linf",
+               params=OPGDParams, run=_joint("linf", None), cost=_joint_cost, budget_param="epsilon", norm="linf",
                adaptive=("detector",)),
     AttackSpec(name="opgd-l2", summary="Orthogonal projected gradient descent against a detector (Bryniarski et al. "
                                        "2022), L2.",
-               params=OPGDParamsL2, run=_joint("l2", None), budget_param="epsilon", norm="l2",
+               params=OPGDParamsL2, run=_joint("l2", None), cost=_joint_cost, budget_param="epsilon", norm="l2",
                adaptive=("detector",)),
     AttackSpec(name="system-hsj", summary="HopSkipJump, L2, on the defended system's label-only decision (Chen et "
                                           "al. 2020).",
-               params=HSJParams, run=_hsj("l2"), norm="l2", threat="decision-based", adaptive=_SYSTEM),
+               params=HSJParams, run=_hsj("l2"), cost=_hsj_cost, norm="l2", threat="decision-based", adaptive=_SYSTEM),
     AttackSpec(name="system-hsj-linf", summary="HopSkipJump, L∞, on the defended system's label-only decision (Chen "
                                                "et al. 2020).",
-               params=HSJParams, run=_hsj("linf"), norm="linf", threat="decision-based", adaptive=_SYSTEM),
+               params=HSJParams, run=_hsj("linf"), cost=_hsj_cost, norm="linf", threat="decision-based", adaptive=_SYSTEM),
 ]
 
 

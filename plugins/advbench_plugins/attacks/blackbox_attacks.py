@@ -13,11 +13,11 @@ import foolbox as fb
 from pydantic import Field
 
 from advbench import hookimpl
-from advbench.specs import AttackOutput, AttackSpec, Params
+from advbench.specs import AttackOutput, AttackSpec, CostInputs, Params
 
 from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec, norm_scale
 from advbench_plugins.attacks.decision import decision_attack
-from advbench_plugins.attacks.spatial import spatial_attack
+from advbench_plugins.attacks.spatial import spatial_attack, spatial_grid
 from advbench_plugins.attacks.square import square_attack
 
 QUERIES_HELP = "Model evaluations allowed per image, everything included."
@@ -110,24 +110,41 @@ def _spatial(model, images, criterion, params: SpatialParams, ctx) -> AttackOutp
     return AttackOutput(adversarial, {"queries": queries})
 
 
+# --- costs: classifier passes per image, upper bounds (AttackSpec.cost) ----------------------
+# Every model evaluation is a query and the query budget caps each row (QueryCounter, the
+# square loop), the start search included; the grid search asks each grid point at most once.
+
+
+def _queries_cost(p, inputs: CostInputs) -> tuple[float, float]:
+    return float(p.max_queries), 0.0
+
+
+def _spatial_cost(p: SpatialParams, inputs: CostInputs) -> tuple[float, float]:
+    return float(len(spatial_grid(p.max_angle, p.n_angles, p.max_shift, p.n_shifts))), 0.0
+
+
 ATTACKS = [
     AttackSpec(name="square-linf",
                summary="Square Attack, L∞, score-based random search (Andriushchenko et al. 2020).",
-               params=SquareLinfParams, run=_square("linf"), budget_param="epsilon", norm="linf", threat="score-based"),
+               params=SquareLinfParams, run=_square("linf"), budget_param="epsilon", norm="linf", threat="score-based",
+               cost=_queries_cost),
     AttackSpec(name="square-l2",
                summary="Square Attack, L2, score-based random search (Andriushchenko et al. 2020).",
-               params=SquareL2Params, run=_square("l2"), budget_param="epsilon", norm="l2", threat="score-based"),
+               params=SquareL2Params, run=_square("l2"), budget_param="epsilon", norm="l2", threat="score-based",
+               cost=_queries_cost),
     minimal_norm_spec(name="hopskipjump", summary="HopSkipJump, L2, decision-based (Chen et al. 2020; foolbox), "
                       "query budget.", params=HopSkipJumpParams, unbounded=_hopskipjump("l2"), norm="l2",
-                      threat="decision-based"),
+                      threat="decision-based", cost=_queries_cost),
     minimal_norm_spec(name="hopskipjump-linf", summary="HopSkipJump, L∞, decision-based (Chen et al. 2020; foolbox), "
                       "query budget.", params=HopSkipJumpParams, unbounded=_hopskipjump("linf"), norm="linf",
-                      threat="decision-based"),
+                      threat="decision-based", cost=_queries_cost),
     minimal_norm_spec(name="boundary", summary="Boundary attack, L2, decision-based (Brendel et al. 2018; foolbox), "
-                      "query budget.", params=BoundaryParams, unbounded=_boundary, norm="l2", threat="decision-based"),
+                      "query budget.", params=BoundaryParams, unbounded=_boundary, norm="l2", threat="decision-based",
+                      cost=_queries_cost),
     # decision-based: only the criterion's verdict on each transformed image is used
     AttackSpec(name="spatial", summary="Spatial grid search over rotations and translations (Engstrom et al. 2019).",
-               params=SpatialParams, run=_spatial, budget_param="", norm="", threat="decision-based"),
+               params=SpatialParams, run=_spatial, budget_param="", norm="", threat="decision-based",
+               cost=_spatial_cost),
 ]
 
 

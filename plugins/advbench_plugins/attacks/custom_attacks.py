@@ -4,10 +4,12 @@ L-BFGS (Szegedy et al. 2013), the saliency-map attack JSMA (Papernot et al. 2016
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
 
 from advbench import hookimpl
-from advbench.specs import AttackSpec, Params
+from advbench.specs import AttackSpec, CostInputs, Params
 
 from advbench_plugins.attacks.adef import adef_attack
 from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec
@@ -36,6 +38,31 @@ class ADefParams(Params):
     candidates: int = Field(1, ge=1, description="Classes considered per step.")
 
 
+# --- costs: classifier passes per image, upper bounds (AttackSpec.cost) ----------------------
+
+#: torch.optim.LBFGS's line search (strong Wolfe) may evaluate this many times past max_eval
+_LBFGS_LINE_SEARCH = 25
+
+
+def _lbfgs_cost(p: LBFGSParams, inputs: CostInputs) -> tuple[float, float]:
+    # per search over c, torch's LBFGS evaluates the objective (forward + backward) at most
+    # max_eval = max_iter * 5 // 4 times, plus the line search in flight when it stops
+    evals = p.binary_search_steps * (p.max_iterations * 5 // 4 + _LBFGS_LINE_SEARCH)
+    return 1 + evals, evals
+
+
+def _jsma_cost(p: JSMAParams, inputs: CostInputs) -> tuple[float, float]:
+    c, h, w = inputs.image_shape
+    iterations = p.max_iterations if p.max_iterations is not None else math.floor(p.gamma * c * h * w / 2)
+    # the logits once, then per iteration (and a last check) one forward and two gradients
+    return 2 + iterations, 2 * (iterations + 1)
+
+
+def _adef_cost(p: ADefParams, inputs: CostInputs) -> tuple[float, float]:
+    # a forward pass per step and a last check; a gradient per candidate class per step
+    return p.max_iterations + 1, p.max_iterations * min(p.candidates, inputs.num_classes - 1)
+
+
 def _call(fn):
     return lambda model, images, criterion, params, ctx: fn(model, images, criterion,
                                                             **params.model_dump(exclude={"max_norm"}))
@@ -44,10 +71,12 @@ def _call(fn):
 @hookimpl
 def advbench_register_attacks(register):
     register(minimal_norm_spec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
-                               params=LBFGSParams, targeted=True, norm="l2", unbounded=_call(lbfgs_attack)))
+                               params=LBFGSParams, targeted=True, norm="l2", unbounded=_call(lbfgs_attack),
+                               cost=_lbfgs_cost))
     # gamma bounds the fraction of values changed: an L0 budget
     register(AttackSpec(name="jsma", summary="Jacobian saliency map attack (Papernot et al.), non-targeted rule.",
-                        params=JSMAParams, run=_call(jsma_attack), budget_param="gamma", norm="l0"))
+                        params=JSMAParams, run=_call(jsma_attack), budget_param="gamma", norm="l0",
+                        cost=_jsma_cost))
     # a deformation is not an Lp perturbation
     register(AttackSpec(name="adef", summary="ADef adversarial deformations (Alaifari et al.), non-targeted.",
-                        params=ADefParams, run=_call(adef_attack), norm=""))
+                        params=ADefParams, run=_call(adef_attack), norm="", cost=_adef_cost))

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, field_validator
 
 from advbench import hookimpl
-from advbench.specs import AttackSpec, BuildContext, Criterion, Params
+from advbench.specs import AttackSpec, BuildContext, CostInputs, Criterion, Params
 
 from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec, norm_scale, positive_budgets
 
@@ -179,6 +179,34 @@ def _fast(attack_type, norm: str):
     return run
 
 
+# --- costs: classifier passes per image, upper bounds (AttackSpec.cost) ----------------------
+# Counted from foolbox 3.3's loops: a fixed-budget attack runs each budget of the sweep
+# separately (``steps`` gradient steps, then one forward pass to check success), with no early
+# stop; a minimisation attack (DeepFool, CW) ends with one forward pass to check success.
+
+
+def _sweep_cost(steps: Callable[[Params], int]):
+    def cost(p, inputs: CostInputs) -> tuple[float, float]:
+        return len(p.epsilons) * (steps(p) + 1), len(p.epsilons) * steps(p)
+    return cost
+
+
+def _deepfool_cost(p: DeepFoolParams, inputs: CostInputs) -> tuple[float, float]:
+    # the logits once, then per step one gradient per candidate class but the first; stops
+    # early only when the whole batch is adversarial
+    grads = p.steps * (min(p.candidates, inputs.num_classes) - 1)
+    return 2 + grads, grads
+
+
+def _newtonfool_cost(p: NewtonFoolParams, inputs: CostInputs) -> tuple[float, float]:
+    return p.steps, p.steps  # one gradient per step; a row stops once adversarial
+
+
+def _cw_cost(p: CWParams, inputs: CostInputs) -> tuple[float, float]:
+    grads = p.binary_search_steps * p.steps  # Adam steps; abort_early may stop a search sooner
+    return grads + 1, grads
+
+
 def _bim(kind):
     return lambda p: kind(rel_stepsize=p.rel_stepsize, steps=p.steps, random_start=False)
 
@@ -186,31 +214,33 @@ def _bim(kind):
 ATTACKS = [
     AttackSpec(name="bim", summary="Basic iterative method, L∞ (Kurakin et al.), targeted.",
                params=IterativeParams, targeted=True, run=_iterative(_bim(fb.attacks.LinfBasicIterativeAttack), "linf"),
-               budget_param="epsilons", norm="linf"),
+               budget_param="epsilons", norm="linf", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="pgd", summary="Projected gradient descent, L∞, random start (Kurakin et al.; Madry et al.), targeted.",
                params=PGDParams, targeted=True, default=True,
                run=_iterative(lambda p: fb.attacks.LinfPGD(rel_stepsize=p.rel_stepsize, steps=p.steps), "linf"),
-               budget_param="epsilons", norm="linf"),
+               budget_param="epsilons", norm="linf", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="l1-iter", summary="Basic iterative method under an L1 budget (foolbox), targeted.",
                params=IterativeParams, targeted=True, run=_iterative(_bim(fb.attacks.L1BasicIterativeAttack), "l1"),
-               budget_param="epsilons", norm="l1"),
+               budget_param="epsilons", norm="l1", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="l2-iter", summary="Basic iterative method under an L2 budget (foolbox), targeted.",
                params=IterativeParams, targeted=True, run=_iterative(_bim(fb.attacks.L2BasicIterativeAttack), "l2"),
-               budget_param="epsilons", norm="l2"),
+               budget_param="epsilons", norm="l2", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="gradient", summary="L2 fast gradient (foolbox 'Gradient'), non-targeted, budget sweep.",
-               params=FastParams, run=_fast(fb.attacks.L2FastGradientAttack, "l2"), budget_param="epsilons", norm="l2"),
+               params=FastParams, run=_fast(fb.attacks.L2FastGradientAttack, "l2"), budget_param="epsilons", norm="l2",
+               cost=_sweep_cost(lambda p: 1)),
     AttackSpec(name="fgsm", summary="Fast gradient sign method (Goodfellow et al.), non-targeted, budget sweep.",
                params=FastParams, default=True, run=_fast(fb.attacks.FGSM, "linf"), budget_param="epsilons",
-               norm="linf"),
+               norm="linf", cost=_sweep_cost(lambda p: 1)),
     minimal_norm_spec(name="deepfool", summary="DeepFool, L2 (Moosavi-Dezfooli et al.), non-targeted.",
-                      params=DeepFoolParams, version="2", norm="l2", unbounded=lambda m, x, c, p, ctx: _minimize(
+                      params=DeepFoolParams, version="2", norm="l2", cost=_deepfool_cost,
+                      unbounded=lambda m, x, c, p, ctx: _minimize(
                           fb.attacks.L2DeepFoolAttack(steps=p.steps, candidates=p.candidates, overshoot=p.overshoot),
                           m, x, c)),
     minimal_norm_spec(name="newtonfool", summary="NewtonFool (Jang et al.), non-targeted.",
-                      params=NewtonFoolParams, version="3", norm="l2", unbounded=lambda m, x, c, p, ctx: newtonfool(
-                          m, x, c, steps=p.steps, stepsize=p.stepsize)),
+                      params=NewtonFoolParams, version="3", norm="l2", cost=_newtonfool_cost,
+                      unbounded=lambda m, x, c, p, ctx: newtonfool(m, x, c, steps=p.steps, stepsize=p.stepsize)),
     minimal_norm_spec(name="cw", summary="Carlini-Wagner L2, non-targeted.",
-                      params=CWParams, version="2", norm="l2", unbounded=lambda m, x, c, p, ctx: _minimize(
+                      params=CWParams, version="2", norm="l2", cost=_cw_cost, unbounded=lambda m, x, c, p, ctx: _minimize(
                           fb.attacks.L2CarliniWagnerAttack(**p.model_dump(exclude={"max_norm"})), m, x, c)),
 ]
 

@@ -11,9 +11,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from advbench import hookimpl
-from advbench.specs import DetectorSpec
+from advbench.specs import CostInputs, DetectorSpec, TrainingCost
 
-from advbench_plugins.detectors.cnn import CNNDetector, CNNDetectorParams, CNNTrainParams, PretrainableParams
+from advbench_plugins.detectors.cnn import (
+    CNNDetector,
+    CNNDetectorParams,
+    CNNTrainParams,
+    PretrainableParams,
+    build_network,
+)
 
 
 class SmallCNNDetectorParams(CNNTrainParams):
@@ -43,16 +49,33 @@ def _builder(arch: str, name: str):
     return build
 
 
+def _cost(arch: str):
+    def cost(params: CNNTrainParams, inputs: CostInputs) -> TrainingCost:
+        """DetectorSpec.cost: the network (random weights, never a weight file) and ``epochs``, an
+        upper bound (early stopping after ``patience`` epochs may end training sooner); images
+        downscaled to ``max_side`` as ``fit`` does."""
+        c, h, w = inputs.image_shape
+        side = params.max_side
+        if side is not None and max(h, w) > side:
+            h, w = max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w)))
+        return TrainingCost(network=build_network(arch, pretrained=False), epochs=params.epochs, image_shape=(c, h, w))
+
+    return cost
+
+
 @hookimpl
 def advbench_register_detectors(register):
     register(DetectorSpec(
         name="cnn-small", summary="Small CNN on the images, trained from scratch without the final softmax (§4).",
-        params=SmallCNNDetectorParams, build=_builder("small-cnn", "cnn-small"), inputs="images", version=LOSS_VERSION))
+        params=SmallCNNDetectorParams, build=_builder("small-cnn", "cnn-small"), inputs="images", version=LOSS_VERSION,
+        cost=_cost("small-cnn")))
     register(DetectorSpec(
         name="cnn-resnet50", summary="ResNet-50 on the images, fine-tuned from local ImageNet weights "
                                      "without the final softmax (§4, Table 6).",
-        params=ResNet50DetectorParams, build=_builder("resnet50", "cnn-resnet50"), inputs="images", version=LOSS_VERSION))
+        params=ResNet50DetectorParams, build=_builder("resnet50", "cnn-resnet50"), inputs="images",
+        version=LOSS_VERSION, cost=_cost("resnet50")))
     register(DetectorSpec(
         name="cnn-xception", summary="Xception on the images, trained from scratch without the final softmax "
                                      "(§4, Table 6: the best detector).",
-        params=XceptionDetectorParams, build=_builder("xception", "cnn-xception"), inputs="images", version=LOSS_VERSION))
+        params=XceptionDetectorParams, build=_builder("xception", "cnn-xception"), inputs="images",
+        version=LOSS_VERSION, cost=_cost("xception")))

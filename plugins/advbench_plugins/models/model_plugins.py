@@ -33,10 +33,10 @@ class AnyTorchvisionParams(TorchvisionParams):
     arch: str = Field(description="Any torchvision classification model name, e.g. 'efficientnet_b0'.")
 
 
-def _torchvision(arch: str, p: TorchvisionParams) -> LoadedModel:
-    net = torchvision_classifier(arch, p.weights)
+def _torchvision(arch: str, p: TorchvisionParams, weights: bool = True) -> LoadedModel:
+    net = torchvision_classifier(arch, p.weights if weights else None)
     return LoadedModel(module=net.eval(), input_size=(p.crop, p.crop), num_classes=p.num_classes,
-                       prepare=imagenet_prepare(p.resize, p.crop), fingerprint=f"{arch}:{p.weights}")
+                       prepare=imagenet_prepare(p.resize, p.crop), fingerprint=f"{arch}:{p.weights if weights else None}")
 
 
 class CifarResNetParams(Params):
@@ -49,9 +49,9 @@ class CifarResNetParams(Params):
     std: tuple[float, float, float] = Field(IMAGENET_STD, description="Input normalisation std.")
 
 
-def _cifar(p: CifarResNetParams, ctx: BuildContext) -> LoadedModel:
+def _cifar(p: CifarResNetParams, ctx: BuildContext, weights: bool = True) -> LoadedModel:
     net = cifar_resnet(p.depth, p.num_classes)
-    if p.checkpoint:
+    if p.checkpoint and weights:
         load_checkpoint(p.checkpoint, net, strip_prefix=p.strip_prefix)
     return LoadedModel(module=Normalized(net, p.mean, p.std).eval(), input_size=(p.size, p.size),
                        num_classes=p.num_classes, prepare=resize_prepare(p.size), fingerprint=str(p.checkpoint))
@@ -69,7 +69,7 @@ class CheckpointParams(Params):
     crop: int = Field(224, ge=8, description="Centre crop = input size (resize = crop: plain resize).")
 
 
-def _checkpoint(p: CheckpointParams, ctx: BuildContext) -> LoadedModel:
+def _checkpoint(p: CheckpointParams, ctx: BuildContext, weights: bool = True) -> LoadedModel:
     import torchvision
 
     if p.arch.startswith("cifar_resnet"):
@@ -77,7 +77,8 @@ def _checkpoint(p: CheckpointParams, ctx: BuildContext) -> LoadedModel:
     else:
         net = torchvision_classifier(p.arch, None).net if p.num_classes == 1000 else \
             torchvision.models.get_model(p.arch, num_classes=p.num_classes)
-    load_checkpoint(p.path, net, key=p.key, strip_prefix=p.strip_prefix)
+    if weights:
+        load_checkpoint(p.path, net, key=p.key, strip_prefix=p.strip_prefix)
     prepare = resize_prepare(p.crop) if p.resize == p.crop else imagenet_prepare(p.resize, p.crop)
     return LoadedModel(module=Normalized(net, p.mean, p.std).eval(), input_size=(p.crop, p.crop),
                        num_classes=p.num_classes, prepare=prepare, fingerprint=p.path)
@@ -90,10 +91,12 @@ PAPER_MODELS = ("vgg16", "vgg19", "resnet18", "resnet50")
 def advbench_register_models(register):
     for arch in PAPER_MODELS:
         register(ModelSpec(name=arch, summary=f"torchvision {arch} with ImageNet weights from the local torch hub cache.",
-                           params=TorchvisionParams, build=lambda p, ctx, a=arch: _torchvision(a, p)))
+                           params=TorchvisionParams, build=lambda p, ctx, a=arch: _torchvision(a, p),
+                           architecture=lambda p, a=arch: _torchvision(a, p, weights=False)))
     register(ModelSpec(name="torchvision", summary="Any torchvision classification model by name ('arch').",
-                       params=AnyTorchvisionParams, build=lambda p, ctx: _torchvision(p.arch, p)))
+                       params=AnyTorchvisionParams, build=lambda p, ctx: _torchvision(p.arch, p),
+                       architecture=lambda p: _torchvision(p.arch, p, weights=False)))
     register(ModelSpec(name="cifar-resnet", summary="CIFAR ResNet-20/32/44/56 (He et al., option-A shortcuts).",
-                       params=CifarResNetParams, build=_cifar))
+                       params=CifarResNetParams, build=_cifar, architecture=lambda p: _cifar(p, None, weights=False)))
     register(ModelSpec(name="checkpoint", summary="A local state-dict checkpoint for a torchvision or CIFAR ResNet architecture.",
-                       params=CheckpointParams, build=_checkpoint))
+                       params=CheckpointParams, build=_checkpoint, architecture=lambda p: _checkpoint(p, None, weights=False)))

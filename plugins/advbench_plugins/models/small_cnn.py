@@ -100,10 +100,17 @@ def build(params: SmallCNNParams, ctx: BuildContext) -> LoadedModel:
                        prepare=resize_prepare(params.size), fingerprint=tag)
 
 
+def architecture(params: SmallCNNParams) -> LoadedModel:
+    """The untrained network (ModelSpec.architecture): what ``build`` trains, random weights."""
+    net = Normalized(small_cnn(10, params.width), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return LoadedModel(module=net.eval(), input_size=(params.size, params.size), num_classes=10,
+                       prepare=resize_prepare(params.size), fingerprint="untrained")
+
+
 @hookimpl
 def advbench_register_models(register):
     register(ModelSpec(
         name="digits-cnn", summary="Small CNN trained on the digits train subset on first use, cached.",
-        params=SmallCNNParams, default=True, build=build, version="2",
+        params=SmallCNNParams, default=True, build=build, version="2", architecture=architecture,
     ))
 
