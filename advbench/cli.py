@@ -502,13 +502,18 @@ def _internal_error_log() -> Path:
     return Path("(unwritable)")
 
 
+# Typer 0.29 and later raise the exceptions of their own copy of click (typer._click)
+_USAGE_ERRORS = tuple({click.ClickException, getattr(getattr(typer, "_click", None), "ClickException", click.ClickException)})
+_ABORTS = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
-    except click.exceptions.Abort:
+    except _ABORTS:
         err.print("aborted")
         return 130
-    except click.ClickException as exc:  # usage errors: Typer's own message, exit 2
+    except _USAGE_ERRORS as exc:  # usage errors: Typer's own message, exit 2
         exc.show()
         return exc.exit_code
     except AdvbenchError as exc:

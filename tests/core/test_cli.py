@@ -89,6 +89,14 @@ def test_missing_file_and_unknown_kind_exit_2(tmp_path):
     assert main(["plugins", "--kind", "gizmo"]) == 2
 
 
+@pytest.mark.parametrize("argv", [["run", "x.toml", "--workers", "abc"], ["report", "--no-such-option"],
+                                  ["run", "x.toml", "--executor", "spark"]])
+def test_usage_errors_exit_2_without_a_traceback(argv, capsys):
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err + printed.out and "internal error" not in printed.err
+
+
 def test_report_formats_parse_back(small_run):
     cwd, _ = small_run
     as_json = json.loads(advbench("report", "--format", "json", cwd=cwd).stdout)
