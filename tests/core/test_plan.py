@@ -47,3 +47,33 @@ def test_max_images_is_part_of_the_key(registry):
     a = make_plan(bench, lambda k, p: "1")
     b = make_plan(bench, lambda k, p: "1", max_images=5)
     assert a.stage("clean")[0].key != b.stage("clean")[0].key
+
+
+def _adaptive_bench(registry, detectors=('plugin = "lda"', 'plugin = "svm"')):
+    return tiny_benchmark(
+        attacks=['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5'], detectors=list(detectors),
+        extra='[[adaptive]]\nplugin = "eot-pgd"\nbudgets = [0.1, 0.2]\n'
+              'targets = [{ group = "JPEG" }, { detector = "lda", feature = "counting", group = "JPEG" }, '
+              '{ detector = "svm", feature = "counting", group = "All" }]\n')
+
+
+def test_adaptive_cells_depend_on_the_detector_cells_they_attack(registry):
+    plan = plan_of(_adaptive_bench(registry), registry)
+    adaptive = {c.attack: c for c in plan.stage("adaptive")}
+    assert set(adaptive) == {f"eot-pgd@{b}>{t}" for b in ("0.1", "0.2")
+                             for t in ("JPEG", "lda/counting/JPEG", "svm/counting/All")}
+    lda = plan.detect_key("testing-digits", "testing-cnn", "lda", "counting", "JPEG")
+    svm = plan.detect_key("testing-digits", "testing-cnn", "svm", "counting", "All")
+    assert lda in adaptive["eot-pgd@0.1>lda/counting/JPEG"].deps and svm not in adaptive["eot-pgd@0.1>lda/counting/JPEG"].deps
+    assert svm in adaptive["eot-pgd@0.2>svm/counting/All"].deps
+    assert not {lda, svm} & set(adaptive["eot-pgd@0.1>JPEG"].deps)  # a group's operations need no training
+    # each adaptive set is scored by every trained detector of its world (the targeted one and transfer)
+    scored = {(c.attack, c.detector, c.transform) for c in plan.stage("score") if c.detector}
+    assert {("eot-pgd@0.1>JPEG", d, g) for d in ("lda", "svm") for g in ("JPEG", "All")} <= scored
+
+
+def test_a_changed_detector_changes_only_the_adaptive_cells_that_target_it(registry):
+    base = plan_of(_adaptive_bench(registry), registry)
+    edited = plan_of(_adaptive_bench(registry, ('plugin = "lda"\nsolver = "lsqr"', 'plugin = "svm"')), registry)
+    changed = {c.attack for c in edited.stage("adaptive") if c.key not in base.by_key}
+    assert changed == {"eot-pgd@0.1>lda/counting/JPEG", "eot-pgd@0.2>lda/counting/JPEG"}

@@ -63,6 +63,27 @@ def test_incompatible_api_version_is_refused():
         build_registry([(module, "old-pkg")])
 
 
+def test_a_plugin_written_for_api_1_0_still_loads_and_runs(tmp_path):
+    """Contract 1.1 only added optional fields: a 1.0 detector (build(params, seed), features)
+    is built and fitted as before."""
+    from advbench_plugins.detectors.sklearn_detectors import SklearnDetector
+    from sklearn.linear_model import LogisticRegression
+
+    module = types.ModuleType("v1_pkg.det")
+    module.ADVBENCH_API = "1.0"
+
+    @hookimpl
+    def advbench_register_detectors(register):
+        register(DetectorSpec(name="logistic-1-0", summary="a 1.0-era detector",
+                              build=lambda params, seed: SklearnDetector(LogisticRegression(random_state=seed))))
+
+    module.advbench_register_detectors = advbench_register_detectors
+    registry = registry_with(module)
+    result = run_tiny(tmp_path, tiny_benchmark(detectors='plugin = "logistic-1-0"'), registry=registry)
+    detect = [o for o in result.outcomes if o.cell.stage == "detect"]
+    assert detect and all(o.status == "ok" for o in detect) and not result.failed
+
+
 def test_load_plugins_switch_limits_packages(monkeypatch):
     monkeypatch.setenv("ADVBENCH_LOAD_PLUGINS", "")
     assert entry_point_modules() == []
