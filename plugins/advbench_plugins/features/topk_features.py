@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from advbench import hookimpl
-from advbench.specs import FeatureSpec, NoParams
+from advbench.specs import FeatureSpec
 
 
 def counting_feature(original: np.ndarray, transformed: np.ndarray) -> np.ndarray:

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from advbench.specs import DetectorContext
 from advbench.testing import tiny_detection_splits, tiny_model
