@@ -78,7 +78,7 @@ def run(
 
             result = runner.run_with(on_cell)
     else:  # nohup, SLURM, CI: one plain line per finished cell and a progress line now and then
-        result = runner.run_with(PlainProgress(sum(counts.values()), err))
+        result = runner.run_with(PlainProgress(counts, err))
     n_cached = sum(o.cached for o in result.outcomes)
     err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
               f"{len(result.failed)} failed) -> {result.store_url} (run {result.run_id})", highlight=False, soft_wrap=True)
@@ -95,15 +95,23 @@ def run(
 
 class PlainProgress:
     """Progress for logs: a line per finished cell, and every ``every`` seconds the count and an
-    estimate of the time left (from the computed cells so far)."""
+    estimate of the time left: each stage's remaining cells at the mean time of its computed
+    cells so far (the stages differ by orders of magnitude; an attack is not a score)."""
 
-    def __init__(self, total: int, console: Console, every: float = 30.0):
-        self.total, self.console, self.every = total, console, every
-        self.done = 0
+    def __init__(self, counts: dict[str, int], console: Console, every: float = 30.0):
+        self.remaining, self.console, self.every = dict(counts), console, every
+        self.total, self.done = sum(counts.values()), 0
+        self.spent: dict[str, float] = {}
+        self.computed: dict[str, int] = {}
         self.start = self.last = time.monotonic()
 
     def __call__(self, outcome) -> None:
         self.done += 1
+        stage = outcome.cell.stage
+        self.remaining[stage] = self.remaining.get(stage, 1) - 1
+        if outcome.status == "ok" and not outcome.cached:
+            self.spent[stage] = self.spent.get(stage, 0.0) + outcome.seconds
+            self.computed[stage] = self.computed.get(stage, 0) + 1
         how = "cached" if outcome.cached else outcome.status if outcome.status != "ok" else "computed"
         line = f"[{self.done}/{self.total}] {how} {outcome.cell.title} {outcome.seconds:.1f}s"
         if outcome.note or outcome.error:
@@ -112,10 +120,13 @@ class PlainProgress:
         now = time.monotonic()
         if now - self.last >= self.every and self.done < self.total:
             self.last = now
-            elapsed = now - self.start
-            left = elapsed / self.done * (self.total - self.done)
-            self.console.print(f"progress: {self.done}/{self.total} cells, {elapsed / 60:.1f} min elapsed, "
-                               f"~{left / 60:.1f} min left", highlight=False, soft_wrap=True)
+            self.console.print(f"progress: {self.done}/{self.total} cells, {(now - self.start) / 60:.1f} min elapsed, "
+                               f"~{self.left() / 60:.1f} min left", highlight=False, soft_wrap=True)
+
+    def left(self) -> float:
+        overall = sum(self.spent.values()) / max(1, sum(self.computed.values()))
+        return sum(n * (self.spent[s] / self.computed[s] if self.computed.get(s) else overall)
+                   for s, n in self.remaining.items() if n > 0)
 
 
 @app.command()
