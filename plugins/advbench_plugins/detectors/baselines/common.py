@@ -37,6 +37,10 @@ class HeadParams(ModelDetectorParams):
     C: float = Field(1.0, gt=0, description="Inverse L2 regularisation of the logistic regression on the "
                                             "standardised detector features (the papers chose it by "
                                             "cross-validation; here the core's dev search can).")
+    balanced: bool = Field(True, description="Weight the two classes equally in the logistic regression, as "
+                                             "the papers' balanced training sets did; without it a mixture "
+                                             "of many attacks (6 adversarial images per normal one in the "
+                                             "paper's database) puts the threshold at 'all adversarial'.")
 
 
 def check_labels(labels: Any, n: int, who: str, need_both: bool = True) -> np.ndarray:
@@ -57,8 +61,8 @@ class LogisticHead:
     with scikit-learn's deterministic lbfgs; the decision function as a torch expression, so
     detector scores stay differentiable. Scores = log-odds of 'adversarial'; threshold 0."""
 
-    def __init__(self, C: float = 1.0):
-        self.C = C
+    def __init__(self, C: float = 1.0, balanced: bool = True):
+        self.C, self.balanced = C, balanced
         self.mean = self.scale = self.coef = self.intercept = None
 
     def fit(self, features: torch.Tensor, labels: np.ndarray) -> LogisticHead:
@@ -68,7 +72,8 @@ class LogisticHead:
         z = ((f - mean) / scale).numpy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            lr = LogisticRegression(C=self.C, max_iter=2000).fit(z, labels)
+            lr = LogisticRegression(C=self.C, max_iter=2000, class_weight="balanced" if self.balanced else None)
+            lr.fit(z, labels)
         self.mean, self.scale = mean, scale
         self.coef = torch.from_numpy(lr.coef_[0].astype(np.float64))
         self.intercept = torch.tensor(float(lr.intercept_[0]), dtype=torch.float64)

@@ -130,7 +130,7 @@ class KernelDensity(ModelDetector):
         if mode == "auto":
             mode = "model" if self.model_dropout.layers else "head"
         self.mode = mode
-        self.head = LogisticHead(params.C)
+        self.head = LogisticHead(params.C, params.balanced)
         self.ref = self.ref_classes = self.mean = self.scale = self.masks = None
 
     # -- features -----------------------------------------------------------------------

@@ -102,7 +102,7 @@ class LID(ModelDetector):
     def __init__(self, params: LIDParams, ctx):
         super().__init__(params, ctx)
         self.probe = ActivationProbe(self.module, select_layers(self.module, params.layers))
-        self.head = LogisticHead(params.C)
+        self.head = LogisticHead(params.C, params.balanced)
         self.reference_images: np.ndarray | None = None
         self.batches: list[np.ndarray] = []
         self.references: dict[str, torch.Tensor] = {}

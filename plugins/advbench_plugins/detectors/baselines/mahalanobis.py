@@ -80,7 +80,7 @@ class Mahalanobis(ModelDetector):
     def __init__(self, params: MahalanobisParams, ctx):
         super().__init__(params, ctx)
         self.probe = ActivationProbe(self.module, select_layers(self.module, params.layers), penultimate=True)
-        self.head = LogisticHead(params.C)
+        self.head = LogisticHead(params.C, params.balanced)
         self.gaussians: list[tuple[torch.Tensor, torch.Tensor]] = []  # (means, precision), in probe order
 
     def _layer_vectors(self, x: torch.Tensor) -> list[torch.Tensor]:

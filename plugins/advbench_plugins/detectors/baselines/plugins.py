@@ -15,13 +15,13 @@ DETECTORS = [
     DetectorSpec(name="feature-squeezing", inputs="model", params=FeatureSqueezingParams, build=FeatureSqueezing,
                  summary="Feature squeezing: L1 change of the softmax under bit-depth reduction and median "
                          "filtering, threshold at 5 % FPR on normal images (Xu et al. 2018)."),
-    DetectorSpec(name="kernel-density", inputs="model", params=KernelDensityParams, build=KernelDensity,
+    DetectorSpec(name="kernel-density", inputs="model", version="2", params=KernelDensityParams, build=KernelDensity,
                  summary="Kernel density of penultimate features and MC-dropout uncertainty under a logistic "
                          "regression (Feinman et al. 2017)."),
-    DetectorSpec(name="lid", inputs="model", params=LIDParams, build=LID,
+    DetectorSpec(name="lid", inputs="model", version="2", params=LIDParams, build=LID,
                  summary="Local intrinsic dimensionality of every layer's activations against normal "
                          "minibatches, logistic regression (Ma et al. 2018)."),
-    DetectorSpec(name="mahalanobis", inputs="model", params=MahalanobisParams, build=Mahalanobis,
+    DetectorSpec(name="mahalanobis", inputs="model", version="2", params=MahalanobisParams, build=Mahalanobis,
                  summary="Mahalanobis confidence per layer under class-conditional tied Gaussians, logistic "
                          "regression (Lee et al. 2018)."),
 ]
