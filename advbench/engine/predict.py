@@ -38,6 +38,7 @@ Performance notes (``bench/feature_extraction.py`` measures them; see ``bench/RE
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -158,6 +159,29 @@ def _split(a: int, b: int, pieces: int) -> list[tuple[int, int]]:
     return [(a + (b - a) * i // pieces, a + (b - a) * (i + 1) // pieces) for i in range(pieces)]
 
 
+class _Batch:
+    """The rows of a batch, allocated by whichever thread has the first transformed image (its
+    size is the operation's output size): no thread waits for another before it starts."""
+
+    def __init__(self, n: int, dtype: type):
+        self.n, self.dtype = n, dtype
+        self.array: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def store(self, i: int, image: np.ndarray) -> None:
+        if self.array is None:
+            with self._lock:
+                if self.array is None:
+                    self.array = np.empty((self.n, *image.shape), dtype=self.dtype)
+        if image.shape != self.array.shape[1:]:
+            raise ValueError(f"the operation gave images of different sizes in one batch: "
+                             f"{image.shape[1]}x{image.shape[0]} and {self.array.shape[2]}x{self.array.shape[1]}")
+        if self.dtype == np.uint8:
+            self.array[i] = image
+        else:
+            _to_float(image, self.array[i])
+
+
 class _Preparer:
     """Turns chunks of ``images`` into the model's input batches, under any operation.
 
@@ -190,34 +214,18 @@ class _Preparer:
         return torch.from_numpy(batch).permute(0, 3, 1, 2)  # to_tensor's layout: channels-last strides
 
     def _pillow(self, op: PillowOp, rows: np.ndarray, dtype: type) -> np.ndarray:
-        """``op`` on every row: one contiguous slice per thread, the last one in this thread.
-        The first image, done first, gives the output size."""
-        first = self._transform(op, rows[0])
-        batch = np.empty((len(rows), *first.shape), dtype=dtype)
-        self._store(first, batch, 0)
-        slices = _split(1, len(rows), 1 + self.helpers)
+        """``op`` on every row: one contiguous slice per thread, the last one in this thread."""
+        batch = _Batch(len(rows), dtype)
+        slices = _split(0, len(rows), 1 + self.helpers)
         futures = [self.pool.submit(self._fill, op, rows, batch, a, b) for a, b in slices[:-1]] if self.pool else []
         self._fill(op, rows, batch, *slices[-1])
         for f in futures:
             f.result()
-        return batch
+        return batch.array
 
-    def _transform(self, op: PillowOp, row: np.ndarray) -> np.ndarray:
-        return pil_to_array(op(Image.frombytes("RGB", self.size, row)))
-
-    def _fill(self, op: PillowOp, rows: np.ndarray, batch: np.ndarray, a: int, b: int) -> None:
+    def _fill(self, op: PillowOp, rows: np.ndarray, batch: _Batch, a: int, b: int) -> None:
         for i in range(a, b):
-            self._store(self._transform(op, rows[i]), batch, i)
-
-    @staticmethod
-    def _store(image: np.ndarray, batch: np.ndarray, i: int) -> None:
-        if image.shape != batch.shape[1:]:
-            raise ValueError(f"the operation gave images of different sizes in one batch: "
-                             f"{image.shape[1]}x{image.shape[0]} and {batch.shape[2]}x{batch.shape[1]}")
-        if batch.dtype == np.uint8:
-            batch[i] = image
-        else:
-            _to_float(image, batch[i])
+            batch.store(i, pil_to_array(op(Image.frombytes("RGB", self.size, rows[i]))))
 
     def close(self) -> None:
         if self.pool is not None:

@@ -327,7 +327,7 @@ def test_images_of_different_sizes_in_one_batch_are_an_error(model, images) -> N
 def test_uneven_sizes_are_an_error_in_pillow_threads_too(model, images, pillow_threads_on_small_images) -> None:
     calls = iter(range(1000))
 
-    def uneven(image):  # the first image (done first) is 8x8, the others 8x1, which would broadcast
+    def uneven(image):  # one image is 8x8, the others 8x1: they would broadcast into an 8x8 batch
         return image.resize((8, 8 if next(calls) == 0 else 1))
 
     with pytest.raises(ValueError, match="different sizes"):
