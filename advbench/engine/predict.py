@@ -16,11 +16,13 @@ Performance notes (``bench/feature_extraction.py`` measures them; see ``bench/RE
   ``_PARALLEL_PILLOW_PIXELS`` and up: below, the GIL serialises the threads anyway.
 * The first chunk is prepared in the calling thread: nothing could overlap with it (a call with
   N <= batch_size images has only that one, and then its Pillow work adds to the forward pass).
+  :func:`predict_under_operations` takes several operations in one call, so that the first
+  chunk of each but the first overlaps the last forward pass of the operation before.
 * OpenMP regime. libgomp spin-waits at its barriers (~300k iterations) unless the process has
   more OpenMP threads than CPUs, when it "throttles" the spinning (~1k) and sleeps sooner. On a
   quiet machine spinning is fastest (a small model does many short parallel regions); on a busy
   one a spinning thread burns the time slices its descheduled team mate needs, and a 2-thread
-  forward pass of ResNet-20 measured 2-8x slower than throttled. The process is throttled while
+  forward pass of ResNet-20 measured 2-80x slower than throttled. The process is throttled while
   some other thread owns an OpenMP team, so the engine can choose per call: its helper thread
   runs one small parallel torch op ("throttled") or no torch op at all ("plain"). It throttles
   as soon as one call's forward passes found the machine oversubscribed (the run delay of this
@@ -290,9 +292,10 @@ def predict_under_operation(model: LoadedModel, images: np.ndarray, *, top_k: in
     * ``labels`` int32 (N, k): the top-k classes under the operation, most probable first;
     * ``probs`` float32 (N, k): the softmax probabilities, under the operation, of ``labels``;
       with a ``reference`` (N, r) (the untransformed top-r), float32 (N, r) of those labels;
-    * ``full`` float16 (N, C): the whole softmax output (2 bytes per class and image; values
-      below ~6e-8 become 0, relative precision ~5e-4). ``labels`` and ``probs`` come from the
-      float32 softmax, so ``full``'s argmax may differ where float16 makes two classes tie.
+    * ``full`` float16 (N, C): the whole softmax output, rounded to nearest (2 bytes per class
+      and image; relative error <= 2^-11 from 6e-5 up, absolute <= 3e-8 below, where values
+      under 3e-8 become 0). ``labels`` and ``probs`` come from the float32 softmax, so
+      ``full``'s argmax may differ from ``labels[:, 0]`` only where float16 makes classes tie.
 
     ``threads``: threads for the Pillow operations (the torch thread count is the caller's).
     """
@@ -310,7 +313,8 @@ def predict_under_operations(model: LoadedModel, images: np.ndarray, operations:
     operation's result as soon as its last chunk is predicted, the very arrays that one call per
     operation would return (the same batches in the same layout), but faster when N is small:
     the first chunk of an operation is prepared while the model runs on the last chunk of the
-    one before, where one call per operation would prepare it with nothing to overlap.
+    one before, where one call per operation would prepare it with nothing to overlap. The
+    OpenMP regime (see the module notes) is chosen once per call.
     """
     operations = [(op if tensor_op is None else None, tensor_op) for op, tensor_op in operations]
     k = min(top_k, model.num_classes)
