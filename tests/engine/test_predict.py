@@ -131,6 +131,18 @@ def test_small_images_are_prepared_in_one_thread(images) -> None:
             p.close()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_uint8_batches_for_other_devices(images, threads, pillow_threads_on_small_images) -> None:
+    """Off the CPU the Pillow results are gathered as uint8 and converted on the device."""
+    prepare = predict._Preparer(images, 8, "cpu", threads=threads, pillow=True)
+    try:
+        got = prepare._pillow(PILLOW_OPS["scale"], np.ascontiguousarray(images[:8]), np.uint8)
+    finally:
+        prepare.close()
+    want = np.stack([np.asarray(PILLOW_OPS["scale"](Image.fromarray(a, mode="RGB"))) for a in images[:8]])
+    assert got.dtype == np.uint8 and got.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("exact_divide", [True, False])
 def test_uint8_to_float_gives_to_tensor_values(exact_divide, monkeypatch) -> None:
     assert predict._DIVIDE_IS_EXACT  # NumPy's float32 division agrees with torch's on this machine
