@@ -9,6 +9,10 @@ For each model, every image goes through the original plus the paper's 38 operat
 * floor: only the batched forward passes of the very same (1 + 38) x N input tensors
   (transforms precomputed, not timed), same batch size, timed in both OpenMP regimes (see
   ``omp_helper``) operation by operation; the faster of the two counts;
+* engine (pipelined): the original by ``predict_under_operation``, then the 38 operations in one
+  ``predict_under_operations`` call (the next operation's first chunk is prepared while the model
+  runs on the last chunk of the one before); timed once per repeat, after the rest, and checked
+  to give the very arrays of the one-call-per-operation engine;
 * naive: per image and per operation, Pillow op then a single-image forward pass (on
   ``--naive-images`` images; its rate is per prediction too).
 
@@ -180,10 +184,12 @@ def naive_pass(model: LoadedModel, images: np.ndarray, op_list) -> float:
 
 
 def one_repeat(model, images, op_list, per_op_batches, batch_size: int, tensor: bool,
-               baseline=None) -> dict[str, float]:
+               baseline=None, pipelined: bool = True) -> dict[str, float]:
     """Seconds per method for all 1 + 38 operations, interleaved operation by operation so that
-    load changes on a shared machine hit every method alike."""
+    load changes on a shared machine hit every method alike; then, with ``pipelined``, the
+    original plus one ``predict_under_operations`` call for the 38 (checked: the same arrays)."""
     t = {"engine": 0.0, "floor": 0.0, "floor_plain": 0.0, "floor_throttled": 0.0}
+    outs = []
     if baseline is not None:
         t["baseline"] = 0.0
     if tensor:
@@ -193,6 +199,7 @@ def one_repeat(model, images, op_list, per_op_batches, batch_size: int, tensor: 
         t0 = time.perf_counter()
         out = engine_call(predict, model, images, batch_size, op=pil_op, reference=ref)
         t["engine"] += time.perf_counter() - t0
+        outs.append(out)
         if baseline is not None:
             t0 = time.perf_counter()
             base = engine_call(baseline, model, images, batch_size, op=pil_op, reference=ref)
@@ -210,6 +217,15 @@ def one_repeat(model, images, op_list, per_op_batches, batch_size: int, tensor: 
         t["floor_plain"] += plain
         t["floor_throttled"] += throttled
         t["floor"] += min(plain, throttled)
+    if pipelined:
+        t0 = time.perf_counter()
+        original = engine_call(predict, model, images, batch_size)
+        results = list(predict.predict_under_operations(
+            model, images, [(o[1], None) for o in op_list], top_k=TOP_K, batch_size=batch_size, device="cpu",
+            reference=original["labels"]))
+        t["pipelined"] = time.perf_counter() - t0
+        if any(a[k].tobytes() != b[k].tobytes() for a, b in zip(outs, [original, *results]) for k in a):
+            raise SystemExit("predict_under_operations' results differ from predict_under_operation's")
     return t
 
 
@@ -218,7 +234,7 @@ def fmt(x: float) -> str:
 
 
 def bench_model(name: str, n: int, batch_size: int, repeats: int, naive_n: int, tensor: bool,
-                baseline=None) -> dict:
+                baseline=None, pipelined: bool = True) -> dict:
     model, size, source = build_model(name)
     data, data_source = load_images(n, size)
     op_list = paper_ops()
@@ -234,7 +250,8 @@ def bench_model(name: str, n: int, batch_size: int, repeats: int, naive_n: int, 
         engine_call(predict, model, images[:min(n, 8)], batch_size, op=op_list[0][1])
         times: dict[str, list[float]] = {}
         for r in range(repeats):
-            for k, v in one_repeat(model, images, op_list, per_op_batches, batch_size, tensor, baseline).items():
+            for k, v in one_repeat(model, images, op_list, per_op_batches, batch_size, tensor, baseline,
+                                   pipelined).items():
                 times.setdefault(k, []).append(v)
             print(f"  repeat {r + 1}: " + ", ".join(f"{k} {fmt(total / v[-1])}/s" for k, v in times.items())
                   + f"; load {os.getloadavg()[0]:.1f}", flush=True)
@@ -259,12 +276,15 @@ def bench_model(name: str, n: int, batch_size: int, repeats: int, naive_n: int, 
     print(f"  images/s (median of {repeats}): engine(pillow) {fmt(rate['engine'])}, floor {fmt(rate['floor'])} "
           f"(plain {fmt(rate['floor_plain'])}, throttled {fmt(rate['floor_throttled'])})"
           + (f", engine(tensor) {fmt(rate['tensor'])}" if "tensor" in rate else "")
+          + (f", engine(pipelined) {fmt(rate['pipelined'])}" if "pipelined" in rate else "")
           + (f", baseline engine(pillow) {fmt(rate['baseline'])}" if "baseline" in rate else ""))
     line = f"  engine/floor {spread('engine', 'floor')}"
     if naive is not None:
         rate["naive"] = (1 + len(op_list)) * naive_images / naive
         line += (f", engine/naive {rate['engine'] / rate['naive']:.1f}x (naive {fmt(rate['naive'])}/s, "
                  f"{naive_images} images)")
+    if "pipelined" in rate:
+        line += f", pipelined/floor {spread('pipelined', 'floor')}"
     if "tensor" in rate:
         line += f", tensor/floor {spread('tensor', 'floor')}"
     if "baseline" in rate:
@@ -284,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-images", type=int, default=4,
                     help="images for the (slow) naive loop; its rate is per prediction (default 4)")
     ap.add_argument("--no-tensor", action="store_true", help="skip the tensor backend")
+    ap.add_argument("--no-pipelined", action="store_true",
+                    help="skip predict_under_operations (the 38 operations in one call)")
     ap.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads (0: leave the default)")
     ap.add_argument("--baseline-engine", metavar="FILE",
                     help="also time this copy of predict.py (e.g. from git show HEAD~1:advbench/engine/predict.py)")
@@ -297,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = {"resnet20": 0.85, "resnet18": 0.95}
     for name in args.models:
         n = args.n20 if name == "resnet20" else args.n18
-        res = bench_model(name, n, args.batch_size, args.repeats, args.naive_images, not args.no_tensor, baseline)
+        res = bench_model(name, n, args.batch_size, args.repeats, args.naive_images, not args.no_tensor, baseline,
+                          not args.no_pipelined)
         met = res["engine_over_floor"] >= targets[name]
         print(f"  target engine/floor >= {targets[name]} (Pillow backend): {'met' if met else 'NOT met'}", flush=True)
     return 0

@@ -16,15 +16,18 @@ Performance notes (``bench/feature_extraction.py`` measures them; see ``bench/RE
   ``_PARALLEL_PILLOW_PIXELS`` and up: below, the GIL serialises the threads anyway.
 * The first chunk is prepared in the calling thread: nothing could overlap with it (a call with
   N <= batch_size images has only that one, and then its Pillow work adds to the forward pass).
+  :func:`predict_under_operations` takes several operations in one call, so that the first
+  chunk of each but the first overlaps the last forward pass of the operation before.
 * OpenMP regime. libgomp spin-waits at its barriers (~300k iterations) unless the process has
   more OpenMP threads than CPUs, when it "throttles" the spinning (~1k) and sleeps sooner. On a
   quiet machine spinning is fastest (a small model does many short parallel regions); on a busy
   one a spinning thread burns the time slices its descheduled team mate needs, and a 2-thread
-  forward pass of ResNet-20 measured 2-8x slower than throttled. The process is throttled while
+  forward pass of ResNet-20 measured 2-80x slower than throttled. The process is throttled while
   some other thread owns an OpenMP team, so the engine can choose per call: its helper thread
   runs one small parallel torch op ("throttled") or no torch op at all ("plain"). It throttles
-  when the previous call's forward passes found the machine oversubscribed (the run delay of
-  this process's threads, from Linux schedstat; :class:`_Contention`), and where it cannot tell.
+  as soon as one call's forward passes found the machine oversubscribed (the run delay of this
+  process's threads, from Linux schedstat; :class:`_Contention`), spins again only after 0.2 s
+  of forward passes found it quiet, and throttles where it cannot tell.
   The regime changes only how threads wait, never the arithmetic: results are the same in both.
 * Deliberately unchanged, to keep results bit-identical: the batch composition (``batch_size``
   chunks; oneDNN results depend on the batch size), the input layout (the channels-last strides
@@ -37,9 +40,10 @@ Performance notes (``bench/feature_extraction.py`` measures them; see ``bench/RE
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -53,6 +57,7 @@ from advbench.specs import LoadedModel
 
 PillowOp = Callable[[Any], Any]  # PIL -> PIL
 TensorOp = Callable[[torch.Tensor], torch.Tensor]  # float NCHW -> float NCHW
+Operation = tuple[PillowOp | None, TensorOp | None]  # (op, tensor_op); a tensor_op wins
 
 _LOOKAHEAD = 1  # chunks prepared ahead of the one being predicted (Pillow ops are much cheaper than the model)
 # Smallest image (height x width) whose Pillow operations are spread over threads. At 32x32 an
@@ -87,20 +92,37 @@ def _run_delay() -> float | None:
 
 class _Contention:
     """Is the machine oversubscribed? Measured as the run delay of this process's threads
-    during the last forward passes: a quarter of a thread or more waiting for a CPU on average.
-    Unknown (no schedstat, or no measurement yet) counts as oversubscribed."""
+    during forward passes: a quarter of a thread or more waiting for a CPU on average.
+    Unknown (no schedstat, or no measurement yet) counts as oversubscribed.
+
+    The two mistakes cost very differently: plain spinning on a busy machine made forward passes
+    10-80x slower (measured at load 5-7 on 2 cores), throttling on a quiet one ~1.15x. So one
+    call that finds the machine busy throttles at once, while going back to plain takes calls
+    with ``WINDOW_S`` of forward passes in all that found it quiet together: a single short call
+    (a few ms of forward pass for a handful of images) is too noisy to bet a 10x slowdown on.
+    """
 
     THRESHOLD = 0.25  # threads waiting, on average
+    WINDOW_S = 0.2  # seconds of quiet forward passes before plain spinning comes back
 
     def __init__(self) -> None:
         self.busy: bool | None = None
+        self._delay_s = self._wall_s = 0.0  # quiet evidence gathered since the last decision
 
     def throttle(self) -> bool:
         return self.busy is not False
 
     def record(self, run_delay_s: float | None, wall_s: float) -> None:
-        if run_delay_s is not None and wall_s > 0:
-            self.busy = run_delay_s / wall_s >= self.THRESHOLD
+        if run_delay_s is None or wall_s <= 0:
+            return
+        if run_delay_s / wall_s >= self.THRESHOLD:
+            self.busy, self._delay_s, self._wall_s = True, 0.0, 0.0
+            return
+        self._delay_s += run_delay_s
+        self._wall_s += wall_s
+        if self._wall_s >= self.WINDOW_S:
+            self.busy = self._delay_s / self._wall_s >= self.THRESHOLD
+            self._delay_s = self._wall_s = 0.0
 
 
 _CONTENTION = _Contention()
@@ -139,117 +161,126 @@ def _split(a: int, b: int, pieces: int) -> list[tuple[int, int]]:
     return [(a + (b - a) * i // pieces, a + (b - a) * (i + 1) // pieces) for i in range(pieces)]
 
 
+class _Batch:
+    """The rows of a batch, allocated by whichever thread has the first transformed image (its
+    size is the operation's output size): no thread waits for another before it starts."""
+
+    def __init__(self, n: int, dtype: type):
+        self.n, self.dtype = n, dtype
+        self.array: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def store(self, i: int, image: np.ndarray) -> None:
+        if self.array is None:
+            with self._lock:
+                if self.array is None:
+                    self.array = np.empty((self.n, *image.shape), dtype=self.dtype)
+        if image.shape != self.array.shape[1:]:
+            raise ValueError(f"the operation gave images of different sizes in one batch: "
+                             f"{image.shape[1]}x{image.shape[0]} and {self.array.shape[2]}x{self.array.shape[1]}")
+        if self.dtype == np.uint8:
+            self.array[i] = image
+        else:
+            _to_float(image, self.array[i])
+
+
 class _Preparer:
-    """Turns the chunk at ``start`` into the model's input batch.
+    """Turns chunks of ``images`` into the model's input batches, under any operation.
 
     On the CPU each image goes from Pillow straight into its row of the float batch (one pass,
     no intermediate uint8 batch), in the thread that ran its operation; elsewhere the uint8
     batch goes through ``to_tensor`` on the device.
     """
 
-    def __init__(self, images: Any, batch_size: int, op: PillowOp | None, tensor_op: TensorOp | None,
-                 device: str, threads: int):
+    def __init__(self, images: Any, batch_size: int, device: str, threads: int, pillow: bool):
         self.images, self.batch_size, self.device = images, batch_size, device
-        self.op = op if tensor_op is None else None
-        self.tensor_op = tensor_op
         height, width = images.shape[1:3]
         self.size = (width, height)
         # Pillow threads only pay where Pillow's C code (which releases the GIL) dominates.
-        self.helpers = max(0, threads - 1) if self.op is not None and height * width >= _PARALLEL_PILLOW_PIXELS \
-            else 0
+        self.helpers = max(0, threads - 1) if pillow and height * width >= _PARALLEL_PILLOW_PIXELS else 0
         self.pool = ThreadPoolExecutor(max_workers=self.helpers) if self.helpers else None
 
-    def __call__(self, start: int) -> torch.Tensor:
+    def __call__(self, operation: Operation, start: int) -> torch.Tensor:
+        op, tensor_op = operation
         part = self.images[start:start + self.batch_size]
-        if self.tensor_op is not None:
-            return self.tensor_op(to_tensor(np.asarray(part), self.device)).clamp_(0, 1)
+        if tensor_op is not None:
+            return tensor_op(to_tensor(np.asarray(part), self.device)).clamp_(0, 1)
         rows = np.ascontiguousarray(part, dtype=np.uint8)  # a memory-mapped uint8 array: a view, no copy
         if self.device != "cpu":
-            return to_tensor(rows if self.op is None else self._pillow(rows, np.uint8), self.device)
-        if self.op is None:
+            return to_tensor(rows if op is None else self._pillow(op, rows, np.uint8), self.device)
+        if op is None:
             batch = np.empty(rows.shape, dtype=np.float32)
             _to_float(rows, batch)
         else:
-            batch = self._pillow(rows, np.float32)
+            batch = self._pillow(op, rows, np.float32)
         return torch.from_numpy(batch).permute(0, 3, 1, 2)  # to_tensor's layout: channels-last strides
 
-    def _pillow(self, rows: np.ndarray, dtype: type) -> np.ndarray:
-        """``op`` on every row: one contiguous slice per thread, the last one in this thread.
-        The first image, done first, gives the output size."""
-        first = self._transform(rows[0])
-        batch = np.empty((len(rows), *first.shape), dtype=dtype)
-        self._store(first, batch, 0)
-        slices = _split(1, len(rows), 1 + self.helpers)
-        futures = [self.pool.submit(self._fill, rows, batch, a, b) for a, b in slices[:-1]] if self.pool else []
-        self._fill(rows, batch, *slices[-1])
+    def _pillow(self, op: PillowOp, rows: np.ndarray, dtype: type) -> np.ndarray:
+        """``op`` on every row: one contiguous slice per thread, the last one in this thread."""
+        batch = _Batch(len(rows), dtype)
+        slices = _split(0, len(rows), 1 + self.helpers)
+        futures = [self.pool.submit(self._fill, op, rows, batch, a, b) for a, b in slices[:-1]] if self.pool else []
+        self._fill(op, rows, batch, *slices[-1])
         for f in futures:
             f.result()
-        return batch
+        return batch.array
 
-    def _transform(self, row: np.ndarray) -> np.ndarray:
-        return pil_to_array(self.op(Image.frombytes("RGB", self.size, row)))
-
-    def _fill(self, rows: np.ndarray, batch: np.ndarray, a: int, b: int) -> None:
+    def _fill(self, op: PillowOp, rows: np.ndarray, batch: _Batch, a: int, b: int) -> None:
         for i in range(a, b):
-            self._store(self._transform(rows[i]), batch, i)
-
-    @staticmethod
-    def _store(image: np.ndarray, batch: np.ndarray, i: int) -> None:
-        if image.shape != batch.shape[1:]:
-            raise ValueError(f"the operation gave images of different sizes in one batch: "
-                             f"{image.shape[1]}x{image.shape[0]} and {batch.shape[2]}x{batch.shape[1]}")
-        if batch.dtype == np.uint8:
-            batch[i] = image
-        else:
-            _to_float(image, batch[i])
+            batch.store(i, pil_to_array(op(Image.frombytes("RGB", self.size, rows[i]))))
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
 
 
-def _chunks(prepare: _Preparer, n: int, *, join_openmp: bool, torch_in_helper: bool) -> Iterator[torch.Tensor]:
-    """The prepared chunks in order; a helper thread prepares the next one meanwhile.
+Job = tuple[int, int]  # (operation index, first image of the chunk)
+
+
+def _chunks(prepare: Callable[[Job], torch.Tensor], jobs: list[Job], *, join_openmp: bool,
+            in_helper: bool) -> Iterator[tuple[Job, torch.Tensor]]:
+    """The prepared chunks in order; a helper thread prepares the next one meanwhile, across the
+    boundary between two operations too.
 
     The first chunk is prepared in this thread (there is nothing to overlap it with yet).
     ``join_openmp``: the helper joins OpenMP before the first forward pass (throttled regime).
-    Without ``torch_in_helper`` (plain regime) a tensor operation runs in this thread instead,
-    after the forward pass of the previous chunk rather than during it.
+    Without ``in_helper`` (plain regime with tensor operations) every chunk is prepared in this
+    thread, after the forward pass of the previous chunk rather than during it.
     """
-    starts = range(0, n, prepare.batch_size)
-    if (prepare.tensor_op is not None and not torch_in_helper) or (len(starts) == 1 and not join_openmp):
-        for start in starts:
-            yield prepare(start)
+    if not in_helper or (len(jobs) == 1 and not join_openmp):
+        for job in jobs:
+            yield job, prepare(job)
         return
     ahead = ThreadPoolExecutor(max_workers=1)
-    pending: deque[Future[torch.Tensor]] = deque()
+    pending: deque[tuple[Job, Future[torch.Tensor]]] = deque()
     try:
         joined = ahead.submit(_join_openmp) if join_openmp else None
-        current = prepare(starts[0])
+        current = jobs[0], prepare(jobs[0])
         if joined is not None:
             joined.result()  # the process is throttled from the first forward pass on
-        for start in starts[1:]:
-            pending.append(ahead.submit(prepare, start))  # prepared while the model runs on `current`
+        for job in jobs[1:]:
+            pending.append((job, ahead.submit(prepare, job)))  # prepared while the model runs on `current`
             if len(pending) >= _LOOKAHEAD:
                 yield current
                 del current
-                current = pending.popleft().result()
+                job, future = pending.popleft()
+                current = job, future.result()
         while True:
             yield current
             del current
             if not pending:
                 break
-            current = pending.popleft().result()
+            job, future = pending.popleft()
+            current = job, future.result()
     finally:
-        for f in pending:
-            f.cancel()
+        for _, future in pending:
+            future.cancel()
         ahead.shutdown(wait=True)
 
 
 # --- the engine -------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def predict_under_operation(model: LoadedModel, images: np.ndarray, *, top_k: int, batch_size: int,
                             device: str, op: PillowOp | None = None, tensor_op: TensorOp | None = None,
                             reference: np.ndarray | None = None, threads: int = 2) -> dict[str, np.ndarray]:
@@ -261,28 +292,59 @@ def predict_under_operation(model: LoadedModel, images: np.ndarray, *, top_k: in
     * ``labels`` int32 (N, k): the top-k classes under the operation, most probable first;
     * ``probs`` float32 (N, k): the softmax probabilities, under the operation, of ``labels``;
       with a ``reference`` (N, r) (the untransformed top-r), float32 (N, r) of those labels;
-    * ``full`` float16 (N, C): the whole softmax output (2 bytes per class and image; values
-      below ~6e-8 become 0, relative precision ~5e-4). ``labels`` and ``probs`` come from the
-      float32 softmax, so ``full``'s argmax may differ where float16 makes two classes tie.
+    * ``full`` float16 (N, C): the whole softmax output, rounded to nearest (2 bytes per class
+      and image; relative error <= 2^-11 from 6e-5 up, absolute <= 3e-8 below, where values
+      under 3e-8 become 0). ``labels`` and ``probs`` come from the float32 softmax, so
+      ``full``'s argmax may differ from ``labels[:, 0]`` only where float16 makes classes tie.
 
     ``threads``: threads for the Pillow operations (the torch thread count is the caller's).
     """
+    results = predict_under_operations(model, images, [(op, tensor_op)], top_k=top_k, batch_size=batch_size,
+                                       device=device, reference=reference, threads=threads)
+    return list(results)[0]
+
+
+@torch.no_grad()  # around every step of the generator
+def predict_under_operations(model: LoadedModel, images: np.ndarray, operations: Sequence[Operation], *,
+                             top_k: int, batch_size: int, device: str, reference: np.ndarray | None = None,
+                             threads: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`predict_under_operation` for each ``(op, tensor_op)`` of ``operations`` in turn
+    (``(None, None)``: the images as they are), all with the same ``reference``: yields each
+    operation's result as soon as its last chunk is predicted, the very arrays that one call per
+    operation would return (the same batches in the same layout), but faster when N is small:
+    the first chunk of an operation is prepared while the model runs on the last chunk of the
+    one before, where one call per operation would prepare it with nothing to overlap. The
+    OpenMP regime (see the module notes) is chosen once per call.
+    """
+    operations = [(op if tensor_op is None else None, tensor_op) for op, tensor_op in operations]
     k = min(top_k, model.num_classes)
-    classes = model.num_classes
-    labels = np.zeros((len(images), k), dtype=np.int32)
-    probs = np.zeros((len(images), k if reference is None else np.shape(reference)[1]), dtype=np.float32)
-    full = np.zeros((len(images), classes), dtype=np.float16)
-    if not len(images):
-        return {"labels": labels, "probs": probs, "full": full}
+    classes, n_images = model.num_classes, len(images)
+    width = k if reference is None else np.shape(reference)[1]
+
+    def empty() -> dict[str, np.ndarray]:
+        return {"labels": np.zeros((n_images, k), dtype=np.int32),
+                "probs": np.zeros((n_images, width), dtype=np.float32),
+                "full": np.zeros((n_images, classes), dtype=np.float16)}
+
+    if not n_images:
+        for _ in operations:
+            yield empty()
+        return
     # The OpenMP regime matters only for CPU forward passes on more than one thread.
     choose = device == "cpu" and torch.get_num_threads() > 1
     throttled = choose and _CONTENTION.throttle()
-    prepare = _Preparer(images, batch_size, op, tensor_op, device, max(1, threads))
-    chunks = _chunks(prepare, len(images), join_openmp=throttled, torch_in_helper=throttled or not choose)
-    position, forward_s = 0, 0.0
+    prepare = _Preparer(images, batch_size, device, max(1, threads),
+                        pillow=any(op is not None for op, _ in operations))
+    jobs = [(i, start) for i in range(len(operations)) for start in range(0, n_images, batch_size)]
+    tensor_ops = any(tensor_op is not None for _, tensor_op in operations)
+    chunks = _chunks(lambda job: prepare(operations[job[0]], job[1]), jobs, join_openmp=throttled,
+                     in_helper=throttled or not choose or not tensor_ops)
+    forward_s = 0.0
     delay_s: float | None = 0.0  # run delay during the forward passes (see _Contention)
     try:
-        for batch in chunks:
+        for (_, position), batch in chunks:
+            if position == 0:
+                result = empty()
             d0 = _run_delay() if choose else None
             t0 = time.perf_counter()
             p = torch.softmax(model.module(batch).float(), dim=1)
@@ -294,20 +356,23 @@ def predict_under_operation(model: LoadedModel, images: np.ndarray, *, top_k: in
                                   f"num_classes={classes}")
             top = p.topk(k, dim=1)
             n = len(batch)
-            labels[position:position + n] = top.indices.cpu().numpy()
+            result["labels"][position:position + n] = top.indices.cpu().numpy()
             if reference is None:
-                probs[position:position + n] = top.values.cpu().numpy()
+                result["probs"][position:position + n] = top.values.cpu().numpy()
             else:
                 ref = torch.from_numpy(np.asarray(reference[position:position + n], dtype=np.int64)).to(p.device)
-                probs[position:position + n] = p.gather(1, ref).cpu().numpy()
-            full[position:position + n] = p.to(torch.float16).cpu().numpy()  # rounded to nearest, like NumPy
-            position += n
+                result["probs"][position:position + n] = p.gather(1, ref).cpu().numpy()
+            # float32 -> float16 rounds to nearest even, in torch as in NumPy
+            result["full"][position:position + n] = p.to(torch.float16).cpu().numpy()
+            del batch, p, top
+            if position + n == n_images:
+                yield result  # the helper is already preparing the next operation's first chunk
+                del result
     finally:
         chunks.close()
         prepare.close()
-    if choose:
-        _CONTENTION.record(delay_s, forward_s)
-    return {"labels": labels, "probs": probs, "full": full}
+        if choose:
+            _CONTENTION.record(delay_s, forward_s)
 
 
 def topk_misclassified(labels: np.ndarray, reference_labels: np.ndarray) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 
 from advbench.engine import predict
 from advbench.errors import PluginError
-from advbench.engine.predict import predict_under_operation, topk_misclassified
+from advbench.engine.predict import predict_under_operation, predict_under_operations, topk_misclassified
 from advbench.imaging import to_tensor
 from advbench.specs import LoadedModel
 
@@ -120,14 +120,27 @@ def test_pillow_backend_matches_reference_loop(model, images, op_name, batch_siz
 
 
 def test_small_images_are_prepared_in_one_thread(images) -> None:
-    small = predict._Preparer(images, 4, PILLOW_OPS["blur"], None, "cpu", threads=4)
-    large = predict._Preparer(np.zeros((2, 64, 64, 3), np.uint8), 4, PILLOW_OPS["blur"], None, "cpu", threads=4)
+    small = predict._Preparer(images, 4, "cpu", threads=4, pillow=True)
+    large = predict._Preparer(np.zeros((2, 64, 64, 3), np.uint8), 4, "cpu", threads=4, pillow=True)
+    tensor = predict._Preparer(np.zeros((2, 64, 64, 3), np.uint8), 4, "cpu", threads=4, pillow=False)
     try:
         assert small.helpers == 0 and small.pool is None
-        assert large.helpers == 3
+        assert large.helpers == 3 and tensor.helpers == 0
     finally:
-        small.close()
-        large.close()
+        for p in (small, large, tensor):
+            p.close()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_uint8_batches_for_other_devices(images, threads, pillow_threads_on_small_images) -> None:
+    """Off the CPU the Pillow results are gathered as uint8 and converted on the device."""
+    prepare = predict._Preparer(images, 8, "cpu", threads=threads, pillow=True)
+    try:
+        got = prepare._pillow(PILLOW_OPS["scale"], np.ascontiguousarray(images[:8]), np.uint8)
+    finally:
+        prepare.close()
+    want = np.stack([np.asarray(PILLOW_OPS["scale"](Image.fromarray(a, mode="RGB"))) for a in images[:8]])
+    assert got.dtype == np.uint8 and got.tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("exact_divide", [True, False])
@@ -166,6 +179,32 @@ def test_contention_decides_the_openmp_regime() -> None:
     assert c.throttle()
     c.record(None, 1.0)  # no measurement: keeps the last decision
     assert c.throttle()
+
+
+def test_plain_spinning_comes_back_only_after_enough_quiet_forward_passes() -> None:
+    c = predict._Contention()
+    assert c.WINDOW_S == 0.2
+    c.record(0.01, 1.0)
+    assert not c.throttle()
+    c.record(0.004, 0.0078125)  # one short busy call throttles at once
+    assert c.throttle()
+    for _ in range(3):  # 0.1875 s of quiet forward passes: not yet enough evidence
+        c.record(0.0078125, 0.0625)
+        assert c.throttle()
+    c.record(0.0078125, 0.0625)
+    assert not c.throttle()
+    c.record(0.5, 1.0)
+    for _ in range(3):  # quiet calls, then a busy one: the quiet ones no longer count
+        c.record(0.0, 0.0625)
+    c.record(0.03125, 0.0625)
+    for _ in range(3):
+        c.record(0.0, 0.0625)
+    assert c.throttle()
+    c.record(0.1875, 1.0)  # each call below the threshold, and on average over the window too
+    assert not c.throttle()
+
+
+def test_run_delay_is_measured() -> None:
     delay = predict._run_delay()
     assert delay is None or delay >= 0
 
@@ -175,6 +214,7 @@ def test_the_regime_follows_the_measured_contention(model, images, monkeypatch) 
     monkeypatch.setattr(predict, "_CONTENTION", contention)
     delays = iter([0.0, 0.0, 5.0, 10.0])  # quiet first call, oversubscribed second
     monkeypatch.setattr(predict, "_run_delay", lambda: next(delays))
+    monkeypatch.setattr(contention, "WINDOW_S", 0.0)  # one tiny call is evidence enough here
     torch.set_num_threads(2)
     try:
         predict_under_operation(model, images, top_k=2, batch_size=64, device="cpu")
@@ -299,7 +339,7 @@ def test_images_of_different_sizes_in_one_batch_are_an_error(model, images) -> N
 def test_uneven_sizes_are_an_error_in_pillow_threads_too(model, images, pillow_threads_on_small_images) -> None:
     calls = iter(range(1000))
 
-    def uneven(image):  # the first image (done first) is 8x8, the others 8x1, which would broadcast
+    def uneven(image):  # one image is 8x8, the others 8x1: they would broadcast into an 8x8 batch
         return image.resize((8, 8 if next(calls) == 0 else 1))
 
     with pytest.raises(ValueError, match="different sizes"):
@@ -338,6 +378,55 @@ def test_reads_the_input_chunk_by_chunk(model, images, kind) -> None:
     rows = sorted(i for start, stop in recorder.requests for i in range(start, stop))
     assert rows == list(range(len(images))), "every row read exactly once"
     _assert_identical(got, _reference(model, images, top_k=3, batch_size=batch_size, **kwargs))
+
+
+OPERATIONS = [(None, None), (PILLOW_OPS["jpeg"], None), (PILLOW_OPS["scale"], None), (None, _tensor_op),
+              (PILLOW_OPS["gray"], None)]
+
+
+@pytest.mark.parametrize("torch_threads, throttled", [(1, None), (2, False), (2, True)])
+@pytest.mark.parametrize("batch_size, threads", [(4, 2), (64, 1), (11, 3)])
+def test_many_operations_in_one_call_match_one_call_each(model, images, batch_size, threads, torch_threads,
+                                                          throttled, monkeypatch,
+                                                          pillow_threads_on_small_images) -> None:
+    monkeypatch.setattr(predict._CONTENTION, "busy", throttled)
+    reference = _reference(model, images, top_k=3, batch_size=batch_size)["labels"]
+    torch.set_num_threads(torch_threads)
+    try:
+        got = list(predict_under_operations(model, images, OPERATIONS, top_k=3, batch_size=batch_size,
+                                            device="cpu", reference=reference, threads=threads))
+    finally:
+        torch.set_num_threads(1)
+    assert len(got) == len(OPERATIONS)
+    for (op, tensor_op), result in zip(OPERATIONS, got):
+        _assert_identical(result, _reference(model, images, top_k=3, batch_size=batch_size, op=op,
+                                             tensor_op=tensor_op, reference=reference))
+
+
+def test_many_operations_yield_each_result_when_it_is_ready(model, images) -> None:
+    def broken(image):
+        raise RuntimeError("broken op")
+
+    results = predict_under_operations(model, images, [(None, None), (broken, None)], top_k=3, batch_size=4,
+                                       device="cpu")
+    _assert_identical(next(results), _reference(model, images, top_k=3, batch_size=4))
+    assert torch.is_grad_enabled()  # no_grad holds inside the engine only, not between results
+    with pytest.raises(RuntimeError, match="broken op"):
+        next(results)
+
+
+def test_many_operations_read_each_chunk_once_per_operation(model, images) -> None:
+    recorder = RecordingArray(images)
+    list(predict_under_operations(model, recorder, OPERATIONS[:3], top_k=3, batch_size=4, device="cpu"))
+    assert all(stop - start <= 4 for start, stop in recorder.requests), recorder.requests
+    rows = sorted(i for start, stop in recorder.requests for i in range(start, stop))
+    assert rows == sorted(list(range(len(images))) * 3)
+
+
+def test_many_operations_on_no_images(model, images) -> None:
+    got = list(predict_under_operations(model, images[:0], OPERATIONS, top_k=3, batch_size=4, device="cpu"))
+    assert len(got) == len(OPERATIONS)
+    assert all(r["labels"].shape == (0, 3) and r["full"].shape == (0, NUM_CLASSES) for r in got)
 
 
 def test_topk_misclassified() -> None:
