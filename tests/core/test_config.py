@@ -118,7 +118,11 @@ def test_a_bad_detector_search_names_the_key(registry, search, message):
     assert found.startswith("detectors[0].search") and message in found
 
 
-@pytest.mark.parametrize("path", ["benchmarks.toml", "benchmarks/cifar10-resnet20.toml", "benchmarks/imagenet-paper.toml"])
+SHIPPED = ["benchmarks.toml", "benchmarks/cifar10-resnet20.toml", "benchmarks/cifar10-resnet20-beyond.toml",
+           "benchmarks/imagenet-paper.toml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED)
 def test_the_shipped_benchmark_files_are_valid(path):
     from pathlib import Path
 
@@ -126,3 +130,21 @@ def test_the_shipped_benchmark_files_are_valid(path):
 
     bench = load_benchmark(Path(__file__).resolve().parents[2] / path, discover())
     assert bench.attacks and bench.detectors and len(bench.transforms) == 38
+
+
+def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
+    # its paper leaderboard is quoted next to the base file's: the shared part must not drift
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    base = tomllib.loads((root / "cifar10-resnet20.toml").read_text())
+    beyond = tomllib.loads((root / "cifar10-resnet20-beyond.toml").read_text())
+    assert {**beyond["benchmark"], "name": base["benchmark"]["name"]} == base["benchmark"]
+    for key, value in base.items():
+        if key == "benchmark":
+            continue
+        if isinstance(value, list):
+            assert beyond[key][: len(value)] == value, key
+        else:
+            assert beyond[key] == value, key
