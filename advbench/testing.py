@@ -133,6 +133,23 @@ def registry_with(*modules: ModuleType, installed: bool = True) -> Registry:
                            *((m, getattr(m, "__package__", None) or m.__name__) for m in modules)])
 
 
+def variant_module(kind: str, plugin: str, name: str, **changes) -> ModuleType:
+    """A plugin module registering a copy of the installed ``kind`` plugin ``plugin`` under
+    ``name`` with the spec fields in ``changes`` replaced (e.g. an attack with a budget grid)."""
+    import dataclasses
+
+    from advbench.registry import discover
+
+    spec = dataclasses.replace(discover().get(kind, plugin), name=name, **changes)
+    module = ModuleType(f"variant_{kind}_{name.replace('-', '_')}")
+
+    def register_variant(register):
+        register(spec)
+
+    setattr(module, f"advbench_register_{kind}s", hookimpl(register_variant))
+    return module
+
+
 def tiny_benchmark(attacks: str = 'plugin = "fgsm"', detectors: str = 'plugin = "lda"', extra: str = "",
                    name: str = "tiny", images: int = 30, features: str = 'plugin = "counting"',
                    groups: str = '{ JPEG = ["jpeg"], All = ["*"] }', detection: str = "") -> str:

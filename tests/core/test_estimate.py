@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ import torch
 from torch import nn
 
 from advbench import estimate as E
-from advbench import hookimpl
 from advbench.cli import main
 from advbench.config import Entry, parse_benchmark
 from advbench.criteria import PaperCriterion, target_labels
@@ -21,20 +19,18 @@ from advbench.plan import STAGES
 from advbench.registry import discover
 from advbench.specs import AttackContext, BuildContext, CostInputs, Defense
 from advbench.stages.context import plan_for
-from advbench.testing import digits, registry_with, tiny_benchmark, tiny_model
+from advbench.testing import (
+    digits,
+    registry_with,
+    tiny_benchmark,
+    tiny_model,
+    variant_module,
+)
 
 
-def _grid_module() -> types.ModuleType:
+def _grid_module():
     """FGSM under another name with a budget parameter, so the plan has evaluation sets."""
-    module = types.ModuleType("estimate_grid_attacks")
-    fgsm = discover().get("attack", "fgsm")
-
-    @hookimpl
-    def advbench_register_attacks(register):
-        register(dataclasses.replace(fgsm, name="fgsm-grid", budget_param="epsilons", norm="linf"))
-
-    module.advbench_register_attacks = advbench_register_attacks
-    return module
+    return variant_module("attack", "fgsm", "fgsm-grid", budget_param="epsilons", norm="linf")
 
 
 N = 30  # tiny_benchmark's images per model

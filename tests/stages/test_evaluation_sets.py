@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 
@@ -12,22 +11,13 @@ import torch
 
 from advbench import hookimpl
 from advbench.cache import load_array, load_columns
-from advbench.registry import discover
 from advbench.specs import AttackSpec, DetectorSpec, Params
-from advbench.testing import registry_with, run_tiny, tiny_benchmark
+from advbench.testing import registry_with, run_tiny, tiny_benchmark, variant_module
 
 
-def _grid_module() -> types.ModuleType:
-    """FGSM under another name with a budget parameter (the built-in may or may not declare one)."""
-    module = types.ModuleType("grid_attacks")
-    fgsm = discover().get("attack", "fgsm")
-
-    @hookimpl
-    def advbench_register_attacks(register):
-        register(dataclasses.replace(fgsm, name="fgsm-grid", budget_param="epsilons", norm="linf"))
-
-    module.advbench_register_attacks = advbench_register_attacks
-    return module
+def _grid_module():
+    """FGSM under another name with a budget parameter, so the plan has evaluation sets."""
+    return variant_module("attack", "fgsm", "fgsm-grid", budget_param="epsilons", norm="linf")
 
 
 GRID = ['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5', 'plugin = "fgsm-grid"\nbudgets = [0.05, 0.3]']
