@@ -180,7 +180,12 @@ class Defense:
       when ``> threshold``; ``None`` when the detector is not differentiable;
     - ``flags``: the whole detector as a decision (N,) bool, differentiable or not (label-only
       attacks query it);
-    - ``correct``: the corrected top-1 labels (N,) of a detect-then-correct pipeline, or None.
+    - ``correct``: the corrected top-1 labels (N,) of a detect-then-correct pipeline, or None;
+    - ``storage``: what the system does to a submitted image before anything sees it, the
+      database's save -> reload (8-bit rounding, JPEG q100 by default): exact on the forward
+      pass, the identity on the backward pass (straight-through). An attacker who knows the
+      system optimises ``storage(x)``; on 32x32 images the JPEG round trip alone moves pixels by
+      up to ~30/255 and undoes most small-budget evasions. None: no such step.
     """
 
     kind: str  # "operations", "detector" or "pipeline"
@@ -190,6 +195,7 @@ class Defense:
     threshold: float = 0.0
     flags: Callable[[Any], Any] | None = None
     correct: Callable[[Any], Any] | None = None
+    storage: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ reload -> re-verify path as every attack, on the eval split's sources.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ import numpy as np
 import torch
 
 from advbench.config import Entry, Target
-from advbench.differentiable import differentiable_operation
-from advbench.imaging import to_uint8
+from advbench.differentiable import differentiable_operation, straight_through
+from advbench.imaging import jpeg_roundtrip, to_tensor, to_uint8
 from advbench.plan import IMAGES, Cell
 from advbench.specs import AttackContext, Defense, Probabilities
 from advbench.stages import attack, detectors
@@ -72,6 +73,19 @@ def image_flags(detector: Any) -> Batch:
     return lambda x: torch.from_numpy(np.asarray(detector.predict(to_uint8(x))) == 1).to(x.device)
 
 
+def storage(image_format: str, jpeg_quality: int) -> Batch:
+    """The database's save -> reload as a straight-through batch op (the very bytes the attack
+    stage writes and re-verifies: 8-bit rounding, then the file format)."""
+
+    def save_and_reload(x: torch.Tensor) -> torch.Tensor:
+        arrays = to_uint8(x)
+        if image_format == "jpeg":
+            arrays = np.stack([jpeg_roundtrip(a, jpeg_quality) for a in arrays])
+        return to_tensor(arrays, x.device)
+
+    return straight_through(save_and_reload, "storage")
+
+
 def build_defense(ctx: CellContext, cell: Cell, target: Target) -> Defense:
     if target.kind == "operations":
         diff, _ = operations(ctx, target.group)
@@ -110,7 +124,8 @@ def detector_defense(ctx: CellContext, cell: Cell, det_cell: Cell, name: str) ->
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     entry, target = entry_and_target(ctx, cell)
     base = ctx.build_context("attack", entry.plugin)
-    defense = build_defense(ctx, cell, target)
+    db = ctx.bench.database
+    defense = dataclasses.replace(build_defense(ctx, cell, target), storage=storage(db.image_format, db.jpeg_quality))
     return attack.run(ctx, cell, out, entry, AttackContext(cache_dir=base.cache_dir, device=base.device,
                                                            seed=base.seed, defense=defense))
 

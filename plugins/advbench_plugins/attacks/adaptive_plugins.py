@@ -15,7 +15,7 @@ from advbench import hookimpl
 from advbench.errors import PluginError
 from advbench.specs import AttackContext, AttackOutput, AttackSpec, CostInputs, Criterion, Params
 
-from advbench_plugins.attacks.adaptive.common import require_defense, seeded_generator, system_decision
+from advbench_plugins.attacks.adaptive.common import require_defense, seeded_generator, seen_by_system, system_decision
 from advbench_plugins.attacks.adaptive.eot import eot_pgd
 from advbench_plugins.attacks.adaptive.hsj import hop_skip_jump
 from advbench_plugins.attacks.adaptive.joint import joint_attack
@@ -30,6 +30,10 @@ class _PGDParams(Params):
                                                        "Carlini-Wagner logit margin.")
     confidence: float = Field(0.0, ge=0, description="Logit margin kept past the success rule (robustness to "
                                                      "8-bit rounding and to the Pillow backend).")
+    through_storage: bool = Field(True, description="Optimise what the defended system sees: the iterate after "
+                                                    "the database's save -> reload (JPEG q100 by default; "
+                                                    "straight-through gradient). false: the raw iterate, whose "
+                                                    "evasion the saved file may lose.")
 
 
 class EOTParams(_PGDParams):
@@ -90,12 +94,17 @@ class HSJParams(Params):
     init_from_batch: bool = Field(True, description="Try the batch's other images before uniform noise as starting "
                                                     "points.")
     batch_size: int = Field(256, ge=1, description="Images per call of the model and the detector.")
+    through_storage: bool = Field(True, description="Optimise what the defended system sees: the iterate after "
+                                                    "the database's save -> reload (JPEG q100 by default; "
+                                                    "straight-through gradient). false: the raw iterate, whose "
+                                                    "evasion the saved file may lose.")
 
 
 def _eot(norm: str):
     def run(model, images, criterion: Criterion, params: EOTParams, ctx: AttackContext) -> AttackOutput:
         defense = require_defense(f"eot-pgd ({norm})", ctx, operations=True)
-        result = eot_pgd(model, images, criterion, defense.operations, norm=norm, epsilon=params.epsilon,
+        result = eot_pgd(model, images, criterion, defense.operations, storage=seen_by_system(defense, params),
+                         norm=norm, epsilon=params.epsilon,
                          steps=params.steps, rel_stepsize=params.rel_stepsize, restarts=params.restarts,
                          random_init=params.random_start, eot_samples=params.eot_samples, loss=params.loss,
                          confidence=params.confidence, gen=seeded_generator(ctx))
@@ -113,7 +122,7 @@ def _joint(norm: str, method: str | None):
             rounds=params.rounds if chosen == "cw" else params.restarts, random_init=params.random_start,
             loss=params.loss, confidence=params.confidence, detector_margin=params.detector_margin,
             const=params.const if chosen == "cw" else 1.0, gen=seeded_generator(ctx),
-            linf_step=getattr(params, "linf_step", "sign"))
+            linf_step=getattr(params, "linf_step", "sign"), storage=seen_by_system(defense, params))
         per_image = {"steps": result.steps, "detector_score": result.scores}
         if chosen == "cw":
             per_image["const"] = result.const
@@ -127,7 +136,8 @@ def _hsj(norm: str):
         if defense.flags is None and defense.detector_scores is None and defense.correct is None:
             raise PluginError(f"attack 'system-hsj' needs the decision of defense {defense.name!r} (flags, "
                               "detector_scores or correct); it has none")
-        decide = system_decision(model, criterion, defense, len(images), params.batch_size)
+        decide = system_decision(model, criterion, defense, len(images), params.batch_size,
+                                 storage=seen_by_system(defense, params))
         result = hop_skip_jump(decide, images, norm=norm, max_queries=params.max_queries,
                                iterations=params.iterations, init_evals=params.init_evals,
                                max_evals=params.max_evals, gamma=params.gamma, init_queries=params.init_queries,

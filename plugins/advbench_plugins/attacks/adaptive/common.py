@@ -192,7 +192,16 @@ def logits_in_chunks(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 Decision = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def system_decision(model, criterion: Criterion, defense: Defense | None, n: int, batch_size: int = 256) -> Decision:
+def seen_by_system(defense: Defense | None, params) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The defense's ``storage`` (save -> reload, straight-through) when the attack's
+    ``through_storage`` asks for it and the defense has one, else the identity."""
+    if defense is not None and defense.storage is not None and getattr(params, "through_storage", True):
+        return defense.storage
+    return lambda x: x
+
+
+def system_decision(model, criterion: Criterion, defense: Defense | None, n: int, batch_size: int = 256,
+                    storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> Decision:
     """The defended system's verdict, ``decide(x, rows) -> bool (M,)``: True where image ``x[i]``
     (a candidate for batch row ``rows[i]``) is adversarial against the whole system, i.e. the
     criterion holds on the classifier and the detector does not flag it (``defense.flags``, else
@@ -203,6 +212,8 @@ def system_decision(model, criterion: Criterion, defense: Defense | None, n: int
     def decide(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:
             return torch.zeros(0, dtype=torch.bool, device=x.device)
+        with torch.no_grad():
+            x = storage(x)  # the system judges the stored file
         logits = logits_in_chunks(model, x, batch_size)
         ok = criterion_rows(criterion, logits, rows, n)
         if defense is None:

@@ -43,7 +43,8 @@ class EOTResult:
 
 def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Sequence[Callable], *, norm: str,
             epsilon: float, steps: int, rel_stepsize: float, restarts: int, random_init: bool, eot_samples: int,
-            loss: str, confidence: float, gen: torch.Generator) -> EOTResult:
+            loss: str, confidence: float, gen: torch.Generator,
+            storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> EOTResult:
     """PGD (Madry et al. 2018) on the mean over the identity and the operations of a loss
     towards one adversarial label per image (the criterion's target, or the highest-ranked
     other class at the start); a non-targeted top-k rule adds a hinge on the untransformed image
@@ -54,6 +55,7 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
     its top-1 label holds under every operation by a logit margin of ``confidence``; per row the
     iterate kept is the best by (criterion holds, number of operations under which the label
     holds). Rows not done after ``steps`` restart from a new random point (``restarts`` runs).
+    Every check and gradient is of ``storage(x)``, what the system keeps of the iterate.
     """
     x0 = images.detach()
     n, n_ops = len(x0), len(operations)
@@ -77,18 +79,19 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
                 set(torch.randperm(n_ops, generator=gen)[:eot_samples].tolist())
             with torch.enable_grad():  # callers may hold a no_grad context
                 x = x.detach().requires_grad_(True)
-                logits = model(x)
+                seen = storage(x)
+                logits = model(seen)
                 top1 = logits.argmax(1).detach()
                 objective = classifier_loss(logits, adv_labels[rows], None if original is None else original[rows],
                                             k, loss, confidence)
                 holds = torch.ones(len(rows), n_ops, dtype=torch.bool, device=x.device)
                 for j, op in enumerate(operations):
                     if j in sampled:
-                        op_logits = model(op(x))
+                        op_logits = model(op(seen))
                         objective = objective + towards_label_loss(op_logits, adv_labels[rows], loss, confidence)
                     else:
                         with torch.no_grad():
-                            op_logits = model(op(x.detach()))
+                            op_logits = model(op(seen.detach()))
                     holds[:, j] = (op_logits.argmax(1) == top1) & (label_margin(op_logits.detach(), top1) >= confidence)
                 success = criterion_rows(criterion, logits.detach(), rows, n)
                 score = torch.where(success, holds.sum(1), torch.full_like(top1, -1))

@@ -74,7 +74,8 @@ def _rowwise(v: torch.Tensor) -> torch.Tensor:
 def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: Callable[[torch.Tensor], torch.Tensor],
                  threshold: float, *, method: str, norm: str, epsilon: float, steps: int, rel_stepsize: float,
                  rounds: int, random_init: bool, loss: str, confidence: float, detector_margin: float,
-                 const: float, gen: torch.Generator, linf_step: str = "orthogonal-sign") -> JointResult:
+                 const: float, gen: torch.Generator, linf_step: str = "orthogonal-sign",
+                 storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> JointResult:
     """Minimise the classifier loss (towards one adversarial label per image) and the detector
     score ``scores_fn`` within an ``epsilon`` ball, by ``method`` (see the module docstring).
 
@@ -84,6 +85,7 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
     updates the row's constant: ×10 if it was misclassified in the last round (but always
     flagged then), ÷10 if it never was. Per row the image returned is the first success, else the
     misclassified iterate of lowest score, else the iterate (or the clean image) of lowest score.
+    Every check and gradient is of ``storage(x)``, what the system keeps of the iterate.
     """
     x0 = images.detach()
     n = len(x0)
@@ -111,8 +113,9 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
         for t in range(steps + 1):
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)
-                logits = model(x)
-                score = scores_fn(x).view(-1)
+                seen = storage(x)
+                logits = model(seen)
+                score = scores_fn(seen).view(-1)
                 fooled = criterion_rows(criterion, logits.detach(), rows, n)
                 s = score.detach().float()
                 success = fooled & (s <= limit)
