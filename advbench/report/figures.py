@@ -160,7 +160,8 @@ def cost(cells, path: Path) -> Path:
 def security(cells, path: Path, top: int = 6) -> Path:
     """Security curves: per attack family with budgets (oblivious and adaptive side by side), the
     detection rate and the defended system's success against the budget, one line per detector
-    (the ``top`` most accurate detector cells), the attack alone for reference."""
+    (the ``top`` most accurate detector cells, and in an adaptive panel the targeted defense),
+    the attack alone for reference."""
     curves = [c for c in security_curves(cells) if sum(b is not None for b in c.budgets) >= 1]
     if not curves:
         raise AdvbenchError("this run has no evaluation sets with budgets (add 'budgets' to an attack or an "
@@ -175,9 +176,12 @@ def security(cells, path: Path, top: int = 6) -> Path:
         x = [curve.budgets[i] for i in keep]
         detection, system = [], []
         for name, detects, points in curve.defenses:
-            if name in shown:
-                detection.append(_series(name, x, [points[i][0] for i in keep]))
-                system.append(_series(name, x, [points[i][1] for i in keep]))
+            # an adaptive panel always shows the defense it attacks, however it ranks
+            targeted = curve.threat == "adaptive" and (name.startswith(curve.target) or name.endswith(f"/{curve.target}"))
+            if name in shown or targeted:
+                label = f"{name} (targeted)" if targeted else name
+                detection.append(_series(label, x, [points[i][0] for i in keep]))
+                system.append(_series(label, x, [points[i][1] for i in keep]))
         system.append(_series("(attack alone)", x, [curve.attack[i] for i in keep]))
         title = f"{curve.model}: {curve.name}" if several else curve.name
         panels.append((title, [detection, system]))

@@ -111,6 +111,18 @@ def test_security_plot_of_a_run_with_budgets(evaluation, tmp_path, monkeypatch):
     assert system[-1][0] == "(attack alone)" and not any(s[0].startswith("vote") for s in detection)
 
 
+def test_an_adaptive_panel_always_shows_the_defense_it_attacks(evaluation, tmp_path, monkeypatch):
+    _, _, cells, _ = evaluation
+    drawn = {}
+    monkeypatch.setattr(figures.plots, "security_curves", lambda panels, path: drawn.update(panels=panels))
+    figures.security(cells, tmp_path / "s.png", top=1)
+    oblivious, adaptive = (dict(drawn["panels"])[t][0] for t in ("fgsm-grid (oblivious)", "eot-pgd (adaptive vs JPEG)"))
+    assert len(oblivious) == 1 and not any("(targeted)" in s[0] for s in oblivious)
+    # the adaptive set targets the JPEG group's operations: every detector over JPEG is its defense
+    targeted = sorted(s[0] for s in adaptive if s[0].endswith("(targeted)"))
+    assert targeted and all("/JPEG (targeted)" in name for name in targeted), targeted
+
+
 def test_security_plot_needs_budgets(tiny_run, tmp_path):
     result, root = tiny_run
     cells = open_store(str(root / "results.db")).cells(result.run_id)
