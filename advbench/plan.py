@@ -305,12 +305,14 @@ class _Builder:
                 inputs = self.inputs_of(det.plugin)
                 if inputs == "features" or (holdout and not _wanted(hold.detectors, det.label)):
                     continue
+                # it reads each set's original top-k too (the rows' labels)
+                originals = self._predict_keys(d, m, used, [])
                 key = stable_hash({"stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key,
-                                   "sets": self._set_keys(used), "detector": self.ident(det), "seed": seed,
-                                   "holdout": holdout})
+                                   "sets": self._set_keys(used), "inputs": originals, "detector": self.ident(det),
+                                   "seed": seed, "holdout": holdout})
                 made.append(self.add(
                     Cell("detect", key, d, m, transform=IMAGES, detector=det.label,
-                         deps=(split_key, clean_key, *self._set_keys(used)), holdout=holdout),
+                         deps=(split_key, clean_key, *self._set_keys(used), *originals), holdout=holdout),
                     ("detect", d, m, det.label, "", "", holdout)))
         pipe = bench.correction.pipeline
         if pipe is not None:
