@@ -16,6 +16,7 @@ from the report's.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,15 @@ def main() -> None:
               f"moves values by {moved.mean():.2f}/255 on average, {moved.amax():.0f}/255 at most")
         for name in args.detector:
             detector, feature, group = (name.split("/") + ["", ""])[:3]
-            cell = plan.by_key[plan.detect_key(split_cell.dataset, split_cell.model, detector, feature, group)]
+            key = plan.detect_key(split_cell.dataset, split_cell.model, detector, feature, group)
+            if key is None:
+                valid = sorted("/".join(filter(None, (c.detector, c.feature, c.feature and c.transform)))
+                               for c in plan.cells if c.stage == "detect" and not c.holdout)
+                sys.exit(f"--detector {name!r}: no such detect cell in {args.config}; valid: {', '.join(valid)}")
+            cell = plan.by_key[key]
+            if not ctx.cache.state("detect", key).complete:
+                sys.exit(f"--detector {name!r}: its trained cell is not in {args.cache_dir}; run "
+                         f"`advbench run {args.config} --cache-dir {args.cache_dir}` first")
             flags = detector_defense(ctx, cell, cell, name).flags
             before, after = (float(flags(v).float().mean()) for v in (x, stored))
             print(f"  {name}: FPR {before:.3f} as loaded, {after:.3f} after one save -> reload (n = {len(x)})")
