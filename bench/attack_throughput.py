@@ -39,7 +39,6 @@ from pathlib import Path
 
 import eagerpy as ep
 import foolbox as fb
-import numpy as np
 import torch
 
 from advbench.config import load_benchmark

@@ -19,7 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from advbench.cache import Cache, load_array
 from advbench.config import load_benchmark

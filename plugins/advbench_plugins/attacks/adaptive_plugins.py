@@ -174,7 +174,7 @@ def _hsj_cost(p: HSJParams, inputs: CostInputs) -> tuple[float, float]:
 # a detector cell on a feature of labels under a group's operations is attacked through those
 # operations (the defense hands them in); one that sees images has none, and eot-pgd says so
 _OPS = ("operations", "detector", "pipeline")
-_SYSTEM = ("detector", "operations", "pipeline")
+_SYSTEM = ("detector", "pipeline")  # a decision needs a detector or corrector
 ATTACKS = [
     AttackSpec(name="eot-pgd", summary="EOT-PGD, L∞: one adversarial label under every operation of the group "
                                        "(Athalye et al. 2018; BPDA for JPEG).",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import foolbox as fb
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from advbench import hookimpl
 from advbench.specs import AttackOutput, AttackSpec, CostInputs, Params
@@ -68,6 +68,13 @@ class SpatialParams(Params):
     n_angles: int = Field(31, ge=1, description="Rotation angles on the grid.")
     max_shift: float = Field(3.0, ge=0, description="Largest translation per axis, pixels (CIFAR-10: 3 ~ 10%).")
     n_shifts: int = Field(5, ge=1, description="Translations per axis on the grid.")
+
+    @model_validator(mode="after")
+    def _grid_has_points(self) -> SpatialParams:
+        if not spatial_grid(self.max_angle, self.n_angles, self.max_shift, self.n_shifts):
+            raise ValueError("the grid holds only the identity: raise n_angles with max_angle > 0, or n_shifts "
+                             "with max_shift > 0")
+        return self
 
 
 def _square(norm: str):

@@ -297,8 +297,8 @@ def test_adaptive_attacks_are_registered_with_their_threat_models():
     expected = {"eot-pgd": ("linf", ("operations", "detector", "pipeline")), "eot-pgd-l2": ("l2", ("operations", "detector", "pipeline")),
                 "cw-joint": ("linf", ("detector",)), "cw-joint-l2": ("l2", ("detector",)),
                 "opgd": ("linf", ("detector",)), "opgd-l2": ("l2", ("detector",)),
-                "system-hsj": ("l2", ("detector", "operations", "pipeline")),
-                "system-hsj-linf": ("linf", ("detector", "operations", "pipeline"))}
+                "system-hsj": ("l2", ("detector", "pipeline")),
+                "system-hsj-linf": ("linf", ("detector", "pipeline"))}
     for name, (norm, adaptive) in expected.items():
         spec = found[name]
         assert (spec.norm, spec.adaptive) == (norm, adaptive)
@@ -363,3 +363,31 @@ def test_joint_attack_through_storage_keeps_its_evasion_in_the_saved_file(detect
     through, raw = (rates(model, criterion, defense, saved[flag])[2] for flag in (True, False))
     # measured (24 digits, JPEG q100): fooled and unflagged after saving 1.00 through storage, 0.04 without
     assert through >= 0.9 and raw <= through - 0.5, (through, raw)
+
+
+def test_the_system_decision_undoes_a_flagged_image_only_when_the_corrector_restores_it():
+    from advbench_plugins.attacks.adaptive.common import system_decision
+
+    # four images, each fooling a classifier that always says class 1 (original labels 0)
+    model = lambda z: torch.tensor([[0.0, 5.0]]).repeat(len(z), 1)  # noqa: E731
+    criterion = PaperCriterion(False, torch.zeros(4, dtype=torch.long), None, k=1)
+    flagged = torch.tensor([False, True, True, False])
+    corrected = torch.tensor([1, 0, 1, 0])  # image 1 is restored, image 2 is not
+    calls = []
+    pipeline = Defense(kind="pipeline", name="p", flags=lambda z: calls.append(len(z)) or flagged[:len(z)],
+                       correct=lambda z: corrected[:len(z)])
+    x = torch.zeros(4, 3, 2, 2)
+    assert system_decision(model, criterion, pipeline, 4)(x, torch.arange(4)).tolist() == [True, False, True, True]
+    detector_only = dataclasses.replace(pipeline, correct=None)
+    assert system_decision(model, criterion, detector_only, 4)(x, torch.arange(4)).tolist() == [True, False, False, True]
+
+
+def test_a_spatial_grid_of_the_identity_alone_is_refused():
+    from pydantic import ValidationError
+
+    from advbench.registry import discover
+
+    params = discover().get("attack", "spatial").params
+    with pytest.raises(ValidationError, match="only the identity"):
+        params(n_angles=1, n_shifts=1)
+    params(n_angles=3, n_shifts=1)

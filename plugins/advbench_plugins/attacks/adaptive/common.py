@@ -7,7 +7,6 @@ an L2 budget ``e`` is ``e * sqrt(D)`` for D = C*H*W values.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,18 +15,10 @@ import torch.nn.functional as F
 from advbench.errors import PluginError
 from advbench.specs import AttackContext, Criterion, Defense
 
-NORMS = ("linf", "l2")
-
-
 # --- norm balls ------------------------------------------------------------------------------
 
 
-def budget_scale(norm: str, images: torch.Tensor) -> float:
-    """Factor from a per-value budget to the norm of a whole image."""
-    return math.sqrt(images[0].numel()) if norm == "l2" else 1.0
-
-
-def _rowwise(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def rowwise(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -35,20 +26,12 @@ def l2_norms(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).norm(dim=1)
 
 
-def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Nearest point of the ``norm`` ball of radius ``eps`` (absolute) to each row of ``delta``."""
-    if norm == "linf":
-        return delta.clamp(-eps, eps)
-    factor = (eps / l2_norms(delta).clamp_min(1e-12)).clamp(max=1.0)
-    return delta * _rowwise(factor, delta)
-
-
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """The steepest-ascent direction of unit ``norm`` for a linear model with gradient ``grad``:
     its sign (L∞) or the gradient scaled to unit L2 norm."""
     if norm == "linf":
         return grad.sign()
-    return grad / _rowwise(l2_norms(grad).clamp_min(1e-12), grad)
+    return grad / rowwise(l2_norms(grad).clamp_min(1e-12), grad)
 
 
 def random_start(images: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
@@ -59,9 +42,9 @@ def random_start(images: torch.Tensor, eps: float, norm: str, gen: torch.Generat
         noise = (torch.rand(shape, generator=gen) * 2 - 1) * eps
     else:
         direction = torch.randn(shape, generator=gen)
-        direction = direction / _rowwise(l2_norms(direction).clamp_min(1e-12), direction)
+        direction = direction / rowwise(l2_norms(direction).clamp_min(1e-12), direction)
         radius = torch.rand(shape[0], generator=gen) ** (1.0 / images[0].numel()) * eps
-        noise = direction * _rowwise(radius, direction)
+        noise = direction * rowwise(radius, direction)
     return (images + noise.to(images.device, images.dtype)).clamp(0, 1)
 
 
@@ -125,7 +108,6 @@ def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return topk_margin(logits, labels, 1)
 
 
-LOSSES = ("ce", "cw")
 
 
 def towards_label_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str, confidence: float | None) -> torch.Tensor:
@@ -203,35 +185,40 @@ def seen_by_system(defense: Defense | None, params) -> Callable[[torch.Tensor], 
 def system_decision(model, criterion: Criterion, defense: Defense | None, n: int, batch_size: int = 256,
                     storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> Decision:
     """The defended system's verdict, ``decide(x, rows) -> bool (M,)``: True where image ``x[i]``
-    (a candidate for batch row ``rows[i]``) is adversarial against the whole system, i.e. the
-    criterion holds on the classifier and the detector does not flag it (``defense.flags``, else
-    ``detector_scores > threshold``). A defense with neither but a corrector: the corrected
-    label must still satisfy the rule (non-targeted: differ from the original label; targeted:
-    equal the target). Only decisions are used: this is what a label-only attacker sees."""
+    (a candidate for batch row ``rows[i]``) is adversarial against the whole system: the
+    criterion holds on the classifier and the defense does not undo it. A detector
+    (``defense.flags``, else ``detector_scores > threshold``) undoes what it flags; with a
+    corrector (``defense.correct``) a flagged image is undone only when its corrected label no
+    longer satisfies the rule (without a detector every image is corrected). Only decisions are
+    used: this is what a label-only attacker sees."""
 
     def decide(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if len(x) == 0:
             return torch.zeros(0, dtype=torch.bool, device=x.device)
         with torch.no_grad():
             x = storage(x)  # the system judges the stored file
-        logits = logits_in_chunks(model, x, batch_size)
-        ok = criterion_rows(criterion, logits, rows, n)
-        if defense is None:
+        ok = criterion_rows(criterion, logits_in_chunks(model, x, batch_size), rows, n)
+        if defense is None or not bool(ok.any()):
             return ok
+        # the defense's own passes only for images that fool the classifier
+        fooling = ok.nonzero().squeeze(1)
+        candidates = x[fooling].split(batch_size)
         with torch.no_grad():
             if defense.flags is not None:
-                flagged = torch.cat([as_bool(defense.flags(c), x.device) for c in x.split(batch_size)])
-                ok = ok & ~flagged
+                undone = torch.cat([as_bool(defense.flags(c), x.device) for c in candidates])
             elif defense.detector_scores is not None:
-                scores = torch.cat([defense.detector_scores(c).view(-1) for c in x.split(batch_size)])
-                ok = ok & (scores <= defense.threshold)
-            elif defense.correct is not None:
+                undone = torch.cat([defense.detector_scores(c).view(-1) for c in candidates]) > defense.threshold
+            else:
+                undone = torch.ones(len(fooling), dtype=torch.bool, device=x.device)
+            if defense.correct is not None:
                 corrected = torch.cat([torch.as_tensor(defense.correct(c), device=x.device).view(-1)
-                                       for c in x.split(batch_size)]).long()
-                if criterion.targeted:
-                    ok = ok & (corrected == criterion.targets.to(x.device)[rows])
-                else:
-                    ok = ok & (corrected != criterion.labels.to(x.device)[rows])
+                                       for c in candidates]).long()
+                sources = rows[fooling]
+                still_wrong = (corrected == criterion.targets.to(x.device)[sources] if criterion.targeted
+                               else corrected != criterion.labels.to(x.device)[sources])
+                undone = undone & ~still_wrong
+        ok = ok.clone()
+        ok[fooling] = ~undone
         return ok
 
     return decide
@@ -239,8 +226,8 @@ def system_decision(model, criterion: Criterion, defense: Defense | None, n: int
 
 def stable_under(model, operations: Sequence[Callable], x: torch.Tensor) -> torch.Tensor:
     """(N, n_ops) bool: the top-1 label under each operation equals the label of ``x`` itself."""
+    if not operations:
+        return torch.zeros(len(x), 0, dtype=torch.bool, device=x.device)
     with torch.no_grad():
         top1 = model(x).argmax(1)
-        if not operations:
-            return torch.zeros(len(x), 0, dtype=torch.bool, device=x.device)
         return torch.stack([model(op(x)).argmax(1) == top1 for op in operations], dim=1)

@@ -22,16 +22,15 @@ from advbench.specs import Criterion
 from advbench_plugins.attacks.adaptive.common import (
     adversarial_labels,
     ascent_direction,
-    budget_scale,
     classifier_loss,
     criterion_rows,
     label_margin,
     original_labels,
-    project,
     random_start,
     topk_of,
     towards_label_loss,
 )
+from advbench_plugins.attacks.budgets import clip_to_ball, norm_scale
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
     """
     x0 = images.detach()
     n, n_ops = len(x0), len(operations)
-    eps = epsilon * budget_scale(norm, x0)
+    eps = epsilon * norm_scale(norm, x0)
     alpha = rel_stepsize * eps
     with torch.no_grad():
         adv_labels = adversarial_labels(model(x0), criterion)
@@ -109,6 +108,6 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
             rows, x, grad = rows[keep], x.detach()[keep], grad[keep]
             steps_used[rows] += 1
             # gradient *descent* on the loss, projected back to the budget and the image range
-            x = (x0[rows] + project(x - alpha * ascent_direction(grad, norm) - x0[rows], eps, norm)).clamp(0, 1)
+            x = clip_to_ball(x0[rows], x - alpha * ascent_direction(grad, norm), norm, eps)
     return EOTResult(best, steps_used, best_stable)
 

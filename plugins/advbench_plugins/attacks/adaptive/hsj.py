@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advbench_plugins.attacks.adaptive.common import Decision, l2_norms
+from advbench_plugins.attacks.adaptive.common import Decision, l2_norms, rowwise
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,9 @@ def _distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
     return diff.abs().amax(1) if norm == "linf" else diff.norm(dim=1)
 
 
-def _rowwise(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _between(x0: torch.Tensor, adv: torch.Tensor, alpha: torch.Tensor, norm: str) -> torch.Tensor:
     """L2: the blend ``(1-α) x0 + α adv``; L∞: ``adv`` clipped to the box of radius α around x0."""
-    a = _rowwise(alpha, x0)
+    a = rowwise(alpha, x0)
     if norm == "linf":
         return torch.maximum(torch.minimum(adv, x0 + a), x0 - a)
     return (1 - a) * x0 + a * adv
@@ -112,8 +108,8 @@ def _direction_of_rows(oracle: _Oracle, boundary: torch.Tensor, rows: torch.Tens
     shape = (len(owner), *boundary.shape[1:])
     probe = (torch.rand(shape, generator=gen) * 2 - 1) if norm == "linf" else torch.randn(shape, generator=gen)
     probe = probe.to(boundary.device, boundary.dtype)
-    probe = probe / _rowwise(l2_norms(probe).clamp_min(1e-12), probe)
-    base, d = boundary[owner], _rowwise(delta[owner], probe)
+    probe = probe / rowwise(l2_norms(probe).clamp_min(1e-12), probe)
+    base, d = boundary[owner], rowwise(delta[owner], probe)
     perturbed = (base + d * probe).clamp(0, 1)
     probe = (perturbed - base) / d  # what was actually added, after clipping to the image range
     signs = oracle(perturbed, rows[owner]).float() * 2 - 1
@@ -123,11 +119,11 @@ def _direction_of_rows(oracle: _Oracle, boundary: torch.Tensor, rows: torch.Tens
     # all probes on one side: the baseline would cancel everything, use the raw signs (as §4.1)
     uniform = mean[owner].abs() == 1
     centred = torch.where(uniform, signs, centred)
-    grad = torch.zeros_like(boundary).index_add_(0, owner, _rowwise(centred, probe) * probe)
-    grad = grad / _rowwise(count, grad)
+    grad = torch.zeros_like(boundary).index_add_(0, owner, rowwise(centred, probe) * probe)
+    grad = grad / rowwise(count, grad)
     if norm == "linf":
         return grad.sign(), has
-    return grad / _rowwise(l2_norms(grad).clamp_min(1e-12), grad), has
+    return grad / rowwise(l2_norms(grad).clamp_min(1e-12), grad), has
 
 
 def _starting_points(oracle: _Oracle, x0: torch.Tensor, init_queries: int, from_batch: bool,
@@ -194,7 +190,7 @@ def hop_skip_jump(decide: Decision, images: torch.Tensor, *, norm: str, max_quer
             if not bool(pending.any()):
                 break
             sel = pending.nonzero().squeeze(1)
-            candidate = (current[sel] + _rowwise(xi[sel], current) * direction[sel]).clamp(0, 1)
+            candidate = (current[sel] + rowwise(xi[sel], current) * direction[sel]).clamp(0, 1)
             ok = oracle(candidate, rows[sel])
             stepped[sel[ok]] = candidate[ok]
             pending[sel[ok]] = False

@@ -30,17 +30,16 @@ from advbench.specs import Criterion
 from advbench_plugins.attacks.adaptive.common import (
     adversarial_labels,
     ascent_direction,
-    budget_scale,
     classifier_loss,
     criterion_rows,
     original_labels,
-    project,
     random_start,
+    rowwise,
     rule_margin,
     topk_of,
 )
+from advbench_plugins.attacks.budgets import clip_to_ball, norm_scale
 
-METHODS = ("cw", "orthogonal", "selective")
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,7 @@ def _orthogonal_sign(sign: torch.Tensor, against: torch.Tensor) -> torch.Tensor:
     loss by about as much as the previous classifier step lowered it, and the iterate
     oscillated), so it is projected once more and rescaled to unit L∞ norm."""
     step = _orthogonal(sign, against)
-    return step / _rowwise(step.flatten(1).abs().amax(1).clamp_min(1e-12))
-
-
-def _rowwise(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
+    return step / rowwise(step.flatten(1).abs().amax(1).clamp_min(1e-12), step)
 
 
 def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -89,7 +84,7 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
     """
     x0 = images.detach()
     n = len(x0)
-    eps = epsilon * budget_scale(norm, x0)
+    eps = epsilon * norm_scale(norm, x0)
     alpha = rel_stepsize * eps
     limit = threshold - detector_margin
     with torch.no_grad():
@@ -142,7 +137,7 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
                     # code): right at the boundary a detector step undoes the misclassification
                     past = fooled & (rule_margin(logits.detach(), adv_labels[rows], None if original is None
                                                  else original[rows], k) >= confidence)
-                    own, other = torch.where(_rowwise(past), g_det, g_cls), torch.where(_rowwise(past), g_cls, g_det)
+                    own, other = torch.where(rowwise(past, x), g_det, g_cls), torch.where(rowwise(past, x), g_cls, g_det)
                     if method == "orthogonal":
                         own = _orthogonal(own, other)
                     direction = ascent_direction(own, norm)
@@ -151,6 +146,6 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
             keep = ~success
             rows, x, direction = rows[keep], x.detach()[keep], direction[keep]
             steps_used[rows] += 1
-            x = (x0[rows] + project(x - alpha * direction - x0[rows], eps, norm)).clamp(0, 1)
+            x = clip_to_ball(x0[rows], x - alpha * direction, norm, eps)
         fooled_last_round = fooled_this_round
     return JointResult(best, steps_used, best_scores, c)
