@@ -116,7 +116,9 @@ class Cache:
         with FileLock(str(path)):
             self.sweep_scratch(stage, key)
             yield
-            if self.has(stage, key):  # a waiter that opened the old file re-checks has() and skips
+            # a waiter that opened the old file re-checks the state and skips; the record was
+            # just written (and hashed) by whoever held the lock, so its presence is enough here
+            if (self.path(stage, key) / COMPLETE).exists():
                 path.unlink(missing_ok=True)
 
     @contextmanager

@@ -219,12 +219,17 @@ class Benchmark:
         return max([self.settings.top_k, *(self.feature_k(f) for f in self.features)])
 
     def correction_groups(self) -> list[str]:
-        if self.correction.groups is not None:
-            return list(self.correction.groups)
-        return [g for g in ("JPEG", "Scaling", "JPEG+Scaling") if g in self.detection.groups]
+        return correction_groups(self.correction, self.detection.groups)
 
     def models_for(self, dataset: Entry) -> list[Entry]:
         return [m for m in self.models if not m.datasets or dataset.label in m.datasets]
+
+
+def correction_groups(correction: CorrectionSettings, groups: dict) -> list[str]:
+    """The groups votes are taken over: the configured ones, else the paper's that exist."""
+    if correction.groups is not None:
+        return list(correction.groups)
+    return [g for g in ("JPEG", "Scaling", "JPEG+Scaling") if g in groups]
 
 
 def _loc(loc: tuple) -> str:
@@ -569,6 +574,9 @@ def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: Correc
         for t in entry.targets:
             if t.kind == "pipeline" and correction.pipeline is None:
                 problems.append(f"{where}: 'pipeline' needs a [correction] pipeline to attack")
+            elif t.kind == "pipeline" and not correction_groups(correction, groups):
+                problems.append(f"{where}: 'pipeline' needs a group to correct over: set [correction] groups or "
+                                f"add JPEG, Scaling or JPEG+Scaling to [detection] groups")
             if t.group and t.group not in groups:
                 problems.append(f"{where}: unknown group {t.group!r}; valid: {', '.join(groups)}")
             if t.kind != "detector":

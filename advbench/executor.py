@@ -84,10 +84,11 @@ def _work(job: Job, key: str) -> CellOutcome:
 class ForkPool:
     """Runs cells in ``workers`` forked processes; outcomes in completion order."""
 
-    def __init__(self, workers: int, registry: Registry):
+    def __init__(self, workers: int, registry: Registry, context: Callable[[Job], CellContext] | None = None):
         global _registry
         _registry = registry
         self.workers = workers
+        self.context = context  # the driver's: forked workers inherit it with its loaded models
         self.pool: ProcessPoolExecutor | None = None
         self.futures: set[Future] = set()
 
@@ -97,6 +98,9 @@ class ForkPool:
 
     def submit(self, job: Job, cell: Cell) -> None:
         if self.pool is None:  # forked at the first submission: models loaded by then are shared
+            if self.context is not None:
+                _contexts.clear()
+                _contexts[job] = self.context(job)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                             initializer=_init_worker)
         self.futures.add(self.pool.submit(_work, job, cell.key))

@@ -61,6 +61,12 @@ class Cell:
     norm: str = ""  # attack, adaptive, predict, score: the norm of the imageset's budget
 
     @property
+    def sees_images(self) -> bool:
+        """Its detector reads the images (or the model): a detect cell of one, or a score cell
+        scoring one (a pipeline score cell names it in ``group``)."""
+        return IMAGES in (self.transform, self.group) and bool(self.detector)
+
+    @property
     def title(self) -> str:
         parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector, self.corrector]
         if self.stage == "adaptive":  # its label names the defense already
@@ -226,7 +232,7 @@ class _Builder:
         corrects = self.correctors(d, m, clean_key, split_key, sets)
         for entry in bench.adaptive:
             for target in entry.targets:
-                st = self.adaptive(d, m, clean_key, split_key, entry, target, detect)
+                st = self.adaptive(d, m, clean_key, split_key, entry, target)
                 sets[st.label] = st
                 self.predictions(d, m, st)
         for st in sets.values():
@@ -351,8 +357,7 @@ class _Builder:
         key = self.index.get(("detect", d, m, target.detector, target.feature, target.group, ""))
         return [key] if key else []
 
-    def adaptive(self, d: str, m: str, clean_key: str, split_key: str, entry: Entry, target: Target,
-                 detect: list[Cell]) -> ImageSet:
+    def adaptive(self, d: str, m: str, clean_key: str, split_key: str, entry: Entry, target: Target) -> ImageSet:
         bench, s, db = self.bench, self.bench.settings, self.bench.database
         trained = self._defense_cells(d, m, target)
         reads = sorted({dep for k in trained for dep in self._cell(k).deps} | set(trained))

@@ -33,7 +33,7 @@ import numpy as np
 
 from advbench.cache import COMPLETE, Cache
 from advbench.errors import AdvbenchError, DataError, PluginError
-from advbench.plan import IMAGES, Cell, Plan
+from advbench.plan import Cell, Plan
 from advbench.registry import Registry, registry_from_sources
 from advbench.stages.context import CellContext, Job
 from advbench.stages.execute import CellOutcome, execute
@@ -47,7 +47,7 @@ NODE_CACHE_ENV = "ADVBENCH_RAY_NODE_CACHE"
 
 def needs_gpu(cell: Cell) -> bool:
     """Attacks, predictions, and detectors that see images (or the model), trained or scored."""
-    return cell.stage in GPU_STAGES or (cell.stage in ("detect", "score") and cell.transform == IMAGES)
+    return cell.stage in GPU_STAGES or (cell.stage in ("detect", "score") and cell.sees_images)
 
 
 def reads(plan: Plan, cell: Cell) -> tuple[str, ...]:

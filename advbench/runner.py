@@ -23,7 +23,7 @@ from advbench.cache import Cache, default_cache_dir, load_columns
 from advbench.config import Benchmark
 from advbench.errors import DataError
 from advbench.executor import Executor, ForkPool, InProcess
-from advbench.plan import IMAGES, Cell, Plan
+from advbench.plan import Cell, Plan
 from advbench.registry import Registry
 from advbench.stages.context import CellContext, Job, plan_for
 from advbench.stages.execute import CellOutcome, cached_outcome
@@ -160,7 +160,7 @@ class Runner:
 
             return local, RayExecutor(self.registry, self.cache, self.plan_of, self.options.address)
         if self.options.workers > 1 and ForkPool.available():
-            return local, ForkPool(self.options.workers, self.registry)
+            return local, ForkPool(self.options.workers, self.registry, self.context)
         return local, local
 
     def plan_of(self, job: Job) -> Plan:
@@ -172,8 +172,7 @@ class Runner:
         if self.options.executor == "ray":
             return True
         on_gpu = self.context().device.startswith("cuda")
-        images = cell.transform == IMAGES or (cell.stage == "score" and bool(cell.detector) and cell.transform == IMAGES)
-        return cell.stage in FORKABLE and not images and not (on_gpu and cell.stage == "predict")
+        return cell.stage in FORKABLE and not cell.sees_images and not (on_gpu and cell.stage == "predict")
 
     def _schedule(self, store, run_id: int, outcomes: dict[str, CellOutcome]) -> None:
         local, remote = self._executors()

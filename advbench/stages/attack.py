@@ -21,7 +21,7 @@ from advbench.stages.context import CellContext, MetricRows
 
 def attacked_sources(ctx: CellContext, cell: Cell) -> np.ndarray:
     """Indices of the clean images an attack cell attacks."""
-    n = len(ctx.clean_arrays(cell)["labels"])
+    n = len(ctx.clean_arrays(cell, mmap=True)["labels"])
     if cell.stage == "attack" and not cell.evaluation:
         return np.arange(n)
     return np.flatnonzero(ctx.split(cell) == EVAL)

@@ -16,7 +16,7 @@ def detector_columns(ctx: CellContext, cell: Cell, data: LabelledSet, decision: 
                      logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Origin (source image, imageset, split, truth) of every row of ``data`` and what a cell said
     of it; columns a cell has nothing for are left out."""
-    ids = ctx.clean_arrays(cell)["ids"]
+    ids = ctx.clean_arrays(cell, mmap=True)["ids"]
     columns = {"source": ids[data.source].astype(str), "origin": data.origin.astype(str),
                "split": SPLIT_NAMES[data.split.astype(int)], "y": data.y.astype(np.int64),
                "truth": data.truth.astype(np.int64)}

@@ -50,8 +50,9 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         data, inputs = detector_inputs(ctx, replace(det_cell, attack=cell.attack), [cell.attack])
         mask = data.split == EVAL
         empty = not mask.any()  # an attack may succeed on no eval image: nothing to score
-        flagged = np.zeros(0, int) if empty else np.asarray(detector.predict(inputs[mask])).astype(int)
-        scores = np.zeros(0) if empty else np.asarray(detector.scores(inputs[mask]), dtype=float)
+        scored = inputs[mask]  # one array for both calls: detectors reuse a pass on the same object
+        flagged = np.zeros(0, int) if empty else np.asarray(detector.predict(scored)).astype(int)
+        scores = np.zeros(0) if empty else np.asarray(detector.scores(scored), dtype=float)
         rows += [("detection_rate", "", _mean(flagged)), ("mean_score", "", _mean(scores))]
     if cell.corrector:
         k = ctx.bench.settings.top_k

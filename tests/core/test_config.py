@@ -148,3 +148,14 @@ def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
             assert beyond[key][: len(value)] == value, key
         else:
             assert beyond[key] == value, key
+
+
+@pytest.mark.parametrize("correction, message", [
+    ("", "'pipeline' needs a [correction] pipeline to attack"),
+    ('[correction]\npipeline = { detector = "lda", feature = "counting", group = "All" }\n',
+     "'pipeline' needs a group to correct over"),
+])
+def test_an_adaptive_attack_on_the_pipeline_needs_one_to_attack(registry, correction, message):
+    adaptive = '[[adaptive]]\nplugin = "eot-pgd"\ntargets = ["pipeline"]\n'
+    found = problems(tiny_benchmark(groups='{ All = ["*"] }', extra=adaptive + correction), registry)
+    assert any(p.startswith("adaptive[eot-pgd].targets: " + message) for p in found), found

@@ -28,6 +28,26 @@ def test_workers_give_the_same_results_as_one_process(tiny_run, tmp_path, regist
         {o.cell.key: comparable(o.metrics) for o in result.outcomes}
 
 
+def test_forked_workers_share_the_drivers_loaded_model(tiny_run, tmp_path, registry, monkeypatch):
+    from advbench.stages.context import CellContext
+
+    builds = tmp_path / "builds"
+    load = CellContext.model
+
+    def model(self, label):
+        if label not in self._models:
+            with builds.open("a") as f:
+                f.write(f"{os.getpid()}\n")
+        return load(self, label)
+
+    monkeypatch.setattr(CellContext, "model", model)
+    _, root = tiny_run
+    bench = parse_benchmark((root / "benchmark.toml").read_text(), registry)
+    options = RunOptions(store=str(tmp_path / "r.db"), cache_dir=tmp_path / "cache", workers=2)
+    assert not Runner(bench, registry, options).run().failed
+    assert builds.read_text().split() == [str(os.getpid())]  # loaded once, by the driver
+
+
 class _Dies:
     """A detector that kills the process it is fitted in, when that is a forked worker."""
 

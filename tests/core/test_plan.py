@@ -77,3 +77,15 @@ def test_a_changed_detector_changes_only_the_adaptive_cells_that_target_it(regis
     edited = plan_of(_adaptive_bench(registry, ('plugin = "lda"\nsolver = "lsqr"', 'plugin = "svm"')), registry)
     changed = {c.attack for c in edited.stage("adaptive") if c.key not in base.by_key}
     assert changed == {"eot-pgd@0.1>lda/counting/JPEG", "eot-pgd@0.2>lda/counting/JPEG"}
+
+
+def test_cells_whose_detector_sees_images_say_so_also_in_a_pipeline(registry):
+    grid = 'plugin = "fgsm"\nname = "fgsm-grid"\nbudgets = [0.1]'
+    from advbench.stages.context import plan_for
+
+    text = tiny_benchmark(attacks=['plugin = "fgsm"', grid], detectors=['plugin = "lda"', 'plugin = "feature-squeezing"'],
+                          extra='[correction]\npipeline = { detector = "feature-squeezing" }\n')
+    plan = plan_for(parse_benchmark(text, registry), registry)
+    seeing = {(c.stage, c.detector, c.corrector != "") for c in plan.cells if c.sees_images}
+    assert ("detect", "feature-squeezing", False) in seeing and ("score", "feature-squeezing", True) in seeing
+    assert not any(c.sees_images for c in plan.cells if c.detector == "lda")
