@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from advbench.errors import ConfigError
 from advbench.registry import Registry, unknown_plugin_message
@@ -60,7 +60,7 @@ class DatabaseSettings(_Strict):
 class PredictionSettings(_Strict):
     backend: Literal["pillow", "tensor"] = Field("pillow", description="How operations are applied.")
     batch_size: int = Field(128, ge=1, description="Images per forward pass.")
-    default_operations: bool | None = Field(
+    default_operations: StrictBool | None = Field(
         None, description="Keep the default operations (the paper's 38) beside the listed [[transforms]]: "
                           "true adds the listed ones to them; null (the default) keeps them only when no "
                           "[[transforms]] is listed.")

@@ -30,21 +30,29 @@ def format_for(path: Path, fmt: str | None) -> str:
         if fmt not in FORMATS:
             raise AdvbenchError(f"--format {fmt!r}: unknown export format; valid: {', '.join(FORMATS)}")
         return fmt
-    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    suffix = path.suffix.lower()
+    if suffix not in ("", ".csv", ".parquet", ".pq"):
+        raise AdvbenchError(f"--out {path}: cannot tell the format from {suffix!r}; name it .csv, .parquet or .pq, "
+                            f"or pass --format ({', '.join(FORMATS)})")
+    return "parquet" if suffix in (".parquet", ".pq") else "csv"
 
 
 def write_images(columns: Mapping[str, Sequence], path: Path, fmt: str) -> int:
     """Write the per-image ``columns`` to ``path`` as CSV or Parquet; returns the row count.
     The file is written beside its target and moved into place, so a reader never sees half."""
     n = len(next(iter(columns.values()), []))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise AdvbenchError(f"--out {path}: is a directory; give a file name, e.g. {path / 'images.csv'}")
     partial = path.with_name(f".{path.name}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "parquet":
             _parquet(columns, partial)
         else:
             _csv(columns, partial)
         partial.replace(path)
+    except OSError as exc:
+        raise AdvbenchError(f"--out {path}: cannot write it ({exc.strerror or exc})") from None
     finally:
         partial.unlink(missing_ok=True)
     return n

@@ -177,7 +177,7 @@ def security(cells, path: Path, top: int = 6) -> Path:
         detection, system = [], []
         for name, detects, points in curve.defenses:
             # an adaptive panel always shows the defense it attacks, however it ranks
-            targeted = curve.threat == "adaptive" and (name.startswith(curve.target) or name.endswith(f"/{curve.target}"))
+            targeted = name in curve.targeted
             if name in shown or targeted:
                 label = f"{name} (targeted)" if targeted else name
                 detection.append(_series(label, x, [points[i][0] for i in keep]))

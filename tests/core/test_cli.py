@@ -240,3 +240,11 @@ def test_an_evaluation_table_of_a_run_without_its_cells_says_what_it_needs(tiny_
     assert main(["report", "--store", str(root / "results.db"), "--table", "unseen"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "--table unseen: this run has nothing for it" in line and "leave-one-attack-out" in line
+
+
+@pytest.mark.parametrize("out, message", [("", "is a directory"), ("images.xlsx", "cannot tell the format")])
+def test_export_to_a_directory_or_an_unknown_suffix_is_one_line(evaluation_store, tmp_path, capsys, out, message):
+    db, run_id, _ = evaluation_store
+    assert main(["export", str(run_id), "--out", str(tmp_path / out), "--store", db]) == 2
+    printed = capsys.readouterr().err
+    assert message in printed and "Traceback" not in printed and not list(tmp_path.glob(".*partial"))

@@ -159,3 +159,8 @@ def test_an_adaptive_attack_on_the_pipeline_needs_one_to_attack(registry, correc
     adaptive = '[[adaptive]]\nplugin = "eot-pgd"\ntargets = ["pipeline"]\n'
     found = problems(tiny_benchmark(groups='{ All = ["*"] }', extra=adaptive + correction), registry)
     assert any(p.startswith("adaptive[eot-pgd].targets: " + message) for p in found), found
+
+
+def test_default_operations_takes_a_boolean_only(registry):
+    found = problems(tiny_benchmark(extra="[prediction]\ndefault_operations = 1\n"), registry)
+    assert any(p.startswith("prediction.default_operations") for p in found), found

@@ -153,6 +153,8 @@ class SecurityCurve:
     #: (defense label, whether it detects, ((detection rate, system success) per budget))
     defenses: tuple[tuple[str, bool, tuple[tuple[Estimate, Estimate], ...]], ...]
     attack: tuple[Estimate, ...]
+    #: labels of the defenses an adaptive family targets (``labels.targeted``)
+    targeted: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -178,8 +180,9 @@ def security_curves(cells) -> list[SecurityCurve]:
             (detection_estimate(c), system_estimate(c)) if (c := lookup.get((name, a))) is not None else empty
             for a in labels)) for name in names)
         attack = tuple(attack_estimate(m) if (m := makers.get((dataset, model, a))) else Estimate(None) for a in labels)
+        aimed = frozenset(defense(c) for c in group if adaptive and targeted(c, goal))
         curves.append(SecurityCurve(dataset, model, fam, "adaptive" if adaptive else "oblivious", goal, budgets, rows,
-                                    attack))
+                                    attack, aimed))
     return curves
 
 
