@@ -142,6 +142,17 @@ def load_checkpoint(
 # --- torchvision ---------------------------------------------------------------------------
 
 
+def check_arch(arch: str) -> None:
+    """A one-line DataError, with the closest names, unless ``arch`` is a torchvision classifier."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names)}"
+        raise DataError(f"unknown torchvision model {arch!r}{hint}")
+
+
 def torchvision_classifier(
     arch: str, weights: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> nn.Module:
@@ -156,11 +167,7 @@ def torchvision_classifier(
     import torchvision
 
     del cache_dir
-    names = torchvision.models.list_models(module=torchvision.models)
-    if arch not in names:
-        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(names)}"
-        raise DataError(f"unknown torchvision model {arch!r}{hint}")
+    check_arch(arch)
     if weights is None:
         return Normalized(torchvision.models.get_model(arch, weights=None), IMAGENET_MEAN, IMAGENET_STD)
 

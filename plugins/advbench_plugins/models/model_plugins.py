@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from advbench import hookimpl
+from advbench.errors import DataError
 from advbench.specs import BuildContext, LoadedModel, ModelSpec, Params
 
 from advbench_plugins.models.cifar_resnet import cifar_resnet
@@ -15,6 +16,7 @@ from advbench_plugins.models.loading import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Normalized,
+    check_arch,
     imagenet_prepare,
     load_checkpoint,
     resize_prepare,
@@ -73,8 +75,14 @@ def _checkpoint(p: CheckpointParams, ctx: BuildContext, weights: bool = True) ->
     import torchvision
 
     if p.arch.startswith("cifar_resnet"):
-        net = cifar_resnet(int(p.arch.removeprefix("cifar_resnet")), p.num_classes)
+        depth = p.arch.removeprefix("cifar_resnet")
+        try:
+            net = cifar_resnet(int(depth), p.num_classes)
+        except ValueError:
+            raise DataError(f"arch {p.arch!r}: a CIFAR ResNet is cifar_resnet<depth> with depth 6n+2 (cifar_resnet20, "
+                            "32, 44, 56, 110...)") from None
     else:
+        check_arch(p.arch)
         net = torchvision_classifier(p.arch, None).net if p.num_classes == 1000 else \
             torchvision.models.get_model(p.arch, num_classes=p.num_classes)
     if weights:

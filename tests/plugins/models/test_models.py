@@ -339,3 +339,15 @@ def test_resize_prepare() -> None:
     img = Image.new("RGB", (32, 32), (1, 2, 3))
     assert resize_prepare(32)(img) is img
     assert resize_prepare((20, 40))(Image.new("RGB", (100, 50))).size == (40, 20)
+
+
+@pytest.mark.parametrize("arch, message", [("resnet5", "did you mean resnet50"), ("cifar_resnetx", r"depth 6n\+2"),
+                                           ("cifar_resnet21", r"depth 6n\+2")])
+def test_a_bad_checkpoint_arch_is_a_data_error_at_any_class_count(tmp_path: Path, arch: str, message: str) -> None:
+    from advbench.registry import discover
+    from advbench.specs import BuildContext
+
+    spec = discover().get("model", "checkpoint")
+    params = spec.params(path=str(tmp_path / "w.th"), arch=arch, num_classes=10)
+    with pytest.raises(DataError, match=message):
+        spec.build(params, BuildContext(cache_dir=tmp_path, device="cpu", seed=0))
