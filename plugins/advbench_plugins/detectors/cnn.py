@@ -223,6 +223,14 @@ class PretrainableParams(CNNTrainParams):
         return self
 
 
+
+def resized(h: int, w: int, max_side: int | None) -> tuple[int, int]:
+    """(h, w) of an image scaled down so that its longer side is at most ``max_side``."""
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
 class CNNDetectorParams(PretrainableParams):
     arch: Literal["small-cnn", "resnet50", "xception"] = Field("small-cnn", description="Network architecture.")
 
@@ -308,11 +316,8 @@ class CNNDetector:
         return self._resize(to_tensor(batch, self.device))
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        side = self.params.max_side
-        h, w = x.shape[-2:]
-        if side is not None and max(h, w) > side:
-            scale = side / max(h, w)
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        size = resized(*x.shape[-2:], self.params.max_side)
+        if size != tuple(x.shape[-2:]):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return x
 

@@ -19,6 +19,7 @@ from advbench_plugins.detectors.cnn import (
     CNNTrainParams,
     PretrainableParams,
     build_network,
+    resized,
 )
 
 
@@ -55,9 +56,7 @@ def _cost(arch: str):
         upper bound (early stopping after ``patience`` epochs may end training sooner); images
         downscaled to ``max_side`` as ``fit`` does."""
         c, h, w = inputs.image_shape
-        side = params.max_side
-        if side is not None and max(h, w) > side:
-            h, w = max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w)))
+        h, w = resized(h, w, params.max_side)
         return TrainingCost(network=build_network(arch, pretrained=False), epochs=params.epochs, image_shape=(c, h, w))
 
     return cost
