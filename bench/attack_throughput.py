@@ -37,7 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-import eagerpy as ep
 import foolbox as fb
 import torch
 
@@ -47,6 +46,7 @@ from advbench.engine.database import select_clean
 from advbench.imaging import to_tensor
 from advbench.registry import discover
 from advbench.specs import AttackOutput, BuildContext
+from advbench_plugins.attacks.foolbox_attacks import foolbox_criterion
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared"
@@ -104,29 +104,9 @@ def run_attack(spec, params, model: Counting, x: torch.Tensor, top1: torch.Tenso
 # --- wrapper overhead: advbench's plugin vs the same foolbox attack called directly ----------
 
 
-class _Rule:
-    """The benchmark's success rule as a plain foolbox criterion (what a foolbox user writes)."""
-
-    def __call__(self, perturbed, outputs):
-        raw, restore = ep.astensor_(outputs)
-        return restore(ep.astensor(self.rule(raw.raw)))
-
-
-class _DirectUntargeted(_Rule, fb.criteria.Misclassification):
-    def __init__(self, rule: PaperCriterion):
-        super().__init__(rule.labels)
-        self.rule = rule
-
-
-class _DirectTargeted(_Rule, fb.criteria.TargetedMisclassification):
-    def __init__(self, rule: PaperCriterion):
-        super().__init__(rule.targets)
-        self.rule = rule
-
-
 def direct_call(name: str, params, fmodel, x: torch.Tensor, rule: PaperCriterion):
     """The foolbox attack behind plugin ``name`` on ``x``: foolbox's (raw, clipped, success)."""
-    criterion = _DirectTargeted(rule) if rule.targeted else _DirectUntargeted(rule)
+    criterion = foolbox_criterion(rule)  # the plugin's adapter: the very criterion foolbox sees either way
     if name == "pgd":
         attack = fb.attacks.LinfPGD(rel_stepsize=params.rel_stepsize, steps=params.steps)
         return attack(fmodel, x, criterion, epsilons=list(params.epsilons))
