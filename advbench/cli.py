@@ -340,6 +340,7 @@ def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = No
     from advbench.report import figures
 
     cache = Cache(cache_dir or default_cache_dir())
+    images = _detect_images(st, run_id)  # read once for both plots that use them (ROC, logits)
     made = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in figures.KINDS:
@@ -347,7 +348,7 @@ def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = No
                 continue  # a run without evaluation sets: no curve to expect, nothing to say
             path = Path(tmp) / f"{kind}.png"
             try:
-                _draw(kind, cells, cache, path, st, run_id)
+                _draw(kind, cells, cache, path, images)
             except AdvbenchError as e:  # nothing to draw for that kind, or no artefacts: say which
                 err.print(f"report: no {kind} plot: {e}", highlight=False)
                 continue
@@ -355,12 +356,17 @@ def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = No
     return made
 
 
-def _draw(kind: str, cells, cache, path: Path, st=None, run_id: int | None = None) -> Path:
-    """One plot of a run; ROC curves and logits read the store's per-image rows, the cache as a fallback."""
+def _detect_images(st, run_id: int | None):
+    """The run's per-image rows of its detect cells (what ROC curves and logits plot), or None."""
+    return st.images(run_id, stage="detect") if st is not None and run_id is not None else None
+
+
+def _draw(kind: str, cells, cache, path: Path, images=None) -> Path:
+    """One plot of a run; ROC curves and logits read the store's per-image rows (``images``), the
+    cache as a fallback."""
     from advbench.report import figures
 
     if kind in ("roc", "logits"):
-        images = st.images(run_id, stage="detect") if st is not None and hasattr(st, "images") else None
         return getattr(figures, kind)(cells, cache, path, images=images,
                                       on_note=lambda note: err.print(note, highlight=False, markup=False))
     return getattr(figures, kind)(cells, path)
@@ -388,7 +394,8 @@ def plot(
 
     st = open_store(store, create=False)
     run_row = _pick_run(st, run_id, benchmark)
-    path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file, st, run_row.id)
+    images = _detect_images(st, run_row.id) if kind.value in ("roc", "logits") else None
+    path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file, images)
     err.print(f"wrote {path}", highlight=False)
     return 0
 
