@@ -20,12 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from advbench.config import load_benchmark
 from advbench.errors import AdvbenchError
-from advbench.plan import STAGES
 from advbench.registry import discover
 from advbench.report import formats, tables
-from advbench.runner import RunOptions, Runner
 from advbench.specs import KINDS
-from advbench.store import open_store
+from advbench.stages import STAGES
+
+# The runner (torch), the store (SQLAlchemy) and the estimate are imported by the commands that
+# use them: `advbench --help` stays under a second (a test checks that torch is not imported).
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Build adversarial-image databases and benchmark detectors of adversarial images.")
@@ -57,6 +58,8 @@ def run(
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default: a local Ray instance.")] = None,
 ) -> int:
     """Plan the benchmark matrix and execute it; results go to the store."""
+    from advbench.execution.runner import RunOptions, Runner
+
     if address is not None and executor != ExecutorKind.ray:
         raise AdvbenchError("--address is the address of a Ray cluster; add --executor ray")
     bench = load_benchmark(config, discover())
@@ -149,8 +152,10 @@ def validate(
     if given and not estimate:
         raise AdvbenchError(f"{given[0]} sets up an estimate; add --estimate")
     _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops)
+    from advbench.execution.context import plan_for
+
     bench = load_benchmark(config, discover())
-    runner_plan = Runner(bench, discover(), RunOptions(max_images=max_images)).plan
+    runner_plan = plan_for(bench, discover(), max_images)
     sizes = ", ".join(f"{len(runner_plan.stage(s))} {s}" for s in STAGES)
     out.print(f"{config}: ok — {sizes} cells", highlight=False)
     if estimate:
@@ -329,6 +334,12 @@ def report(
 
 #: Tables of the evaluation protocol on the whole-run HTML page (each empty without its cells).
 HTML_EXTRA_TABLES = ("detection", "adaptive", "security", "unseen", "subset")
+
+
+def open_store(store: str | None, *, create: bool = True):
+    from advbench.store import open_store as opened
+
+    return opened(store, create=create)
 
 
 def _pick_run(st, run_id: int | None, benchmark: str | None):

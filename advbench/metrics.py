@@ -13,8 +13,9 @@ from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn import metrics as _skm
-from sklearn.exceptions import UndefinedMetricWarning
+
+# scikit-learn is imported where it is used: the report's tables import this module, and
+# ``advbench --help`` must not pay for scikit-learn (nor torch)
 
 
 def _labels(y: ArrayLike) -> np.ndarray:
@@ -52,9 +53,12 @@ def roc_curve(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     :func:`tpr_at_fpr` may need are kept; tied scores form one point. With one class only,
     the undefined rate is ``nan`` (sklearn's behaviour, its warning silenced).
     """
+    from sklearn import metrics as skm
+    from sklearn.exceptions import UndefinedMetricWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        return _skm.roc_curve(_labels(y_true), _scores(scores), drop_intermediate=False)
+        return skm.roc_curve(_labels(y_true), _scores(scores), drop_intermediate=False)
 
 
 def auroc(y_true: ArrayLike, scores: ArrayLike) -> float:
@@ -62,7 +66,9 @@ def auroc(y_true: ArrayLike, scores: ArrayLike) -> float:
     t = _labels(y_true)
     if not _both_classes(t):
         return float("nan")
-    return float(_skm.roc_auc_score(t, _scores(scores)))
+    from sklearn import metrics as skm
+
+    return float(skm.roc_auc_score(t, _scores(scores)))
 
 
 def equal_error_rate(y_true: ArrayLike, scores: ArrayLike) -> float:

@@ -34,7 +34,6 @@ from advbench.config import Benchmark, Entry, Target, stable_hash
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
 ARTEFACT_SCHEMA = 5
 
-STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "score", "correct", "subset")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
 IMAGES = "images"  # the "feature group" of detectors that see the images themselves
 CLEAN = "clean"  # the imageset of normal images

@@ -30,7 +30,7 @@ from advbench.config import parse_benchmark
 from advbench.criteria import PaperCriterion, target_labels
 from advbench.hookspecs import hookimpl
 from advbench.registry import Registry, build_registry, entry_point_modules
-from advbench.runner import RunOptions, RunResult, Runner
+from advbench.execution.runner import RunOptions, RunResult, Runner
 from advbench.specs import AttackOutput, AttackSpec, BuildContext, DatasetSpec, DetectorSpec, LoadedModel, ModelSpec, Params, Sample
 
 SIZE = 16

@@ -42,7 +42,7 @@ import torch
 
 from advbench.config import load_benchmark
 from advbench.criteria import PaperCriterion, target_labels
-from advbench.engine.database import select_clean
+from advbench.engine.imagesets import select_clean
 from advbench.imaging import to_tensor
 from advbench.registry import discover
 from advbench.specs import AttackOutput, BuildContext

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from advbench.cache import Cache, load_array
 from advbench.config import load_benchmark
-from advbench.engine.database import SPLITS
+from advbench.engine.imagesets import SPLITS
 from advbench.imaging import to_tensor
 from advbench.registry import discover
 from advbench.stages.adaptive import detector_defense, storage
-from advbench.stages.context import CellContext, plan_for
+from advbench.execution.context import CellContext, plan_for
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from advbench.config import Entry
 from advbench.plan import ORIGINAL, Cell, ImageSet, Plan, group_ops
+from advbench.stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -140,34 +141,37 @@ def _uncounted_detector(plan: Plan, cell: Cell) -> str:
 
 
 def count_work(plan: Plan, facts: Facts) -> list[CellWork]:
-    """The passes (and CPU work) of every cell of ``plan``; see the module docstring."""
+    """The passes (and CPU work) of every cell of ``plan``, by the cost model its stage declares
+    (``Stage.cost`` in :mod:`advbench.stages`); see the module docstring."""
     work = []
     for cell in plan.cells:
         net = facts.classifier.get(cell.model, "")
         why_model = () if net else (f"model {cell.model!r}: {facts.unknown_models.get(cell.model, 'not built')}",)
-        if cell.stage == "clean":
-            known = facts.dataset_images.get(cell.dataset)
-            images = float(known if known is not None else images_per_model(plan))
-            work.append(CellWork(cell, (Passes(net, images, 0.0),) if net else (), unknown=why_model,
-                                 at_least=known is None))
-        elif cell.stage in ("attack", "adaptive"):
-            work.append(_attack_work(plan, cell, facts, net, why_model))
-        elif cell.stage == "predict":
-            images = set_images(plan, plan.imageset(cell), facts.success_rate)
-            key = (cell.model, cell.transform)
-            scale = 1.0 if cell.transform == ORIGINAL else facts.op_scale.get(key, 1.0)
-            cpu = 0.0 if cell.transform == ORIGINAL else images * facts.op_seconds.get(key, 0.0)
-            missing = () if cell.transform == ORIGINAL or key in facts.op_seconds else \
-                (f"operation {cell.transform!r}: its CPU time was not measured",)
-            work.append(CellWork(cell, (Passes(net, images, 0.0, scale),) if net else (), cpu, why_model + missing))
-        elif cell.stage in ("detect", "score"):
-            work.append(_detector_work(plan, cell, facts, net))
-        else:  # split, correct, subset: array work
-            work.append(CellWork(cell))
+        work.append(_COST_MODELS[STAGES[cell.stage].cost](plan, cell, facts, net, why_model))
     return work
 
 
+def _dataset_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tuple[str, ...]) -> CellWork:
+    """One forward pass per image of the dataset (clean selection)."""
+    known = facts.dataset_images.get(cell.dataset)
+    images = float(known if known is not None else images_per_model(plan))
+    return CellWork(cell, (Passes(net, images, 0.0),) if net else (), unknown=why_model, at_least=known is None)
+
+
+def _predict_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tuple[str, ...]) -> CellWork:
+    """One forward pass per image of the set under one operation, and the operation's CPU time."""
+    images = set_images(plan, plan.imageset(cell), facts.success_rate)
+    key = (cell.model, cell.transform)
+    scale = 1.0 if cell.transform == ORIGINAL else facts.op_scale.get(key, 1.0)
+    cpu = 0.0 if cell.transform == ORIGINAL else images * facts.op_seconds.get(key, 0.0)
+    missing = () if cell.transform == ORIGINAL or key in facts.op_seconds else \
+        (f"operation {cell.transform!r}: its CPU time was not measured",)
+    return CellWork(cell, (Passes(net, images, 0.0, scale),) if net else (), cpu, why_model + missing)
+
+
 def _attack_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tuple[str, ...]) -> CellWork:
+    """The attack's declared passes per attacked image (``AttackSpec.cost``) and the core's
+    two re-checks (before and after saving)."""
     attacked = attacked_images(plan, cell)
     per_image = facts.attack_passes.get((cell.model, cell.attack))
     if not net:
@@ -184,7 +188,7 @@ def _attack_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tupl
                     at_least=bool(unknown))
 
 
-def _detector_work(plan: Plan, cell: Cell, facts: Facts, net: str) -> CellWork:
+def _detector_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tuple[str, ...] = ()) -> CellWork:
     if not cell.detector:  # a corrector's score cell: votes over stored labels
         return CellWork(cell)
     det = facts.detectors.get((cell.model, cell.detector))
@@ -202,3 +206,12 @@ def _detector_work(plan: Plan, cell: Cell, facts: Facts, net: str) -> CellWork:
     if not det.saves:  # trained() fits it again, seeded, on the same data
         passes += _training_passes(plan, cell, det, facts, net)
     return CellWork(cell, tuple(passes))
+
+
+def _no_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tuple[str, ...]) -> CellWork:
+    """Array work (split, correct, subset): not priced."""
+    return CellWork(cell)
+
+
+_COST_MODELS = {"dataset": _dataset_work, "attack": _attack_work, "predict": _predict_work,
+                "detector": _detector_work, "none": _no_work}

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from advbench.estimate.counting import CellWork, Facts, Passes, attacked_images
 from advbench.estimate.networks import Network
 from advbench.estimate.rates import Rates
-from advbench.plan import STAGES, Plan
+from advbench.plan import Plan
+from advbench.stages import STAGES
 
 #: Assumed, not measured (no GPU where this was written): an A100-class GPU running TF32
 #: convolutions in eager PyTorch at batch 32, ~2,500 ResNet-50 images/s forward (8.2 GFLOP each)

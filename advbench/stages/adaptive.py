@@ -19,8 +19,8 @@ from advbench.differentiable import differentiable_operation, straight_through
 from advbench.imaging import jpeg_roundtrip, to_tensor, to_uint8
 from advbench.plan import IMAGES, Cell
 from advbench.specs import AttackContext, Defense, Probabilities
-from advbench.stages import attack, detectors
-from advbench.stages.context import CellContext, MetricRows
+from advbench.stages import attack, detect
+from advbench.execution.context import CellContext, MetricRows
 from advbench.stages.correct import corrected_labels
 from advbench.stages.inputs import takes_probs
 
@@ -112,7 +112,7 @@ def build_defense(ctx: CellContext, cell: Cell, target: Target) -> Defense:
 
 
 def detector_defense(ctx: CellContext, cell: Cell, det_cell: Cell, name: str) -> Defense:
-    detector = detectors.trained(ctx, det_cell)
+    detector = detect.trained(ctx, det_cell)
     if det_cell.transform == IMAGES:
         scores = getattr(detector, "torch_scores", None)
         return Defense("detector", name, detector_scores=scores, threshold=float(getattr(detector, "threshold", 0.0)),

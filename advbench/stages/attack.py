@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from advbench.cache import save_arrays
-from advbench.engine import database
+from advbench.engine import imagesets
 from advbench.engine.detect import EVAL
 from advbench.plan import Cell
 from advbench.specs import AttackContext
-from advbench.stages.context import CellContext, MetricRows
+from advbench.execution.context import CellContext, MetricRows
 
 
 def attacked_sources(ctx: CellContext, cell: Cell) -> np.ndarray:
@@ -34,7 +34,7 @@ def run(ctx: CellContext, cell: Cell, out: Path, entry, attack_ctx: AttackContex
     clean = ctx.clean_arrays(cell)
     chosen = attacked_sources(ctx, cell)
     subset = {name: values[chosen] for name, values in clean.items()}
-    arrays, metrics = database.run_attack(
+    arrays, metrics = imagesets.run_attack(
         spec, entry.params, ctx.model(cell.model), subset, out_dir=out, top_k=s.top_k, shift=db.target_shift,
         threshold=db.target_threshold, fmt=db.image_format, quality=db.jpeg_quality, batch_size=db.batch_size,
         seed=s.seed, ctx=attack_ctx)

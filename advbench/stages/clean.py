@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from advbench.cache import save_arrays
-from advbench.engine import database
+from advbench.engine import imagesets
 from advbench.errors import DataError
 from advbench.plan import Cell
-from advbench.stages.context import CellContext, MetricRows
+from advbench.execution.context import CellContext, MetricRows
 
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
@@ -19,7 +19,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
                         f"has {len(source.class_names)}; restrict the model with 'datasets = [...]'")
     s = ctx.bench.settings
     n = min(s.images_per_model, ctx.plan.max_images or s.images_per_model)
-    arrays, metrics = database.select_clean(source, model, top_k=s.top_k, n=n, seed=s.seed, device=ctx.device)
+    arrays, metrics = imagesets.select_clean(source, model, top_k=s.top_k, n=n, seed=s.seed, device=ctx.device)
     if metrics["seen"] == 0:
         raise DataError(f"dataset {cell.dataset!r} gave no readable image ({int(metrics['skipped_files'])} files "
                         f"skipped as unreadable); check its 'root' and the image files")

@@ -11,7 +11,7 @@ from advbench.cache import load_array, save_arrays, save_columns
 from advbench.engine import correct
 from advbench.errors import DataError
 from advbench.plan import Cell
-from advbench.stages.context import CellContext, MetricRows
+from advbench.execution.context import CellContext, MetricRows
 from advbench.stages.inputs import labelled_set
 from advbench.stages.per_image import detector_columns
 

@@ -9,7 +9,7 @@ import numpy as np
 from advbench.engine.detect import EVAL, UNUSED, LabelledSet
 from advbench.plan import CLEAN, IMAGES, ORIGINAL, Cell
 from advbench.specs import Probabilities
-from advbench.stages.context import CellContext
+from advbench.execution.context import CellContext
 
 
 def labelled_set(ctx: CellContext, cell: Cell, sets: list[str], group: str, *, with_images: bool = False,

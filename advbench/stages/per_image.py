@@ -6,7 +6,7 @@ import numpy as np
 
 from advbench.engine.detect import LabelledSet
 from advbench.plan import Cell
-from advbench.stages.context import CellContext
+from advbench.execution.context import CellContext
 
 SPLIT_NAMES = np.array(["train", "dev", "eval", "unused"])  # index -1 (held out) is the last
 

@@ -18,8 +18,8 @@ import numpy as np
 from advbench.cache import save_columns
 from advbench.engine.detect import EVAL
 from advbench.plan import IMAGES, Cell
-from advbench.stages import detectors
-from advbench.stages.context import CellContext, MetricRows
+from advbench.stages import detect
+from advbench.execution.context import CellContext, MetricRows
 from advbench.stages.correct import corrected_labels
 from advbench.stages.inputs import detector_inputs, labelled_set
 from advbench.stages.per_image import detector_columns
@@ -46,7 +46,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     flagged = scores = corrected = None
     if cell.detector:
         det_cell = detect_cell_of(ctx, cell)
-        detector = detectors.trained(ctx, det_cell)
+        detector = detect.trained(ctx, det_cell)
         data, inputs = detector_inputs(ctx, replace(det_cell, attack=cell.attack), [cell.attack])
         mask = data.split == EVAL
         empty = not mask.any()  # an attack may succeed on no eval image: nothing to score

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from advbench import metrics as M
-from advbench.engine import detect
-from advbench.engine.detect import DEV, EVAL, LabelledSet
+from advbench.engine.detect import DEV, EVAL, LabelledSet, fit_detector
+from advbench.execution.context import CellContext, MetricRows
 from advbench.plan import ORIGINAL, Cell
-from advbench.stages import detectors
-from advbench.stages.context import CellContext, MetricRows
+from advbench.stages import detect
 from advbench.stages.inputs import feature_matrix, labelled_set, takes_probs
 
 
@@ -59,8 +58,8 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         for i in (i for i in range(len(ops)) if i not in chosen):
             subset = _columns(data, [*chosen, i])
             inputs = feature_matrix(ctx, cell.feature, subset)
-            model = detectors.build(ctx, cell, ctx.entry("detector", cell.detector).params)
-            detect.fit_detector(model, inputs, subset)
+            model = detect.build(ctx, cell, ctx.entry("detector", cell.detector).params)
+            fit_detector(model, inputs, subset)
             pred = np.asarray(model.predict(inputs))
             candidate = (M.accuracy(subset.y[dev], pred[dev]), -costs[ops[i]], -i)
             if best is None or candidate > best[0]:

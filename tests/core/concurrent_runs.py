@@ -14,8 +14,8 @@ def run_once(root: str, store: str, barrier=None) -> dict:
     """One `advbench run` of the tiny benchmark on a shared cache and store; every cell's outcome."""
     try:
         from advbench.config import parse_benchmark
-        from advbench.runner import RunOptions, Runner
-        from advbench.stages.execute import comparable
+        from advbench.execution.runner import RunOptions, Runner
+        from advbench.execution.execute import comparable
         from advbench.testing import registry_with, tiny_benchmark
 
         registry = registry_with()

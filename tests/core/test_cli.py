@@ -147,16 +147,29 @@ def test_internal_error_exits_1_with_a_log(tmp_path, monkeypatch):
     assert any("ZeroDivisionError" in p.read_text() for p in (tmp_path / "logs").glob("crash-*.log"))
 
 
+def test_help_imports_neither_torch_nor_the_store():
+    """`advbench --help` stays fast (well under a second): the CLI module imports no torch,
+    scikit-learn or SQLAlchemy; the commands import what they use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, advbench.cli; heavy = [m for m in ('torch', 'sklearn', 'sqlalchemy', 'foolbox', 'PIL') "
+            "if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_failed_cell_gives_exit_1_and_names_the_log(tmp_path, monkeypatch, capsys):
     import advbench.cli as cli
     from advbench.plan import Cell
-    from advbench.runner import CellOutcome, RunResult
+    from advbench.execution.runner import CellOutcome, RunResult, Runner
 
     def fake_run(self, on_cell):
         cell = Cell("attack", "k", "d", "m", attack="a")
         return RunResult(1, "sqlite://", (CellOutcome(cell, "failed", error="RuntimeError: x"),), tmp_path / "run.log")
 
-    monkeypatch.setattr(cli.Runner, "run_with", fake_run)
+    monkeypatch.setattr(Runner, "run_with", fake_run)
     monkeypatch.setenv("ADVBENCH_CACHE_DIR", str(tmp_path))
     (tmp_path / "ok.toml").write_text('[benchmark]\nname = "x"\n')
     assert main(["run", str(tmp_path / "ok.toml")]) == 1

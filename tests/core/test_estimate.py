@@ -15,10 +15,10 @@ from advbench import estimate as E
 from advbench.cli import main
 from advbench.config import Entry, parse_benchmark
 from advbench.criteria import PaperCriterion, target_labels
-from advbench.plan import STAGES
+from advbench.stages import STAGES
 from advbench.registry import discover
 from advbench.specs import AttackContext, BuildContext, CostInputs, Defense
-from advbench.stages.context import plan_for
+from advbench.execution.context import plan_for
 from advbench.testing import (
     digits,
     registry_with,

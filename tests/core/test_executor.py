@@ -9,10 +9,10 @@ import pytest
 from advbench import hookimpl
 from advbench.config import parse_benchmark
 from advbench.errors import DataError
-from advbench.executor import ForkPool
-from advbench.runner import RunOptions, Runner
+from advbench.execution.executors import ForkPool
+from advbench.execution.runner import RunOptions, Runner
 from advbench.specs import DetectorSpec
-from advbench.stages.execute import comparable
+from advbench.execution.execute import comparable
 from advbench.testing import registry_with, tiny_benchmark
 
 pytestmark = pytest.mark.skipif(not ForkPool.available(), reason="forked workers need Linux")
@@ -29,7 +29,7 @@ def test_workers_give_the_same_results_as_one_process(tiny_run, tmp_path, regist
 
 
 def test_forked_workers_share_the_drivers_loaded_model(tiny_run, tmp_path, registry, monkeypatch):
-    from advbench.stages.context import CellContext
+    from advbench.execution.context import CellContext
 
     builds = tmp_path / "builds"
     load = CellContext.model

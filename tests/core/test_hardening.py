@@ -19,7 +19,7 @@ import pytest
 
 import advbench.cli as cli
 from advbench.cache import COMPLETE, Cache
-from advbench.stages.execute import comparable
+from advbench.execution.execute import comparable
 from advbench.store import open_store
 from advbench.testing import run_tiny, tiny_benchmark
 
@@ -376,7 +376,7 @@ def test_plain_progress_prints_a_progress_line_now_and_then():
     from rich.console import Console
 
     from advbench.plan import Cell
-    from advbench.stages.execute import CellOutcome
+    from advbench.execution.execute import CellOutcome
 
     buffer = io.StringIO()
     progress = cli.PlainProgress({"predict": 3}, Console(file=buffer, width=40), every=0.0)
@@ -399,7 +399,7 @@ def test_the_time_left_weighs_each_stage_by_its_own_computed_cells():
     from rich.console import Console
 
     from advbench.plan import Cell
-    from advbench.stages.execute import CellOutcome
+    from advbench.execution.execute import CellOutcome
 
     progress = cli.PlainProgress({"attack": 2, "score": 10}, Console(file=io.StringIO()), every=1e9)
     progress(CellOutcome(Cell("attack", "a1", "d", "m", attack="pgd"), "ok", seconds=100.0))

@@ -81,7 +81,7 @@ def test_a_changed_detector_changes_only_the_adaptive_cells_that_target_it(regis
 
 def test_cells_whose_detector_sees_images_say_so_also_in_a_pipeline(registry):
     grid = 'plugin = "fgsm"\nname = "fgsm-grid"\nbudgets = [0.1]'
-    from advbench.stages.context import plan_for
+    from advbench.execution.context import plan_for
 
     text = tiny_benchmark(attacks=['plugin = "fgsm"', grid], detectors=['plugin = "lda"', 'plugin = "feature-squeezing"'],
                           extra='[correction]\npipeline = { detector = "feature-squeezing" }\n')

@@ -29,11 +29,11 @@ from advbench import hookimpl
 from advbench.cache import COMPLETE, Cache, save_arrays, write_complete
 from advbench.config import parse_benchmark
 from advbench.errors import DataError, PluginError
-from advbench.ray_executor import NODE_CACHE_ENV, Packed, pack, reads, receive
+from advbench.execution.ray_executor import NODE_CACHE_ENV, Packed, pack, reads, receive
 from advbench.registry import registry_from_sources
-from advbench.runner import RunOptions, Runner
+from advbench.execution.runner import RunOptions, Runner
 from advbench.specs import AttackSpec, DetectorSpec
-from advbench.stages.execute import comparable
+from advbench.execution.execute import comparable
 from advbench.store import open_store
 from advbench.testing import registry_with, tiny_benchmark
 
@@ -208,7 +208,7 @@ def test_an_artefact_travels_packed_and_is_checked_on_arrival(tmp_path):
 
 
 def test_a_cell_reads_its_deps_which_hold_its_worlds_clean_set():
-    from advbench.stages.context import plan_for
+    from advbench.execution.context import plan_for
 
     plan = plan_for(parse_benchmark(ADAPTIVE, REGISTRY), REGISTRY)
     clean = plan.stage("clean")[0].key

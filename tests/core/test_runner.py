@@ -7,7 +7,7 @@ import numpy as np
 
 from advbench import hookimpl
 from advbench.specs import AttackSpec
-from advbench.stages.execute import comparable
+from advbench.execution.execute import comparable
 from advbench.store import open_store
 from advbench.testing import registry_with, run_tiny
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from advbench.cache import Cache
-from advbench.stages import execute
+from advbench.execution import execute
 from advbench.testing import run_tiny, tiny_benchmark
 from tests.conftest import EVALUATION_ADAPTIVE, EVALUATION_DETECTION
 
@@ -21,18 +21,39 @@ def test_every_cell_reads_only_artefacts_it_depends_on(tmp_path, registry, monke
             reads[running[-1]].add(key)
         return path(self, stage, key)
 
-    def recording(compute):
-        def run(ctx, cell, out):
-            running.append(cell)
-            try:
-                return compute(ctx, cell, out)
-            finally:
-                running.pop()
-        return run
+    def recording(compute_of):
+        def of(stage):
+            compute = compute_of(stage)
+
+            def run(ctx, cell, out):
+                running.append(cell)
+                try:
+                    return compute(ctx, cell, out)
+                finally:
+                    running.pop()
+            return run
+        return of
+
+    def recording_many(compute_many_of):  # a batch: each of its cells may read what the batch read
+        def of(stage):
+            compute_many = compute_many_of(stage)
+
+            def run(ctx, cells, outs):
+                batch = tuple(cells)
+                running.append(batch)
+                try:
+                    return compute_many(ctx, cells, outs)
+                finally:
+                    running.pop()
+                    read = reads.pop(batch, set()) - {c.key for c in cells}
+                    for cell in cells:
+                        reads[cell] |= read
+            return run
+        return of
 
     monkeypatch.setattr(Cache, "path", recording_path)
-    for stage, compute in list(execute.COMPUTE.items()):
-        monkeypatch.setitem(execute.COMPUTE, stage, recording(compute))
+    monkeypatch.setattr(execute, "compute_of", recording(execute.compute_of))
+    monkeypatch.setattr(execute, "compute_many_of", recording_many(execute.compute_many_of))
     # a feature detector and an image detector, a budget grid, held-out cells, a subset search,
     # adaptive sets and the detect-then-correct pipeline
     toml = tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5',

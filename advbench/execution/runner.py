@@ -22,18 +22,16 @@ from advbench import __version__
 from advbench.cache import Cache, default_cache_dir, load_columns
 from advbench.config import Benchmark
 from advbench.errors import DataError
-from advbench.executor import Executor, ForkPool, InProcess
+from advbench.execution.context import CellContext, Contexts, Job, plan_for
+from advbench.execution.execute import CellOutcome, cached_outcome
+from advbench.execution.executors import Executor, ForkPool, InProcess
 from advbench.plan import Cell, Plan
 from advbench.registry import Registry
-from advbench.stages.context import CellContext, Job, plan_for
-from advbench.stages.execute import CellOutcome, cached_outcome
+from advbench.stages import STAGES
 from advbench.store import open_store
 
 log = logging.getLogger("advbench")
 
-#: stages whose cells may run in forked workers: CPU work on arrays, no model training on a GPU
-FORKABLE = {"predict", "detect", "score", "correct", "subset"}
-PER_IMAGE_STAGES = {"detect", "score", "correct"}
 HEARTBEAT_SECONDS = 10.0
 
 
@@ -84,20 +82,13 @@ class Runner:
         self.on_cell = on_cell or (lambda outcome: None)
         self.plan: Plan = plan_for(bench, registry, options.max_images)
         self.job = Job(bench.text, str(bench.path), str(self.cache.root), options.max_images, frozenset(), options.fresh)
-        self._contexts: dict[Job, CellContext] = {}
+        self._contexts = Contexts(lambda job: CellContext(self.bench, self.registry, self.cache, plan_for(
+            self.bench, self.registry, job.max_images, job.failed_attacks), job.fresh))
         self._writable = False  # the cache root took a file (checked before the first computed cell)
 
     def context(self, job: Job | None = None) -> CellContext:
         """The driver's own context (models stay loaded across replans)."""
-        job = job or self.job
-        if job not in self._contexts:
-            previous = next(iter(self._contexts.values()), None)
-            ctx = CellContext(self.bench, self.registry, self.cache, plan_for(self.bench, self.registry,
-                                                                              job.max_images, job.failed_attacks), job.fresh)
-            if previous is not None:
-                ctx._models, ctx._datasets = previous._models, previous._datasets
-            self._contexts = {job: ctx}
-        return self._contexts[job]
+        return self._contexts.get(job or self.job)
 
     # --- execution ------------------------------------------------------------------------
 
@@ -156,7 +147,7 @@ class Runner:
         """(executor for cells that must stay here, executor for the rest)."""
         local = InProcess(lambda job: self.context(job))
         if self.options.executor == "ray":
-            from advbench.ray_executor import RayExecutor
+            from advbench.execution.ray_executor import RayExecutor
 
             return local, RayExecutor(self.registry, self.cache, self.plan_of, self.options.address)
         if self.options.workers > 1 and ForkPool.available():
@@ -171,8 +162,9 @@ class Runner:
         detectors train on every core already)."""
         if self.options.executor == "ray":
             return True
+        stage = STAGES[cell.stage]
         on_gpu = self.context().device.startswith("cuda")
-        return cell.stage in FORKABLE and not cell.sees_images and not (on_gpu and cell.stage == "predict")
+        return stage.forkable and not cell.sees_images and not (on_gpu and stage.needs_gpu(cell.sees_images))
 
     def _schedule(self, store, run_id: int, outcomes: dict[str, CellOutcome]) -> None:
         local, remote = self._executors()
@@ -181,22 +173,10 @@ class Runner:
         last_beat = time.monotonic()
         try:
             while waiting or in_flight:
-                for cell in waiting.ready():
-                    upstream = [d for d in cell.deps if outcomes[d].status != "ok"]
-                    if upstream:
-                        title = outcomes[upstream[0]].cell.title
-                        self._settle(store, run_id, outcomes, CellOutcome(
-                            cell, "skipped", error=f"needs {title}, which did not complete"))
-                        waiting.settled(cell.key)
-                        continue
-                    cached = cached_outcome(self.context(), cell)
-                    if cached is not None:
-                        self._settle(store, run_id, outcomes, cached)
-                        waiting.settled(cell.key)
-                        continue
+                for batch in self._to_compute(store, run_id, outcomes, waiting):
                     self._require_writable_cache()
-                    (remote if self._goes_out(cell) else local).submit(self.job, cell)
-                    in_flight.add(cell.key)
+                    (remote if self._goes_out(batch[0]) else local).submit(self.job, batch)
+                    in_flight.update(c.key for c in batch)
                 if not in_flight:
                     if waiting.has_ready():
                         continue
@@ -221,11 +201,33 @@ class Runner:
         for executor in {id(local): local, id(remote): remote}.values():
             executor.close()
 
+    def _to_compute(self, store, run_id: int, outcomes: dict[str, CellOutcome], waiting: _Waiting) -> list[list[Cell]]:
+        """The ready cells that must be computed, in batches (one cell, or the ready cells of
+        one group of a batched stage), in plan order; the others are settled here: skipped
+        when an input failed, or served from the cache."""
+        batches: dict[object, list[Cell]] = {}
+        for cell in waiting.ready():
+            upstream = [d for d in cell.deps if outcomes[d].status != "ok"]
+            if upstream:
+                title = outcomes[upstream[0]].cell.title
+                self._settle(store, run_id, outcomes, CellOutcome(
+                    cell, "skipped", error=f"needs {title}, which did not complete"))
+                waiting.settled(cell.key)
+                continue
+            cached = cached_outcome(self.context(), cell)
+            if cached is not None:
+                self._settle(store, run_id, outcomes, cached)
+                waiting.settled(cell.key)
+                continue
+            group = STAGES[cell.stage].batch(cell)
+            batches.setdefault(cell.key if group is None else group, []).append(cell)
+        return list(batches.values())
+
     def _settle(self, store, run_id: int, outcomes: dict[str, CellOutcome], outcome: CellOutcome) -> None:
         outcomes[outcome.cell.key] = outcome
         store.record_cell(run_id, outcome.cell, status=outcome.status, cached=outcome.cached, error=outcome.error,
                           seconds=outcome.seconds, metrics=outcome.metrics)
-        if outcome.status == "ok" and outcome.cell.stage in PER_IMAGE_STAGES and hasattr(store, "record_images") \
+        if outcome.status == "ok" and STAGES[outcome.cell.stage].per_image and hasattr(store, "record_images") \
                 and not store.has_images(outcome.cell.key):
             columns = load_columns(self.cache.path(outcome.cell.stage, outcome.cell.key), "per_image")
             if columns is not None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from advbench.engine.database import perturbation_norms, run_attack, select_clean, split_sources
+from advbench.engine.imagesets import perturbation_norms, run_attack, select_clean, split_sources
 from advbench.errors import DataError
 from advbench.specs import AttackSpec, BuildContext, Sample
 from advbench.testing import digits, tiny_model

@@ -1,10 +1,10 @@
 """Run cells as Ray tasks, on one machine or a cluster, with no shared filesystem.
 
-Artefacts travel through Ray's object store. A task receives the :class:`~advbench.stages.context.Job`,
+Artefacts travel through Ray's object store. A task receives the :class:`~advbench.execution.context.Job`,
 the cell's key and the packed artefact of every cell it reads (object references, so Ray ships
 them to whichever node runs it). The worker unpacks them into a node-local cache (reused by
 later tasks on that node: artefacts are named by content hash and checked against their
-completion records), runs :func:`~advbench.stages.execute.execute` there, and returns the
+completion records), runs :func:`~advbench.execution.execute.execute` there, and returns the
 outcome with the new artefact packed. The driver writes that artefact into its own cache, with
 the same completion record, so a later run (or a resumed one) trusts it, and keeps the reference
 for the cells that read it until the last of them has been submitted.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -33,21 +33,21 @@ import numpy as np
 
 from advbench.cache import COMPLETE, Cache
 from advbench.errors import AdvbenchError, DataError, PluginError
+from advbench.execution.context import CellContext, Contexts, Job
+from advbench.execution.execute import CellOutcome, execute
 from advbench.plan import Cell, Plan
 from advbench.registry import Registry, registry_from_sources
-from advbench.stages.context import CellContext, Job
-from advbench.stages.execute import CellOutcome, execute
+from advbench.stages import STAGES
 
 log = logging.getLogger("advbench")
 
-#: stages whose cells run a model on a batch of images: they ask Ray for a GPU when it has any
-GPU_STAGES = frozenset({"attack", "adaptive", "predict"})
 NODE_CACHE_ENV = "ADVBENCH_RAY_NODE_CACHE"
 
 
 def needs_gpu(cell: Cell) -> bool:
-    """Attacks, predictions, and detectors that see images (or the model), trained or scored."""
-    return cell.stage in GPU_STAGES or (cell.stage in ("detect", "score") and cell.sees_images)
+    """Attacks, predictions, and detectors that see images (or the model), trained or scored:
+    the stage table says (:class:`advbench.stages.Stage`)."""
+    return STAGES[cell.stage].needs_gpu(cell.sees_images)
 
 
 def reads(plan: Plan, cell: Cell) -> tuple[str, ...]:
@@ -123,7 +123,16 @@ class _Report:
 
 
 _registries: dict[tuple[tuple[str, str], ...], Registry] = {}
-_contexts: dict[tuple[Job, tuple[tuple[str, str], ...], str], CellContext] = {}
+
+
+def _registry_of(sources: tuple[tuple[str, str], ...]) -> Registry:
+    if sources not in _registries:
+        _registries.clear()
+        _registries[sources] = registry_from_sources(sources)
+    return _registries[sources]
+
+
+_contexts = Contexts(lambda memo: CellContext.from_job(memo[0], _registry_of(memo[1])))  # type: ignore[index]
 
 
 def node_cache_root(configured: str | None = None) -> str:
@@ -135,18 +144,7 @@ def node_cache_root(configured: str | None = None) -> str:
 def worker_context(job: Job, sources: tuple[tuple[str, str], ...], root: str) -> CellContext:
     """This worker process's context for ``job`` over the node cache ``root``; models and
     datasets stay loaded across a replan (the same benchmark, another Job)."""
-    memo = (job, sources, root)
-    if memo not in _contexts:
-        if sources not in _registries:
-            _registries.clear()
-            _registries[sources] = registry_from_sources(sources)
-        ctx = CellContext.from_job(replace(job, cache_root=root), _registries[sources])
-        previous = next(iter(_contexts.items()), None)
-        if previous is not None and previous[0][1:] == memo[1:] and previous[0][0].config_text == job.config_text:
-            ctx._models, ctx._datasets = previous[1]._models, previous[1]._datasets
-        _contexts.clear()
-        _contexts[memo] = ctx
-    return _contexts[memo]
+    return _contexts.get((replace(job, cache_root=root), sources))
 
 
 class _Capture(logging.Handler):
@@ -272,7 +270,12 @@ class RayExecutor:
 
     # --- the Executor protocol --------------------------------------------------------------
 
-    def submit(self, job: Job, cell: Cell) -> None:
+    def submit(self, job: Job, cells: Sequence[Cell]) -> None:
+        """One Ray task per cell (a batch's cells may run on different nodes)."""
+        for cell in cells:
+            self._submit(job, cell)
+
+    def _submit(self, job: Job, cell: Cell) -> None:
         plan = self.plan_of(job)
         if job != self.job:  # a replan: the cells still to come read other artefacts
             self.job = job

@@ -9,6 +9,7 @@ loads models and datasets on first use. Nothing large travels with the Job.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -136,3 +137,28 @@ class CellContext:
 
     def predictions(self, cell: Cell, label: str, op: str, name: str = "labels") -> np.ndarray:
         return load_array(self.dir("predict", cell, label, op), name)
+
+
+class Contexts:
+    """The one context this process keeps: made by ``make(key)`` for a new key (a new Job, after
+    a replan) and then reused; models and datasets already loaded carry over when the new
+    context runs the same benchmark with the same plugins. The driver, forked workers and Ray
+    workers each hold one."""
+
+    def __init__(self, make: Callable[[Hashable], CellContext]):
+        self.make = make
+        self._key: Hashable = None
+        self._context: CellContext | None = None
+
+    def get(self, key: Hashable) -> CellContext:
+        if self._context is None or key != self._key:
+            context = self.make(key)
+            previous = self._context
+            if previous is not None and previous.registry is context.registry and previous.bench.text == context.bench.text:
+                context._models, context._datasets = previous._models, previous._datasets
+            self._key, self._context = key, context
+        return self._context
+
+    def seed(self, key: Hashable, context: CellContext) -> None:
+        """Hold ``context`` for ``key`` (a forked worker inherits the driver's, models loaded)."""
+        self._key, self._context = key, context

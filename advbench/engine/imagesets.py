@@ -1,4 +1,6 @@
-"""The adversarial database (paper §2): clean selection, attacks with save/re-verify, split."""
+"""The adversarial image sets (paper §2): clean selection, attacks with save/re-verify, split.
+
+Named for what it makes; the results store is :mod:`advbench.store`."""
 
 from __future__ import annotations
 
