@@ -30,50 +30,15 @@ from dataclasses import dataclass, field
 
 from advbench import __version__
 from advbench.config import Benchmark, Entry, Target, stable_hash
+from advbench.schema import IMAGES, Cell
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
 ARTEFACT_SCHEMA = 5
 
 ORIGINAL = "original"  # the pseudo-operation "no operation"
-IMAGES = "images"  # the "feature group" of detectors that see the images themselves
 CLEAN = "clean"  # the imageset of normal images
 
-
-@dataclass(frozen=True)
-class Cell:
-    stage: str
-    key: str
-    dataset: str
-    model: str
-    attack: str = ""  # imageset label (attack, adaptive, predict, score)
-    transform: str = ""  # op label (predict) or feature group (detect, score, correct)
-    feature: str = ""
-    detector: str = ""
-    deps: tuple[str, ...] = ()
-    group: str = ""  # predict: the transform group of the op
-    corrector: str = ""
-    holdout: str = ""  # detect: the attack (or partition) kept out of training and scored alone
-    budget: float | None = None  # attack, adaptive, score: the budget of the imageset
-    threat: str = ""  # attack, adaptive, score: "oblivious" or "adaptive"
-    target: str = ""  # adaptive, score: label of the defense the imageset was made against
-    evaluation: bool = False  # attack: an evaluation set (eval sources only, scored, never trained on)
-    norm: str = ""  # attack, adaptive, predict, score: the norm of the imageset's budget
-
-    @property
-    def sees_images(self) -> bool:
-        """Its detector reads the images (or the model): a detect cell of one, or a score cell
-        scoring one (a pipeline score cell names it in ``group``)."""
-        return IMAGES in (self.transform, self.group) and bool(self.detector)
-
-    @property
-    def title(self) -> str:
-        parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector, self.corrector]
-        if self.stage == "adaptive":  # its label names the defense already
-            parts = [self.dataset, self.model, self.attack]
-        title = f"{self.stage}:" + "/".join(p for p in parts if p)
-        if self.holdout:
-            title += f" (unseen {self.holdout})"
-        return title
+__all__ = ["CLEAN", "IMAGES", "ORIGINAL", "Cell", "ImageSet", "Plan", "make_plan"]
 
 
 @dataclass(frozen=True)
@@ -82,8 +47,9 @@ class ImageSet:
 
     label: str
     key: str  # the clean, attack or adaptive cell that makes it
-    attack: str = ""  # the attack entry's label
+    entry: str = ""  # the attack (or adaptive) entry's label
     family: str = ""  # its label without the budget
+    plugin: str = ""  # its attack plugin
     budget: float | None = None
     threat: str = "clean"  # "clean", "oblivious" or "adaptive"
     target: str = ""  # adaptive: the defense it was made against
@@ -117,9 +83,9 @@ class Plan:
     def group_ops(self, group: str) -> list[Entry]:
         return group_ops(self.benchmark, group)
 
-    def key(self, stage: str, dataset: str, model: str, attack: str = "", transform: str = "") -> str:
+    def key(self, stage: str, dataset: str, model: str, imageset: str = "", operation: str = "") -> str:
         """Key of the clean, attack, adaptive, split or predict cell so named."""
-        return self.index[(stage, dataset, model, attack, transform)]
+        return self.index[(stage, dataset, model, imageset, operation)]
 
     def detect_key(self, dataset: str, model: str, detector: str, feature: str = "", group: str = "",
                    holdout: str = "") -> str | None:
@@ -129,7 +95,7 @@ class Plan:
         return [s for s in self.imagesets[(cell.dataset, cell.model)].values() if s.training]
 
     def imageset(self, cell: Cell, label: str | None = None) -> ImageSet:
-        return self.imagesets[(cell.dataset, cell.model)][label or cell.attack]
+        return self.imagesets[(cell.dataset, cell.model)][label or cell.imageset]
 
     def holdout_sets(self, holdout: str) -> tuple[list[str], list[str]]:
         """(attacks trained on, attacks scored on) of a held-out detector cell."""
@@ -216,15 +182,16 @@ class _Builder:
         for atk in bench.primary_attacks:
             key = self.attack_cell(d, m, atk, clean_key)
             if (d, m, atk.label) not in self.failed:
-                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, None, "oblivious", training=True,
-                                           norm=atk.norm)
+                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, atk.plugin, None, "oblivious",
+                                           training=True, norm=atk.norm)
         training = {label: st.key for label, st in sets.items()}
         split_key = stable_hash({"stage": "split", "sets": training, "split": db.split, "seed": s.seed})
         self.add(Cell("split", split_key, d, m, deps=tuple(training.values())), ("split", d, m, "", ""))
         for atk in bench.attacks:
             if atk.evaluation:  # evaluation sets: made on the eval split's sources only
                 key = self.attack_cell(d, m, atk, clean_key, split_key)
-                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, atk.budget, "oblivious", norm=atk.norm)
+                sets[atk.label] = ImageSet(atk.label, key, atk.label, atk.family, atk.plugin, atk.budget, "oblivious",
+                                           norm=atk.norm)
         for st in list(sets.values()):
             self.predictions(d, m, st)
         detect = self.detectors(d, m, clean_key, split_key, sets)
@@ -248,8 +215,8 @@ class _Builder:
             "top_k": s.top_k, "seed": s.seed, **({"split": split_key} if split_key else {}),
         })
         deps = (clean_key, split_key) if split_key else (clean_key,)
-        self.add(Cell("attack", key, d, m, attack=atk.label, deps=deps, budget=atk.budget, threat="oblivious",
-                      evaluation=atk.evaluation, norm=atk.norm),
+        self.add(Cell("attack", key, d, m, imageset=atk.label, entry=atk.label, family=atk.family, plugin=atk.plugin,
+                      budget=atk.budget, norm=atk.norm, threat="oblivious", evaluation=atk.evaluation, deps=deps),
                  ("attack", d, m, atk.label, ""))
         return key
 
@@ -265,9 +232,8 @@ class _Builder:
             # every op cell reads the original top-k of its imageset (probabilities of it)
             deps = tuple(dict.fromkeys((st.key, clean_key) if op is None else
                                        (st.key, clean_key, self.index[("predict", d, m, st.label, ORIGINAL)])))
-            self.add(Cell("predict", key, d, m, attack=st.label, transform=op_label, deps=deps,
-                          group=op.group if op else "", budget=st.budget, threat=st.threat, target=st.target,
-                          norm=st.norm),
+            self.add(Cell("predict", key, d, m, **_origin(st), operation=op_label,
+                          operation_group=op.group if op else "", deps=deps),
                      ("predict", d, m, st.label, op_label))
 
     def _predict_keys(self, d: str, m: str, sets: Iterable[ImageSet], ops: list[str]) -> list[str]:
@@ -303,7 +269,7 @@ class _Builder:
                             "detector": self.ident(det), "seed": seed, "holdout": holdout,
                         })
                         made.append(self.add(
-                            Cell("detect", key, d, m, transform=group, feature=feat.label, detector=det.label,
+                            Cell("detect", key, d, m, feature_group=group, feature=feat.label, detector=det.label,
                                  deps=(split_key, clean_key, *self._set_keys(used), *inputs), holdout=holdout),
                             ("detect", d, m, det.label, feat.label, group, holdout)))
             for det in bench.detectors:
@@ -316,7 +282,7 @@ class _Builder:
                                    "sets": self._set_keys(used), "inputs": originals, "detector": self.ident(det),
                                    "seed": seed, "holdout": holdout})
                 made.append(self.add(
-                    Cell("detect", key, d, m, transform=IMAGES, detector=det.label,
+                    Cell("detect", key, d, m, feature_group=IMAGES, detector=det.label,
                          deps=(split_key, clean_key, *self._set_keys(used), *originals), holdout=holdout),
                     ("detect", d, m, det.label, "", "", holdout)))
         pipe = bench.correction.pipeline
@@ -338,7 +304,7 @@ class _Builder:
             for cor in bench.correctors:
                 key = stable_hash({"stage": "correct", "inputs": inputs, "ops": ops, "split": split_key,
                                    "corrector": self.ident(cor), "pipeline": pipeline_key or "", "k": bench.settings.top_k})
-                made.append(self.add(Cell("correct", key, d, m, transform=group, corrector=cor.label, deps=deps),
+                made.append(self.add(Cell("correct", key, d, m, correction_group=group, corrector=cor.label, deps=deps),
                                      ("correct", d, m, cor.label, group)))
         return made
 
@@ -366,11 +332,13 @@ class _Builder:
             "target": target.label, "ops": [self.ident(t) for t in group_ops(bench, target.group)] if target.group else [],
             "trained": trained, "db": db.model_dump(mode="json"), "top_k": s.top_k, "seed": s.seed,
         })
-        self.add(Cell("adaptive", key, d, m, attack=label, transform=target.group, feature=target.feature,
-                      detector=target.detector, deps=tuple(dict.fromkeys((clean_key, split_key, *reads))),
-                      budget=entry.budget, threat="adaptive", target=target.label, evaluation=True, norm=entry.norm),
+        made = ImageSet(label, key, entry.label, entry.family, entry.plugin, entry.budget, "adaptive", target.label,
+                        norm=entry.norm)
+        self.add(Cell("adaptive", key, d, m, **_origin(made), feature_group=target.group,
+                      feature=target.feature, detector=target.detector,
+                      deps=tuple(dict.fromkeys((clean_key, split_key, *reads)))),
                  ("adaptive", d, m, label, ""))
-        return ImageSet(label, key, entry.label, entry.family, entry.budget, "adaptive", target.label, norm=entry.norm)
+        return made
 
     def _cell(self, key: str) -> Cell:
         return next(c for c in reversed(self.cells) if c.key == key)
@@ -386,17 +354,16 @@ class _Builder:
         for cells in defenses:
             det = next((c for c in cells if c.stage == "detect"), None)
             cor = next((c for c in cells if c.stage == "correct"), None)
-            groups = [c.transform for c in cells if c.transform != IMAGES]
+            groups = [g for c in cells for g in (c.feature_group, c.correction_group) if g and g != IMAGES]
             reads = self._predict_keys(d, m, [st], [t.label for g in groups for t in group_ops(self.bench, g)])
             keys = [c.key for c in cells]
             key = stable_hash({"stage": "score", "schema": ARTEFACT_SCHEMA, "set": st.key, "defense": keys,
                                "reads": reads})
             deps = tuple(dict.fromkeys((st.key, clean_key, split_key, *keys, *(x for c in cells for x in c.deps), *reads)))
-            transform = cor.transform if cor else det.transform  # type: ignore[union-attr]
-            self.add(Cell("score", key, d, m, attack=st.label, transform=transform,
+            self.add(Cell("score", key, d, m, **_origin(st), feature_group=det.feature_group if det else "",
                           feature=det.feature if det else "", detector=det.detector if det else "",
-                          corrector=cor.corrector if cor else "", deps=deps, budget=st.budget, threat=st.threat,
-                          target=st.target, group=det.transform if det and cor else "", norm=st.norm),
+                          correction_group=cor.correction_group if cor else "", corrector=cor.corrector if cor else "",
+                          deps=deps),
                      ("score", d, m, st.label, *keys))
 
     def subsets(self, d: str, m: str, clean_key: str, split_key: str, sets: dict[str, ImageSet]) -> None:
@@ -413,6 +380,13 @@ class _Builder:
                                "ops": ops, "feature": self.ident(feat), "k": bench.feature_k(feat),
                                "detector": self.ident(det), "max": search.max_operations,
                                "seed": bench.settings.seed})
-            self.add(Cell("subset", key, d, m, transform=search.group, feature=feat.label, detector=det.label,
+            self.add(Cell("subset", key, d, m, feature_group=search.group, feature=feat.label, detector=det.label,
                           deps=(split_key, clean_key, *self._set_keys(training), *inputs)),
                      ("subset", d, m, det.label, feat.label, search.group))
+
+
+def _origin(st: ImageSet) -> dict:
+    """The cell fields that say where an image set comes from (for the cells that make,
+    predict or score it)."""
+    return {"imageset": st.label, "entry": st.entry, "family": st.family, "plugin": st.plugin, "budget": st.budget,
+            "norm": st.norm, "threat": st.threat, "target": st.target, "evaluation": st.evaluation_only}

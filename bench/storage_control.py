@@ -53,7 +53,7 @@ def main() -> None:
             detector, feature, group = (name.split("/") + ["", ""])[:3]
             key = plan.detect_key(split_cell.dataset, split_cell.model, detector, feature, group)
             if key is None:
-                valid = sorted("/".join(filter(None, (c.detector, c.feature, c.feature and c.transform)))
+                valid = sorted("/".join(filter(None, (c.detector, c.feature, c.feature and c.feature_group)))
                                for c in plan.cells if c.stage == "detect" and not c.holdout)
                 sys.exit(f"--detector {name!r}: no such detect cell in {args.config}; valid: {', '.join(valid)}")
             cell = plan.by_key[key]

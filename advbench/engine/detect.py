@@ -82,8 +82,12 @@ def detection_metrics(data: LabelledSet, pred: np.ndarray, scores: np.ndarray) -
         rows += [(name, subset, value) for name, value in M.binary_metrics(data.y[mask], pred[mask], scores[mask]).items()]
         rows.append(("n", subset, float(mask.sum())))
         if split_id == EVAL:
-            rows += [("n_normal", "", float((data.y[mask] == 0).sum())),
-                     ("n_adversarial", "", float((data.y[mask] == 1).sum()))]
+            adversarial, normal = mask & (data.y == 1), mask & (data.y == 0)
+            detected, false_positives = int((pred[adversarial] == 1).sum()), int((pred[normal] == 1).sum())
+            # the detection rate (TPR at the detector's own threshold) with the counts behind it
+            rows += [("n_normal", "", float(normal.sum())), ("n_adversarial", "", float(adversarial.sum())),
+                     ("detected", "", float(detected)), ("false_positives", "", float(false_positives)),
+                     ("detection_rate", "", float(detected / adversarial.sum()) if adversarial.any() else float("nan"))]
             for stat in ("auroc", "eer"):  # 95 % stratified bootstrap intervals, seeded
                 lo, hi = M.bootstrap_interval(data.y[mask], scores[mask], stat, n_boot=1000, seed=0)
                 rows += [(f"{stat}_lo", "", lo), (f"{stat}_hi", "", hi)]

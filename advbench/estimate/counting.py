@@ -112,7 +112,7 @@ def _training_passes(plan: Plan, cell: Cell, det: DetectorFacts, facts: Facts, n
 
 
 def _entry_and_target(plan: Plan, cell: Cell):
-    entry = next(e for e in plan.benchmark.adaptive if e.label == cell.attack.rsplit(">", 1)[0])
+    entry = next(e for e in plan.benchmark.adaptive if e.label == cell.entry)
     return entry, next(t for t in entry.targets if t.label == cell.target)
 
 
@@ -161,11 +161,11 @@ def _dataset_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tup
 def _predict_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tuple[str, ...]) -> CellWork:
     """One forward pass per image of the set under one operation, and the operation's CPU time."""
     images = set_images(plan, plan.imageset(cell), facts.success_rate)
-    key = (cell.model, cell.transform)
-    scale = 1.0 if cell.transform == ORIGINAL else facts.op_scale.get(key, 1.0)
-    cpu = 0.0 if cell.transform == ORIGINAL else images * facts.op_seconds.get(key, 0.0)
-    missing = () if cell.transform == ORIGINAL or key in facts.op_seconds else \
-        (f"operation {cell.transform!r}: its CPU time was not measured",)
+    key = (cell.model, cell.operation)
+    scale = 1.0 if cell.operation == ORIGINAL else facts.op_scale.get(key, 1.0)
+    cpu = 0.0 if cell.operation == ORIGINAL else images * facts.op_seconds.get(key, 0.0)
+    missing = () if cell.operation == ORIGINAL or key in facts.op_seconds else \
+        (f"operation {cell.operation!r}: its CPU time was not measured",)
     return CellWork(cell, (Passes(net, images, 0.0, scale),) if net else (), cpu, why_model + missing)
 
 
@@ -173,11 +173,11 @@ def _attack_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tupl
     """The attack's declared passes per attacked image (``AttackSpec.cost``) and the core's
     two re-checks (before and after saving)."""
     attacked = attacked_images(plan, cell)
-    per_image = facts.attack_passes.get((cell.model, cell.attack))
+    per_image = facts.attack_passes.get((cell.model, cell.imageset))
     if not net:
         return CellWork(cell, unknown=why_model)
     if per_image is None:
-        label = cell.attack.rsplit(">", 1)[0] if cell.stage == "adaptive" else cell.attack
+        label = cell.entry
         # the re-checks before and after saving are the core's, whatever the attack
         return CellWork(cell, (Passes(net, 2 * attacked, 0.0),),
                         unknown=(f"attack {label!r}: its plugin declares no cost",), at_least=True)

@@ -115,8 +115,8 @@ def gather(plan: Plan, registry: Registry, options: Options, log: Callable[[str]
         for atk in bench.attacks:
             attack_passes[(entry.label, atk.label)] = _attack_cost(registry, atk, inputs)
         for cell in (c for c in plan.cells if c.stage == "adaptive" and c.model == entry.label):
-            atk = next(e for e in bench.adaptive if e.label == cell.attack.rsplit(">", 1)[0])
-            attack_passes[(entry.label, cell.attack)] = _attack_cost(
+            atk = next(e for e in bench.adaptive if e.label == cell.entry)
+            attack_passes[(entry.label, cell.imageset)] = _attack_cost(
                 registry, atk, replace(inputs, operations=adaptive_operations(plan, cell)))
         for det in bench.detectors:
             if (det.label, inputs) not in detector_cache or registry.get("detector", det.plugin).inputs == "model":

@@ -128,8 +128,8 @@ def summarize(work: list[CellWork], networks: Mapping[str, Network], hw: Hardwar
             cpu += w.cpu_seconds
             unknown += [u for u in w.unknown if u not in unknown]
             if stage in ("attack", "adaptive"):
-                attacks.append(AttackEstimate(w.cell.model, w.cell.attack,
-                                              facts.attack_passes.get((w.cell.model, w.cell.attack)),
+                attacks.append(AttackEstimate(w.cell.model, w.cell.imageset,
+                                              facts.attack_passes.get((w.cell.model, w.cell.imageset)),
                                               attacked_images(plan, w.cell), sum(f for f, _ in priced), cell_seconds))
         passes = max(sum(device) / hw.gpus, longest) if hw.gpus > 0 else sum(device)
         seconds = max(passes, cpu / hw.cpus) if hw.gpus > 0 else passes + cpu / hw.cpus

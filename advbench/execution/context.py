@@ -113,8 +113,8 @@ class CellContext:
 
     # --- artefacts of other cells -----------------------------------------------------------
 
-    def dir(self, stage: str, cell: Cell, attack: str = "", transform: str = "") -> Path:
-        return self.cache.path(stage, self.plan.key(stage, cell.dataset, cell.model, attack, transform))
+    def dir(self, stage: str, cell: Cell, imageset: str = "", operation: str = "") -> Path:
+        return self.cache.path(stage, self.plan.key(stage, cell.dataset, cell.model, imageset, operation))
 
     def dir_of(self, key: str) -> Path:
         return self.cache.path(self.plan.by_key[key].stage, key)

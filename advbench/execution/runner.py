@@ -236,7 +236,7 @@ class Runner:
 
     def _replan(self, outcomes: dict[str, CellOutcome]) -> None:
         """A primary attack failed: plan again without it; cells not yet started follow the new plan."""
-        failed = frozenset((o.cell.dataset, o.cell.model, o.cell.attack) for o in outcomes.values()
+        failed = frozenset((o.cell.dataset, o.cell.model, o.cell.imageset) for o in outcomes.values()
                            if o.cell.stage == "attack" and o.status != "ok" and not o.cell.evaluation)
         self.job = Job(self.job.config_text, self.job.config_path, self.job.cache_root, self.job.max_images, failed,
                        self.job.fresh)

@@ -1,9 +1,12 @@
 """Per-image results of a run as one flat file: a row per image per cell, for pandas, R or SQL.
 
 The rows come from the store's per-image table (``Store.images(run_id)``: column name -> list):
-each cell's columns (stage, dataset, model, attack, transform, feature, detector, corrector,
-budget, threat, target, holdout) beside each image's (cell_key, idx, source, origin, split, y,
-truth, score, decision, label, logit_0, logit_1; empty where a cell has none). CSV needs nothing beyond Python; Parquet needs pyarrow
+each cell's columns (cell_key and the fields of :class:`advbench.schema.Cell`: stage, dataset,
+model, imageset, entry, family, budget, norm, threat, target, evaluation, operation,
+operation_group, feature_group, feature, detector, correction_group, corrector, holdout) beside
+each image's (:class:`advbench.schema.ImageRow`: idx, source, origin, split, y, truth, score,
+decision, label, logit_0, logit_1; empty where a cell has none). Column types come from the
+schema too. CSV needs nothing beyond Python; Parquet needs pyarrow
 (``pip install 'advbench[parquet]'``).
 """
 
@@ -13,15 +16,11 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from advbench import schema
 from advbench.errors import AdvbenchError
 
 FORMATS = ("csv", "parquet")
 PARQUET_EXTRA = "pip install 'advbench[parquet]'"
-#: Parquet types of the known columns (CSV readers infer the same); others are inferred.
-TEXT_COLUMNS = ("cell_key", "stage", "dataset", "model", "attack", "transform", "feature", "detector", "corrector",
-                "threat", "target", "holdout", "source", "origin", "split")
-FLOAT_COLUMNS = ("budget", "score", "logit_0", "logit_1")
-INT_COLUMNS = ("idx", "y", "truth", "decision", "label")
 
 
 def format_for(path: Path, fmt: str | None) -> str:
@@ -74,10 +73,13 @@ def _parquet(columns: Mapping[str, Sequence], path: Path) -> None:
     except ImportError:
         raise AdvbenchError(f"--format parquet needs pyarrow: {PARQUET_EXTRA} (or export --format csv)") from None
 
-    def kind(name: str):
-        if name in TEXT_COLUMNS:
-            return pa.string()
-        return pa.float64() if name in FLOAT_COLUMNS else pa.int64() if name in INT_COLUMNS else None
+    types = {"text": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_()}
+
+    def kind(name: str):  # the schema's type (advbench.schema); others inferred
+        try:
+            return types[schema.column_kind(name)]
+        except KeyError:
+            return None
 
     table = pa.table({name: pa.array(list(values), type=kind(name)) for name, values in columns.items()})
     pq.write_table(table, path)

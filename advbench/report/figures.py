@@ -46,7 +46,7 @@ def _labeller(cells):
     several = len({(c.dataset, c.model) for c in cells if c.stage in ("detect", "predict")}) > 1
 
     def label(cell) -> str:
-        name = " / ".join(p for p in (cell.detector, cell.feature, cell.transform) if p)
+        name = " / ".join(p for p in (cell.detector, cell.feature, cell.feature_group) if p)
         return f"{cell.model}: {name}" if several else name
 
     return label
@@ -123,9 +123,9 @@ def heatmap(cells, path: Path) -> Path:
     predict = [c for c in cells if c.stage == "predict" and c.status == "ok"]
     if not predict:
         raise AdvbenchError("this run has no prediction cells")
-    ops = list(dict.fromkeys(c.transform for c in predict))
-    columns = list(dict.fromkeys((c.dataset, c.model, c.attack) for c in predict))  # one per world and imageset
-    lookup = {(c.transform, c.dataset, c.model, c.attack): c for c in predict}
+    ops = list(dict.fromkeys(c.operation for c in predict))
+    columns = list(dict.fromkeys((c.dataset, c.model, c.imageset) for c in predict))  # one per world and imageset
+    lookup = {(c.operation, c.dataset, c.model, c.imageset): c for c in predict}
     values = np.full((len(ops), len(columns)), np.nan)
     for i, op in enumerate(ops):
         for j, column in enumerate(columns):

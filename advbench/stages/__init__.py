@@ -50,7 +50,7 @@ _TABLE = (
     Stage("attack", "advbench.stages.attack", gpu="always", cost="attack"),
     Stage("split", "advbench.stages.split"),
     Stage("predict", "advbench.stages.predict", forkable=True, gpu="always", cost="predict",
-          batch_by=("dataset", "model", "attack")),
+          batch_by=("dataset", "model", "imageset")),
     Stage("detect", "advbench.stages.detect", forkable=True, gpu="image detectors", per_image=True, cost="detector"),
     Stage("adaptive", "advbench.stages.adaptive", gpu="always", cost="attack"),
     Stage("score", "advbench.stages.score", forkable=True, gpu="image detectors", per_image=True, cost="detector"),

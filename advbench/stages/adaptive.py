@@ -28,8 +28,7 @@ Batch = Callable[[torch.Tensor], torch.Tensor]
 
 
 def entry_and_target(ctx: CellContext, cell: Cell) -> tuple[Entry, Target]:
-    label = cell.attack.rsplit(">", 1)[0]
-    entry = next(e for e in ctx.bench.adaptive if e.label == label)
+    entry = next(e for e in ctx.bench.adaptive if e.label == cell.entry)
     return entry, next(t for t in entry.targets if t.label == cell.target)
 
 
@@ -113,11 +112,11 @@ def build_defense(ctx: CellContext, cell: Cell, target: Target) -> Defense:
 
 def detector_defense(ctx: CellContext, cell: Cell, det_cell: Cell, name: str) -> Defense:
     detector = detect.trained(ctx, det_cell)
-    if det_cell.transform == IMAGES:
+    if det_cell.feature_group == IMAGES:
         scores = getattr(detector, "torch_scores", None)
         return Defense("detector", name, detector_scores=scores, threshold=float(getattr(detector, "threshold", 0.0)),
                        flags=image_flags(detector))
-    diff, plain = operations(ctx, det_cell.transform)
+    diff, plain = operations(ctx, det_cell.feature_group)
     return Defense("detector", name, operations=tuple(diff), flags=feature_flags(ctx, cell, det_cell, detector, plain))
 
 

@@ -47,6 +47,6 @@ def run(ctx: CellContext, cell: Cell, out: Path, entry, attack_ctx: AttackContex
 
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
-    entry = ctx.entry("attack", cell.attack)
+    entry = ctx.entry("attack", cell.entry)
     base = ctx.build_context("attack", entry.plugin)
     return run(ctx, cell, out, entry, AttackContext(cache_dir=base.cache_dir, device=base.device, seed=base.seed))

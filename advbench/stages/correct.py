@@ -23,7 +23,7 @@ def corrected_labels(ctx: CellContext, corrector: str, transformed: np.ndarray, 
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     k = ctx.bench.settings.top_k
-    data = labelled_set(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)], cell.transform, k=k)
+    data = labelled_set(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)], cell.correction_group, k=k)
     corrected = corrected_labels(ctx, cell.corrector, data.transformed, data.original.shape[1])
     save_arrays(out, corrected=corrected)
     flagged = None

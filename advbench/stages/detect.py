@@ -27,7 +27,7 @@ from advbench.stages.per_image import detector_columns
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     data, inputs = training_data(ctx, cell)
     model, _, extra = fit(ctx, cell, data, inputs, out)
-    if cell.transform != IMAGES:
+    if cell.feature_group != IMAGES:
         extra += [("feature_size", "", float(inputs.shape[1])), ("operations", "", float(data.transformed.shape[1]))]
     pred, scores = np.asarray(model.predict(inputs)), np.asarray(model.scores(inputs), dtype=float)
     save_arrays(out, pred=pred, scores=scores, y=data.y, split=data.split, train_index=np.flatnonzero(data.split == TRAIN))

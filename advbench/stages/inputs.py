@@ -71,11 +71,11 @@ def takes_probs(compute) -> bool:
 def detector_inputs(ctx: CellContext, cell: Cell, sets: list[str]) -> tuple[LabelledSet, np.ndarray]:
     """(labelled set, detector input) of a detect-like cell over ``sets``: images for
     detectors that see them, the feature matrix otherwise."""
-    if cell.transform == IMAGES:
+    if cell.feature_group == IMAGES:
         data = labelled_set(ctx, cell, sets, IMAGES, with_images=True)
         return data, data.images
     feature = ctx.entry("feature", cell.feature)
     wants_probs = takes_probs(ctx.registry.get("feature", feature.plugin).compute)
-    data = labelled_set(ctx, cell, sets, cell.transform, k=ctx.bench.feature_k(feature), with_probs=wants_probs)
+    data = labelled_set(ctx, cell, sets, cell.feature_group, k=ctx.bench.feature_k(feature), with_probs=wants_probs)
     return data, feature_matrix(ctx, cell.feature, data)
 

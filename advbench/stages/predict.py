@@ -23,9 +23,9 @@ from advbench.plan import CLEAN, ORIGINAL, Cell
 
 def _operation(ctx: CellContext, cell: Cell) -> predict.Operation:
     """(Pillow op, tensor op) of a cell's operation; (None, None) for the original."""
-    if cell.transform == ORIGINAL:
+    if cell.operation == ORIGINAL:
         return None, None
-    entry = ctx.entry("transform", cell.transform)
+    entry = ctx.entry("transform", cell.operation)
     spec = ctx.registry.get("transform", entry.plugin)
     if ctx.bench.prediction.backend == "tensor":
         if spec.apply_tensor is None:
@@ -49,16 +49,16 @@ def compute_many(ctx: CellContext, cells: Sequence[Cell], outs: Sequence[Path]) 
     """The cells of one image set (the original alone, or operations that read it) in one
     call; ``seconds`` of each is the time from the previous operation's result to its own."""
     first = cells[0]
-    if len(cells) > 1 and any(c.transform == ORIGINAL for c in cells):  # the others read it: it goes first
-        at = next(i for i, c in enumerate(cells) if c.transform == ORIGINAL)
+    if len(cells) > 1 and any(c.operation == ORIGINAL for c in cells):  # the others read it: it goes first
+        at = next(i for i, c in enumerate(cells) if c.operation == ORIGINAL)
         rest = [i for i in range(len(cells)) if i != at]
         done = {at: compute(ctx, cells[at], outs[at])}
         done |= dict(zip(rest, compute_many(ctx, [cells[i] for i in rest], [outs[i] for i in rest])))
         return [done[i] for i in range(len(cells))]
-    images, source = ctx.imageset_arrays(first, first.attack)
+    images, source = ctx.imageset_arrays(first, first.imageset)
     clean = ctx.clean_arrays(first, mmap=True)
-    keep_labels = clean["labels"][source] if first.attack == CLEAN else clean["top1"][source]
-    reference = None if first.transform == ORIGINAL else ctx.predictions(first, first.attack, ORIGINAL)
+    keep_labels = clean["labels"][source] if first.imageset == CLEAN else clean["top1"][source]
+    reference = None if first.operation == ORIGINAL else ctx.predictions(first, first.imageset, ORIGINAL)
     operations = [_operation(ctx, c) for c in cells]
     results = predict.predict_under_operations(
         ctx.model(first.model), images, operations, top_k=ctx.bench.labels_k,

@@ -26,8 +26,8 @@ from advbench.stages.per_image import detector_columns
 
 
 def detect_cell_of(ctx: CellContext, cell: Cell) -> Cell:
-    """The detect cell whose detector a score cell applies (``group``: a pipeline's detector group)."""
-    group = cell.group or cell.transform
+    """The detect cell whose detector a score cell applies."""
+    group = cell.feature_group
     feature = "" if group == IMAGES else cell.feature
     key = ctx.plan.detect_key(cell.dataset, cell.model, cell.detector, feature, "" if group == IMAGES else group)
     return ctx.plan.by_key[key]
@@ -47,16 +47,17 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     if cell.detector:
         det_cell = detect_cell_of(ctx, cell)
         detector = detect.trained(ctx, det_cell)
-        data, inputs = detector_inputs(ctx, replace(det_cell, attack=cell.attack), [cell.attack])
+        data, inputs = detector_inputs(ctx, replace(det_cell, imageset=cell.imageset), [cell.imageset])
         mask = data.split == EVAL
         empty = not mask.any()  # an attack may succeed on no eval image: nothing to score
         scored = inputs[mask]  # one array for both calls: detectors reuse a pass on the same object
         flagged = np.zeros(0, int) if empty else np.asarray(detector.predict(scored)).astype(int)
         scores = np.zeros(0) if empty else np.asarray(detector.scores(scored), dtype=float)
-        rows += [("detection_rate", "", _mean(flagged)), ("mean_score", "", _mean(scores))]
+        rows += [("detection_rate", "", _mean(flagged)), ("detected", "", float(flagged.sum())),
+                 ("mean_score", "", _mean(scores))]
     if cell.corrector:
         k = ctx.bench.settings.top_k
-        data = labelled_set(ctx, cell, [cell.attack], cell.transform, k=k)
+        data = labelled_set(ctx, cell, [cell.imageset], cell.correction_group, k=k)
         mask = data.split == EVAL
         corrected = corrected_labels(ctx, cell.corrector, data.transformed[mask], k)[:, 0]
         rows.append(("top1_restored", "", _mean(corrected == data.truth[mask])))

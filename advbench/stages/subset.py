@@ -43,11 +43,11 @@ def _columns(data: LabelledSet, chosen: list[int]) -> LabelledSet:
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     search = next(s for s in ctx.bench.detection.subset_search
-                  if (s.detector, s.feature, s.group) == (cell.detector, cell.feature, cell.transform))
-    ops = [t.label for t in ctx.plan.group_ops(cell.transform)]
+                  if (s.detector, s.feature, s.group) == (cell.detector, cell.feature, cell.feature_group))
+    ops = [t.label for t in ctx.plan.group_ops(cell.feature_group)]
     feature = ctx.entry("feature", cell.feature)
     wants_probs = takes_probs(ctx.registry.get("feature", feature.plugin).compute)
-    data = labelled_set(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)], cell.transform,
+    data = labelled_set(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)], cell.feature_group,
                         k=ctx.bench.feature_k(feature), with_probs=wants_probs)
     costs = op_costs(ctx, cell, [ORIGINAL, *ops])
     chosen: list[int] = []

@@ -39,6 +39,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from advbench import schema
 from advbench.errors import StoreError
 from advbench.store.models import Cell, Image, ImageSet, Invocation, Metric, Run
 
@@ -54,12 +55,10 @@ MIGRATION_LOCK_KEY = 0x6164766265_6E6368
 #: Rows per INSERT batch of record_images.
 IMAGE_CHUNK = 10_000
 
-#: Columns of record_images: the first five are required; idx defaults to 0..N-1.
-IMAGE_COLUMNS = ("idx", "source", "origin", "split", "y", "truth", "score", "decision", "label", "logit_0", "logit_1")
-REQUIRED_IMAGE_COLUMNS = ("source", "origin", "split", "y", "truth")
-#: The cell's columns that Store.images() puts beside each image row.
-IMAGE_CELL_COLUMNS = ("cell_key", "stage", "dataset", "model", "attack", "transform", "feature", "detector",
-                      "corrector", "budget", "threat", "target", "holdout")
+# Columns of record_images (idx defaults to 0..N-1) and the cell's columns Store.images() puts
+# beside each image row: the schema's (advbench.schema), written once there.
+IMAGE_COLUMNS, REQUIRED_IMAGE_COLUMNS, IMAGE_CELL_COLUMNS = (
+    schema.IMAGE_COLUMNS, schema.REQUIRED_IMAGE_COLUMNS, schema.IMAGE_CELL_COLUMNS)
 
 _RUNS, _INVOCATIONS, _CELLS = Run.__table__, Invocation.__table__, Cell.__table__
 _METRICS, _IMAGE_SETS, _IMAGES = Metric.__table__, ImageSet.__table__, Image.__table__
@@ -476,18 +475,10 @@ class Store:
                     seconds: float = 0.0, metrics: Iterable[tuple[str, str, float | None]] = ()) -> None:
         """Upsert a cell and replace its metrics, in one transaction.
 
-        ``cell`` is read by attribute: stage, key, dataset, model, attack, transform, feature,
-        detector, and where present corrector, budget (float or None), threat, target, holdout.
+        ``cell`` is an :class:`advbench.schema.Cell` (read by attribute: every stored field).
         """
-        values = {
-            "stage": cell.stage, "dataset": cell.dataset, "model": cell.model, "attack": cell.attack,
-            "transform": cell.transform, "feature": cell.feature, "detector": cell.detector,
-            "corrector": getattr(cell, "corrector", ""), "budget": _finite(getattr(cell, "budget", None)),
-            "threat": getattr(cell, "threat", ""), "target": getattr(cell, "target", ""),
-            "holdout": getattr(cell, "holdout", ""), "evaluation": bool(getattr(cell, "evaluation", False)),
-            "norm": getattr(cell, "norm", ""),
-            "status": status, "cached": cached, "error": error, "seconds": seconds,
-        }
+        values = schema.cell_values(cell) | {"budget": _finite(cell.budget), "status": status, "cached": cached,
+                                             "error": error, "seconds": seconds}
         unique = {(n, sub): _finite(v) for n, sub, v in metrics}
 
         def work(conn: Connection) -> None:
@@ -545,10 +536,9 @@ class Store:
         """Every image row of the run's cells (of one stage if given), beside its cell's columns.
 
         Column-oriented: ``{name: list}`` with the keys IMAGE_CELL_COLUMNS + IMAGE_COLUMNS in that
-        order (cell_key, stage, dataset, model, attack, transform, feature, detector, corrector,
-        budget, threat, target, holdout, idx, source, origin, split, y, truth, score, decision,
-        label), all lists of one length, rows ordered by cell then idx; cells without stored images
-        are absent. ``pandas.DataFrame(store.images(run))`` or ``csv.writer`` over
+        order (cell_key, then the cell's schema columns: stage, dataset, model, imageset, entry, ...;
+        then idx, source, origin, split, y, truth, score, decision, label, logit_0, logit_1), all
+        lists of one length, rows ordered by cell then idx; cells without stored images are absent. ``pandas.DataFrame(store.images(run))`` or ``csv.writer`` over
         ``zip(*cols.values())`` take it as it is.
         """
         c, i = _CELLS.c, _IMAGES.c
@@ -639,20 +629,26 @@ def _image_columns(cell_key: str, columns: Mapping[str, Sequence]) -> tuple[dict
     n = lengths["source"]
     if any(length != n for length in lengths.values()):
         raise StoreError(f"{where}: columns differ in length: {', '.join(f'{k}={v}' for k, v in lengths.items())}")
-    ints = lambda values: [int(v) for v in values]  # noqa: E731
-    optional_ints = lambda values: [None if v is None else int(v) for v in values]  # noqa: E731
-    convert = {"idx": ints, "source": lambda v: [str(x) for x in v], "origin": lambda v: [str(x) for x in v],
-               "split": lambda v: [str(x) for x in v], "y": ints, "truth": ints,
-               "score": lambda v: [_finite(x) for x in v], "decision": optional_ints, "label": optional_ints,
-               "logit_0": lambda v: [_finite(x) for x in v], "logit_1": lambda v: [_finite(x) for x in v]}
     try:
-        data = {name: convert[name](values) for name, values in data.items()}
+        data = {name: _converted(name, values) for name, values in data.items()}
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{where}: {exc}") from None
     data.setdefault("idx", list(range(n)))
     if len(set(data["idx"])) != n:
         raise StoreError(f"{where}: column 'idx' repeats a value; give distinct indices")
     return data, n
+
+
+def _converted(name: str, values: list) -> list:
+    """One per-image column as the store's Python values (its kind from the schema)."""
+    kind = schema.column_kind(name)
+    if kind == "text":
+        return [str(x) for x in values]
+    if kind == "float":
+        return [_finite(x) for x in values]
+    if name in REQUIRED_IMAGE_COLUMNS:
+        return [int(x) for x in values]
+    return [None if x is None else int(x) for x in values]
 
 
 def open_store(store: str | None, *, create: bool = True) -> Store:

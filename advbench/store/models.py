@@ -3,7 +3,8 @@
 ``runs``         one row per (benchmark, config hash): re-running a config updates it in place.
 ``invocations``  one row per ``advbench run`` process of a run (host, pid, heartbeat), so that a
                  run whose processes all died shows as ``killed`` rather than ``running`` forever.
-``cells``        one row per cell of a run, keyed by the cell's content hash.
+``cells``        one row per cell of a run, keyed by the cell's content hash; its columns are the
+                 fields of :class:`advbench.schema.Cell` (written once there).
 ``metrics``      one row per metric value of a cell (``subset`` qualifies it: an attack, a split).
 ``image_sets``   one row per cell content hash that has per-image results (shared by every run
                  holding that cell); its insertion is the marker that the set is complete.
@@ -14,8 +15,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from dataclasses import fields
+
+from sqlalchemy import Boolean, Column, Float, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from advbench import schema
 
 
 class Base(DeclarativeBase):
@@ -62,31 +67,33 @@ class Invocation(Base):
     run: Mapped[Run] = relationship(back_populates="invocations")
 
 
-class Cell(Base):
-    __tablename__ = "cells"
-    __table_args__ = (UniqueConstraint("run_id", "key", name="uq_cells_run_key"),)
+def _schema_column(f) -> Column:
+    """A store column of a :mod:`advbench.schema` field, as its metadata declares it."""
+    kind = f.metadata["store"]
+    if kind == "text":
+        return Column(f.name, String(f.metadata["length"]) if f.metadata["length"] else Text, nullable=False, default="")
+    if kind == "float":
+        return Column(f.name, Float, nullable=True)
+    if kind == "bool":
+        return Column(f.name, Boolean, nullable=False, default=False)
+    return Column(f.name, Integer, nullable=f.default is None)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    key: Mapped[str] = mapped_column(String(64))
-    stage: Mapped[str] = mapped_column(String(20))
-    dataset: Mapped[str] = mapped_column(String(200), default="")
-    model: Mapped[str] = mapped_column(String(200), default="")
-    attack: Mapped[str] = mapped_column(String(200), default="")
-    transform: Mapped[str] = mapped_column(String(200), default="")
-    feature: Mapped[str] = mapped_column(String(200), default="")
-    detector: Mapped[str] = mapped_column(String(200), default="")
-    corrector: Mapped[str] = mapped_column(String(200), default="")
-    budget: Mapped[float | None] = mapped_column(Float, nullable=True)  # the attack's budget (epsilon), if any
-    threat: Mapped[str] = mapped_column(String(40), default="")  # threat model of the attack
-    target: Mapped[str] = mapped_column(String(200), default="")
-    holdout: Mapped[str] = mapped_column(String(200), default="")
-    evaluation: Mapped[bool] = mapped_column(default=False)  # an attack made as an evaluation set
-    norm: Mapped[str] = mapped_column(String(10), default="")  # the norm of the imageset's budget
-    status: Mapped[str] = mapped_column(String(20))  # ok, failed, skipped
-    cached: Mapped[bool] = mapped_column(default=False)
-    error: Mapped[str] = mapped_column(Text, default="")
-    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+class Cell(Base):
+    """A cell of a run: its schema columns (:class:`advbench.schema.Cell`, every stored field in
+    order), then its outcome."""
+
+    __table__ = Table(
+        "cells", Base.metadata,
+        Column("id", Integer, primary_key=True),
+        Column("run_id", ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True),
+        *(_schema_column(f) for f in fields(schema.Cell) if f.metadata["store"]),
+        Column("status", String(20), nullable=False),  # ok, failed, skipped
+        Column("cached", Boolean, nullable=False, default=False),
+        Column("error", Text, nullable=False, default=""),
+        Column("seconds", Float, nullable=False, default=0.0),
+        UniqueConstraint("run_id", "key", name="uq_cells_run_key"),
+    )
     run: Mapped[Run] = relationship(back_populates="cells")
     metrics: Mapped[list[Metric]] = relationship(back_populates="cell", cascade="all, delete-orphan")
 
@@ -113,17 +120,12 @@ class ImageSet(Base):
 
 
 class Image(Base):
-    __tablename__ = "images"
+    """One per-image row of a set: ``(set_id, idx)`` is the key; the columns are
+    :class:`advbench.schema.ImageRow`'s."""
 
-    set_id: Mapped[int] = mapped_column(ForeignKey("image_sets.id", ondelete="CASCADE"), primary_key=True)
-    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    source: Mapped[str] = mapped_column(Text)  # source image id (a path can be long)
-    origin: Mapped[str] = mapped_column(String(200))  # "clean" or the attack label
-    split: Mapped[str] = mapped_column(String(20))  # train, dev, eval
-    y: Mapped[int] = mapped_column(Integer)  # 1 = adversarial
-    truth: Mapped[int] = mapped_column(Integer)  # ground-truth label of the source image
-    score: Mapped[float | None] = mapped_column(Float, nullable=True)
-    decision: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    label: Mapped[int | None] = mapped_column(Integer, nullable=True)  # e.g. a corrector's top-1
-    logit_0: Mapped[float | None] = mapped_column(Float, nullable=True)  # a binary detector's logits
-    logit_1: Mapped[float | None] = mapped_column(Float, nullable=True)  # (normal, adversarial): Fig. 2
+    __table__ = Table(
+        "images", Base.metadata,
+        Column("set_id", ForeignKey("image_sets.id", ondelete="CASCADE"), primary_key=True),
+        *(Column(f.name, Integer, primary_key=True) if f.name == "idx" else _schema_column(f)
+          for f in fields(schema.ImageRow)),
+    )

@@ -166,7 +166,7 @@ def test_a_failed_cell_gives_exit_1_and_names_the_log(tmp_path, monkeypatch, cap
     from advbench.execution.runner import CellOutcome, RunResult, Runner
 
     def fake_run(self, on_cell):
-        cell = Cell("attack", "k", "d", "m", attack="a")
+        cell = Cell("attack", "k", "d", "m", imageset="a")
         return RunResult(1, "sqlite://", (CellOutcome(cell, "failed", error="RuntimeError: x"),), tmp_path / "run.log")
 
     monkeypatch.setattr(Runner, "run_with", fake_run)

@@ -48,7 +48,7 @@ def world():
     passes = {("testing-cnn", a.label): registry.get("attack", a.plugin).cost(a.params, inputs) for a in bench.attacks}
     for cell in plan.stage("adaptive"):
         eot = bench.adaptive[0]
-        passes[("testing-cnn", cell.attack)] = registry.get("attack", eot.plugin).cost(eot.params, dataclasses.replace(
+        passes[("testing-cnn", cell.imageset)] = registry.get("attack", eot.plugin).cost(eot.params, dataclasses.replace(
             inputs, operations=E.adaptive_operations(plan, cell)))
     facts = E.Facts(
         classifier={"testing-cnn": "net"}, attack_passes=passes,
@@ -62,9 +62,9 @@ def world():
     return bench, plan, facts, networks
 
 
-def _cell_work(work, stage, attack="", transform=""):
-    return next(w for w in work if w.cell.stage == stage and (not attack or w.cell.attack == attack)
-                and (not transform or w.cell.transform == transform))
+def _cell_work(work, stage, imageset="", operation=""):
+    return next(w for w in work if w.cell.stage == stage and (not imageset or w.cell.imageset == imageset)
+                and (not operation or w.cell.operation == operation))
 
 
 def test_the_estimate_counts_exactly_the_cells_of_the_plan(world):
@@ -103,7 +103,7 @@ def test_predictions_and_detectors_see_the_expected_images(world):
     assert detect.passes[0].forward == pytest.approx(3 * (train + dev) * images + images)
     assert not next(w for w in work if w.cell.stage == "detect" and w.cell.detector == "lda").passes
     score = next(w for w in work if w.cell.stage == "score" and w.cell.detector == "cnn-small"
-                 and w.cell.attack == "fgsm-grid@0.3")
+                 and w.cell.imageset == "fgsm-grid@0.3")
     # its eval images, and a refit: the plugin cannot save a fitted detector
     assert sum(p.forward for p in score.passes) == pytest.approx(N * eval_share * 0.5 + detect.passes[0].forward)
 

@@ -61,11 +61,11 @@ def test_cnn_detectors_with_and_without_softmax_give_table6_rows_and_the_logit_p
     assert len(notes) == 1 and notes[0].startswith("logits: cnn-softmax / images, cnn-no-softmax / images read from")
 
 
-def _cell(model, attack, share, transform="jpeg@90"):
+def _cell(model, imageset, share, operation="jpeg@90"):
     metrics = [SimpleNamespace(name="images", subset="", value=10.0),
                SimpleNamespace(name="topk_misclassified", subset="", value=10.0 * share)]
-    return SimpleNamespace(stage="predict", status="ok", dataset="d", model=model, attack=attack,
-                           transform=transform, feature="", detector="", key=model + attack, metrics=metrics)
+    return SimpleNamespace(stage="predict", status="ok", dataset="d", model=model, imageset=imageset,
+                           operation=operation, feature="", detector="", key=model + imageset, metrics=metrics)
 
 
 def test_the_heatmap_keeps_each_model_apart(monkeypatch, tmp_path):
@@ -104,8 +104,8 @@ def test_security_plot_of_a_run_with_budgets(evaluation, tmp_path, monkeypatch):
     titles = [t for t, _ in drawn["panels"]]
     assert titles == ["fgsm-grid (oblivious)", "eot-pgd (adaptive vs JPEG)"]  # system-hsj has no budgets: no curve
     detection, system = drawn["panels"][0][1]
-    [score] = [c for c in cells if c.stage == "score" and c.attack == "fgsm-grid@0.3" and c.detector == "lda"
-               and c.transform == "JPEG"]
+    [score] = [c for c in cells if c.stage == "score" and c.imageset == "fgsm-grid@0.3" and c.detector == "lda"
+               and c.feature_group == "JPEG"]
     jpeg = next(s for s in system if s[0] == "lda/counting/JPEG")
     assert list(jpeg[1]) == [0.1, 0.3] and jpeg[2][1] == tables.metric(score, "system_success")
     assert system[-1][0] == "(attack alone)" and not any(s[0].startswith("vote") for s in detection)

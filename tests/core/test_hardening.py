@@ -380,7 +380,7 @@ def test_plain_progress_prints_a_progress_line_now_and_then():
 
     buffer = io.StringIO()
     progress = cli.PlainProgress({"predict": 3}, Console(file=buffer, width=40), every=0.0)
-    cells = [Cell("predict", f"k{i}", "digits", "cnn", attack="fgsm", transform=f"jpeg@{q}") for i, q in enumerate((90, 60, 30))]
+    cells = [Cell("predict", f"k{i}", "digits", "cnn", imageset="fgsm", operation=f"jpeg@{q}") for i, q in enumerate((90, 60, 30))]
     progress(CellOutcome(cells[0], "ok", seconds=1.25))
     progress(CellOutcome(cells[1], "ok", cached=True))
     progress(CellOutcome(cells[2], "failed", error="DataError: a long message " * 3, seconds=0.5))
@@ -402,6 +402,6 @@ def test_the_time_left_weighs_each_stage_by_its_own_computed_cells():
     from advbench.execution.execute import CellOutcome
 
     progress = cli.PlainProgress({"attack": 2, "score": 10}, Console(file=io.StringIO()), every=1e9)
-    progress(CellOutcome(Cell("attack", "a1", "d", "m", attack="pgd"), "ok", seconds=100.0))
-    progress(CellOutcome(Cell("score", "s1", "d", "m", attack="pgd@1"), "ok", seconds=1.0))
+    progress(CellOutcome(Cell("attack", "a1", "d", "m", imageset="pgd"), "ok", seconds=100.0))
+    progress(CellOutcome(Cell("score", "s1", "d", "m", imageset="pgd@1"), "ok", seconds=1.0))
     assert progress.left() == 100.0 + 9 * 1.0  # one attack at 100 s, nine scores at 1 s

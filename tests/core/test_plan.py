@@ -59,7 +59,7 @@ def _adaptive_bench(registry, detectors=('plugin = "lda"', 'plugin = "svm"')):
 
 def test_adaptive_cells_depend_on_the_detector_cells_they_attack(registry):
     plan = plan_of(_adaptive_bench(registry), registry)
-    adaptive = {c.attack: c for c in plan.stage("adaptive")}
+    adaptive = {c.imageset: c for c in plan.stage("adaptive")}
     assert set(adaptive) == {f"eot-pgd@{b}>{t}" for b in ("0.1", "0.2")
                              for t in ("JPEG", "lda/counting/JPEG", "svm/counting/All")}
     lda = plan.detect_key("testing-digits", "testing-cnn", "lda", "counting", "JPEG")
@@ -68,15 +68,33 @@ def test_adaptive_cells_depend_on_the_detector_cells_they_attack(registry):
     assert svm in adaptive["eot-pgd@0.2>svm/counting/All"].deps
     assert not {lda, svm} & set(adaptive["eot-pgd@0.1>JPEG"].deps)  # a group's operations need no training
     # each adaptive set is scored by every trained detector of its world (the targeted one and transfer)
-    scored = {(c.attack, c.detector, c.transform) for c in plan.stage("score") if c.detector}
+    scored = {(c.imageset, c.detector, c.feature_group) for c in plan.stage("score") if c.detector}
     assert {("eot-pgd@0.1>JPEG", d, g) for d in ("lda", "svm") for g in ("JPEG", "All")} <= scored
 
 
 def test_a_changed_detector_changes_only_the_adaptive_cells_that_target_it(registry):
     base = plan_of(_adaptive_bench(registry), registry)
     edited = plan_of(_adaptive_bench(registry, ('plugin = "lda"\nsolver = "lsqr"', 'plugin = "svm"')), registry)
-    changed = {c.attack for c in edited.stage("adaptive") if c.key not in base.by_key}
+    changed = {c.imageset for c in edited.stage("adaptive") if c.key not in base.by_key}
     assert changed == {"eot-pgd@0.1>lda/counting/JPEG", "eot-pgd@0.2>lda/counting/JPEG"}
+
+
+def test_cells_name_their_image_set_and_defense_in_explicit_fields(registry):
+    """No label is parsed: entry, family, plugin, budget and target are the cell's own fields,
+    and each group has its own column."""
+    plan = plan_of(_adaptive_bench(registry), registry)
+    [made] = [c for c in plan.stage("adaptive") if c.imageset == "eot-pgd@0.2>lda/counting/JPEG"]
+    assert (made.entry, made.family, made.plugin, made.budget, made.norm, made.threat, made.target, made.evaluation) == (
+        "eot-pgd@0.2", "eot-pgd", "eot-pgd", 0.2, "linf", "adaptive", "lda/counting/JPEG", True)
+    assert (made.feature_group, made.feature, made.detector) == ("JPEG", "counting", "lda")
+    scores = [c for c in plan.stage("score") if c.imageset == made.imageset]
+    assert all((c.entry, c.family, c.budget, c.target) == (made.entry, made.family, 0.2, made.target) for c in scores)
+    voting = [c for c in scores if c.corrector]
+    assert voting and all(c.correction_group and not c.feature_group for c in voting)
+    predict = [c for c in plan.stage("predict") if c.imageset == "clean" and c.operation != "original"]
+    assert {c.operation_group for c in predict} == {"jpeg", "scaling"} and all(c.family == "" for c in predict)
+    [fgsm] = [c for c in plan.stage("attack") if c.imageset == "fgsm"]
+    assert (fgsm.entry, fgsm.family, fgsm.plugin, fgsm.budget, fgsm.evaluation) == ("fgsm", "fgsm", "fgsm", None, False)
 
 
 def test_cells_whose_detector_sees_images_say_so_also_in_a_pipeline(registry):

@@ -12,7 +12,10 @@ from xml.etree import ElementTree
 import pytest
 from rich.console import Console
 
+from dataclasses import fields
+
 from advbench import metrics as M
+from advbench import schema
 from advbench.errors import AdvbenchError
 from advbench.report import formats, tables
 from advbench.store import open_store
@@ -58,7 +61,7 @@ def test_table1_counts_match_the_attack_cells(cells):
     t1, budgets = tables.table1(cells)
     assert t1.columns[:4] == ("Attack", "Type", "Threat", "Budget")
     by_attack = {r[0]: r[4] for r in t1.rows}
-    attack_cells = {c.attack: c for c in cells if c.stage == "attack"}
+    attack_cells = {c.imageset: c for c in cells if c.stage == "attack"}
     assert by_attack["fgsm"] == int(tables.metric(attack_cells["fgsm"], "success"))
     linf = {r[0]: r[2] for r in budgets.rows}
     assert linf["fgsm"] == tables.metric(attack_cells["fgsm"], "mean_pre_save_linf") > 0
@@ -90,7 +93,7 @@ def test_leaderboard_is_ranked_and_html_holds_every_table(cells):
 def test_leaderboard_intervals_reach_csv_and_json_as_columns(cells):
     [board] = tables.leaderboard(cells, top=1)
     est = board.rows[0][board.columns.index("Accuracy")]
-    cell = next(c for c in cells if c.stage == "detect" and (c.detector, c.feature, c.transform) == board.rows[0][1:4])
+    cell = next(c for c in cells if c.stage == "detect" and (c.detector, c.feature, c.feature_group) == board.rows[0][1:4])
     n = int(tables.metric(cell, "n"))
     assert board.rows[0][board.columns.index("n")] == n == est.n
     assert (est.lo, est.hi) == M.wilson_interval(round(est.value * n), n)
@@ -125,6 +128,22 @@ def _m(name, value, subset=""):
     return SimpleNamespace(name=name, subset=subset, value=value)
 
 
+def _cell(**values):
+    """A stored cell as the store hands it back: every schema column (advbench.schema.Cell),
+    its status and metrics."""
+    row = {f.name: f.default for f in fields(schema.Cell) if f.metadata["store"]}
+    return SimpleNamespace(**(row | {"key": "", "status": "ok", "error": "", "metrics": []} | values))
+
+
+def _origin(label, budget=None, threat="oblivious", target="", norm="linf", plugin=None, evaluation=None):
+    """The schema fields of an image set's cells: entry, family (label without the budget), plugin."""
+    entry = label.split(">", 1)[0]
+    family = entry.rsplit("@", 1)[0] if budget is not None else entry
+    return {"imageset": label, "entry": entry, "family": family, "plugin": plugin or family, "budget": budget,
+            "norm": norm, "threat": threat, "target": target,
+            "evaluation": (budget is not None or threat == "adaptive") if evaluation is None else evaluation}
+
+
 def _detector(name, *, n_normal=50, fp=5, per_attack=(("fgsm", 25, 20), ("pgd", 25, 15)), feature="counting",
               group="JPEG", extra=(), dataset="d", model="m", status="ok"):
     """A detect cell stored the way engine/detect.py stores one: rates and their counts."""
@@ -138,8 +157,8 @@ def _detector(name, *, n_normal=50, fp=5, per_attack=(("fgsm", 25, 20), ("pgd", 
                _m("false_positive_rate", fp / n_normal, "clean"), _m("n", n_normal, "clean")]
     metrics += [m_ for a, k, t in per_attack for m_ in (_m("detection_rate", t / k, a), _m("n", k, a))]
     metrics += [_m(k, v) for k, v in extra]
-    return SimpleNamespace(stage="detect", status=status, error="", dataset=dataset, model=model, attack="",
-                           transform=group, feature=feature, detector=name, corrector="", metrics=metrics)
+    return _cell(stage="detect", status=status, dataset=dataset, model=model, feature_group=group, feature=feature,
+                 detector=name, metrics=metrics)
 
 
 def _with(cell, **values):
@@ -148,7 +167,15 @@ def _with(cell, **values):
     return SimpleNamespace(**{**vars(cell), "metrics": kept + [_m(k, v) for k, v in values.items()]})
 
 
+def test_the_detection_rate_is_read_from_its_stored_count():
+    cell = _detector("x", n_normal=60, fp=6, per_attack=(("fgsm", 40, 31),), extra=(("detected", 31.0),))
+    cell.metrics = [m for m in cell.metrics if m.name != "accuracy"]  # not needed: the count is stored
+    est = tables.estimate(cell, "detection_rate")
+    assert est.value == 31 / 40 and (est.lo, est.hi) == M.wilson_interval(31, 40) and est.n == 40
+
+
 def test_detection_rate_overall_is_recovered_exactly():
+    """Stores and caches written before detect cells stored their detection rate."""
     # 60 normal (6 flagged), 40 adversarial (31 flagged): accuracy (31 + 54) / 100 = 0.85
     cell = _detector("x", n_normal=60, fp=6, per_attack=(("fgsm", 40, 31),))
     est = tables.estimate(cell, "detection_rate")
@@ -245,9 +272,8 @@ def test_decimals_follow_the_count():
 
 
 def _predict_cell(imageset, op, count, images=40):
-    return SimpleNamespace(stage="predict", status="ok", error="", dataset="d", model="m", attack=imageset,
-                           transform=op, feature="", detector="", corrector="",
-                           metrics=[_m("topk_misclassified", count), _m("images", images)])
+    return _cell(stage="predict", dataset="d", model="m", imageset=imageset, operation=op,
+                 metrics=[_m("topk_misclassified", count), _m("images", images)])
 
 
 def _rendered(built, width):
@@ -341,11 +367,11 @@ def test_adaptive_table_on_the_tiny_world(evaluation_cells):
     main, transfer = tables.adaptive_tables(evaluation_cells)
     col = main.columns.index
     rows = {(r[0], r[2]): r for r in main.rows}
-    [score] = _by(evaluation_cells, stage="score", attack="eot-pgd@0.3>JPEG", detector="lda", transform="JPEG")
-    [oblivious] = _by(evaluation_cells, stage="score", attack="fgsm-grid@0.3", detector="lda", transform="JPEG")
+    [score] = _by(evaluation_cells, stage="score", imageset="eot-pgd@0.3>JPEG", detector="lda", feature_group="JPEG")
+    [oblivious] = _by(evaluation_cells, stage="score", imageset="fgsm-grid@0.3", detector="lda", feature_group="JPEG")
     row = rows[("eot-pgd@0.3>JPEG", "lda/counting/JPEG")]
     assert row[col("Oblivious set")] == "fgsm-grid@0.3" and row[col("Budget")] == "0.3"
-    [detect] = [c for c in evaluation_cells if tables.standard(c) and c.transform == "JPEG"]
+    [detect] = [c for c in evaluation_cells if tables.standard(c) and c.feature_group == "JPEG"]
     assert row[col("Primary")] == "fgsm" and row[col("Det. primary")] == tables.wilson(
         tables.metric(detect, "detection_rate", "fgsm"), tables.metric(detect, "n", "fgsm"))
     n, tried = tables.metric(score, "n"), tables.metric(score, "attempted")
@@ -365,8 +391,8 @@ def test_unseen_and_subset_tables_on_the_tiny_world(evaluation_cells):
     held = [c for c in evaluation_cells if c.stage == "detect" and c.holdout]
     assert len(unseen.rows) == len(held) == 4 and {r[3] for r in unseen.rows} == {"fgsm", "bim"}
     for r in unseen.rows:
-        [c] = [c for c in held if (c.transform, c.holdout) == (r[2], r[3])]
-        [seen] = [s for s in evaluation_cells if tables.standard(s) and s.transform == c.transform]
+        [c] = [c for c in held if (c.feature_group, c.holdout) == (r[2], r[3])]
+        [seen] = [s for s in evaluation_cells if tables.standard(s) and s.feature_group == c.feature_group]
         assert r[5].value == tables.metric(c, "detection_rate", r[4]) and r[6].value == tables.metric(seen, "detection_rate", r[4])
     [subset] = tables.subset(evaluation_cells)
     assert [r[3] for r in subset.rows] == [1, 2, 5] and subset.rows[-1][4].startswith("(all operations")
@@ -379,11 +405,11 @@ def test_table1_rows_for_grid_points_and_adaptive_sets(evaluation_cells):
     rows = {r[0]: r for r in t1.rows}
     assert rows["fgsm-grid@0.3"][2:4] == ("oblivious", "0.3") and rows["fgsm"][2:4] == ("oblivious", "–")
     assert rows["eot-pgd@0.1>JPEG"][2:4] == ("adaptive", "0.1") and rows["system-hsj>lda/counting/JPEG"][3] == "–"
-    [grid] = _by(evaluation_cells, stage="attack", attack="fgsm-grid@0.3")
+    [grid] = _by(evaluation_cells, stage="attack", imageset="fgsm-grid@0.3")
     assert rows["(eval images attacked: evaluation sets)"][4] == int(tables.metric(grid, "attempted"))
     assert rows["fgsm-grid@0.3"][4] == int(tables.metric(grid, "success"))
     hsj = next(r for r in budgets.rows if r[0] == "system-hsj>lda/counting/JPEG")
-    [cell] = _by(evaluation_cells, stage="adaptive", attack="system-hsj>lda/counting/JPEG")
+    [cell] = _by(evaluation_cells, stage="adaptive", imageset="system-hsj>lda/counting/JPEG")
     assert budgets.columns[-1].endswith("queries") and hsj[-1] == tables.metric(cell, "mean_queries") > 0
     assert next(r for r in budgets.rows if r[0] == "fgsm")[-1] is None
 
@@ -392,45 +418,46 @@ def test_held_out_cells_stay_off_the_standard_tables(evaluation_cells):
     [board] = tables.leaderboard(evaluation_cells)
     assert len(board.rows) == len([c for c in evaluation_cells if tables.standard(c)]) == 2
     [t4] = tables.table4(evaluation_cells)
-    [standard_jpeg] = [c for c in evaluation_cells if tables.standard(c) and c.transform == "JPEG"]
+    [standard_jpeg] = [c for c in evaluation_cells if tables.standard(c) and c.feature_group == "JPEG"]
     assert t4.rows[0][2].value == tables.metric(standard_jpeg, "accuracy")
 
 
 # constructed cells: exact values
 
-def _made(stage, attack, success, attempted=20, budget=None, threat="oblivious", target="", targeted=0.0, **extra):
+def _made(stage, attack, success, attempted=20, budget=None, threat="oblivious", target="", targeted=0.0, norm="linf",
+          plugin=None, evaluation=None, **extra):
     metrics = [_m("success", success), _m("attempted", attempted), _m("targeted", targeted)]
     metrics += [_m(k, v) for k, v in extra.items()]
-    return SimpleNamespace(stage=stage, status="ok", error="", dataset="d", model="m", attack=attack, transform="",
-                           feature="", detector="", corrector="", budget=budget, threat=threat, target=target,
-                           holdout="", metrics=metrics)
+    return _cell(stage=stage, dataset="d", model="m", metrics=metrics,
+                 **_origin(attack, budget, threat, target, norm, plugin, evaluation))
 
 
 def _score(attack, *, n, flagged=None, fooled, attempted=20, detector="svm", feature="differences", group="JPEG",
-           corrector="", budget=None, threat="oblivious", target=""):
+           corrector="", budget=None, threat="oblivious", target="", norm="linf", plugin=None):
     metrics = [_m("attempted", attempted), _m("n", n), _m("fooled", fooled), _m("system_success", fooled / attempted)]
     if flagged is not None:
         metrics.append(_m("detection_rate", flagged / n if n else None))
-    return SimpleNamespace(stage="score", status="ok", error="", dataset="d", model="m", attack=attack,
-                           transform=group, feature=feature, detector=detector, corrector=corrector, budget=budget,
-                           threat=threat, target=target, holdout="", metrics=metrics)
+    groups = {"correction_group": group} if corrector and not detector else {"feature_group": group}
+    return _cell(stage="score", dataset="d", model="m", feature=feature, detector=detector, corrector=corrector,
+                 metrics=metrics, **groups, **_origin(attack, budget, threat, target, norm, plugin))
 
 
-def _world():
-    """pgd (primary), a pgd grid at 0.01/0.03 and fgsm at 0.03; eot-pgd at 0.01/0.03 against the
-    svm/differences/JPEG detector; a corrector over JPEG; a pipeline target nobody trained."""
+def _world(fgsm_norm="l2"):
+    """pgd (primary), a pgd grid at 0.01/0.03 (L∞) and fgsm at 0.03 (L2 unless ``fgsm_norm``);
+    eot-pgd at 0.01/0.03 (L∞) against the svm/differences/JPEG detector; a corrector over JPEG;
+    a pipeline target nobody trained."""
     target = "svm/differences/JPEG"
     return [
         _made("attack", "pgd", 18),
         _made("attack", "pgd@0.01", 8, budget=0.01), _made("attack", "pgd@0.03", 15, budget=0.03),
-        _made("attack", "fgsm@0.03", 12, budget=0.03),
+        _made("attack", "fgsm@0.03", 12, budget=0.03, norm=fgsm_norm),
         _made("adaptive", "eot-pgd@0.01>" + target, 6, budget=0.01, threat="adaptive", target=target),
         _made("adaptive", "eot-pgd@0.03>" + target, 14, budget=0.03, threat="adaptive", target=target),
         _made("adaptive", "eot-pgd@0.03>pipeline", 3, budget=0.03, threat="adaptive", target="pipeline"),
         _detector("svm", feature="differences", per_attack=(("pgd", 25, 20),)),
         _score("pgd@0.01", n=8, flagged=6, fooled=2, budget=0.01),
         _score("pgd@0.03", n=15, flagged=12, fooled=3, budget=0.03),
-        _score("fgsm@0.03", n=12, flagged=6, fooled=6, budget=0.03),
+        _score("fgsm@0.03", n=12, flagged=6, fooled=6, budget=0.03, norm=fgsm_norm),
         _score("eot-pgd@0.01>" + target, n=6, flagged=1, fooled=5, budget=0.01, threat="adaptive", target=target),
         _score("eot-pgd@0.03>" + target, n=14, flagged=2, fooled=12, budget=0.03, threat="adaptive", target=target),
         _score("eot-pgd@0.03>" + target, n=14, fooled=11, detector="", feature="", corrector="vote", budget=0.03,
@@ -440,11 +467,11 @@ def _world():
     ]
 
 
-def test_adaptive_rows_compare_the_same_budget_and_family():
+def test_adaptive_rows_compare_the_same_budget_and_norm():
     main, transfer = tables.adaptive_tables(_world())
     col = main.columns.index
     rows = [r for r in main.rows if r[0] == "eot-pgd@0.03>svm/differences/JPEG"]
-    # the corrector is not the target; no eot-pgd grid: pgd@0.03 shares "pgd" with eot-pgd, fgsm@0.03 nothing
+    # the corrector is not the target; pgd@0.03 is L∞ at 0.03 as eot-pgd is, fgsm@0.03 is L2
     assert [(r[col("Defense")], r[col("Oblivious set")], r[col("Primary")]) for r in rows] == [
         ("svm/differences/JPEG", "pgd@0.03", "pgd")]
     row = rows[0]
@@ -465,34 +492,24 @@ def test_adaptive_rows_compare_the_same_budget_and_family():
     assert svm[0] == "svm/differences/JPEG" and svm[2].value == 2 / 14 and svm[3] is None
 
 
-def test_unrelated_names_compare_with_every_oblivious_set_of_the_budget():
-    renamed = [SimpleNamespace(**{**vars(c), "attack": c.attack.replace("eot-pgd", "zoo")}) for c in _world()]
-    [main, _] = tables.adaptive_tables(renamed)
+def test_every_oblivious_set_of_the_budget_and_norm_is_a_comparator():
+    [main, _] = tables.adaptive_tables(_world(fgsm_norm="linf"))
     col = main.columns.index
-    rows = [r for r in main.rows if r[0] == "zoo@0.03>svm/differences/JPEG"]
+    rows = [r for r in main.rows if r[0] == "eot-pgd@0.03>svm/differences/JPEG"]
+    # no name is read: fgsm@0.03 is L∞ at 0.03 too, and no primary attack is of its plugin
     assert [(r[col("Oblivious set")], r[col("Primary")]) for r in rows] == [("pgd@0.03", "pgd"), ("fgsm@0.03", "–")]
     assert rows[1][col("Det. oblivious")].value == 6 / 12 and rows[1][col("Det. primary")] is None
-    assert tables.closest(["pgd-grid", "deepfool-grid", "cw"], "eot-pgd", str) == ["pgd-grid"]
-    assert tables.closest(["a", "b"], "c", str) == ["a", "b"] and tables.closest(["a"], "c", str, or_all=False) == []
-
-
-def test_the_adaptive_family_s_own_grid_is_preferred():
-    renamed = [SimpleNamespace(**{**vars(c), "attack": c.attack.replace("eot-pgd", "pgd")}) for c in _world()]
-    [main, _] = tables.adaptive_tables(renamed)
-    rows = [r for r in main.rows if r[0] == "pgd@0.03>svm/differences/JPEG"]
-    assert [r[main.columns.index("Oblivious set")] for r in rows] == ["pgd@0.03"]  # not fgsm@0.03
-
-
-def test_budget_threat_and_target_are_read_from_labels_of_older_stores():
-    old = SimpleNamespace(stage="score", attack="eot-pgd@0.03>svm/differences/JPEG", detector="svm", feature="",
-                          transform="JPEG", corrector="")
-    assert (tables.budget(old), tables.threat(old), tables.target(old), tables.family(old)) == (
-        0.03, "adaptive", "svm/differences/JPEG", "eot-pgd")
-    grid = SimpleNamespace(stage="attack", attack="pgd@1e-05")
-    assert (tables.budget(grid), tables.threat(grid), tables.target(grid), tables.family(grid)) == (1e-05, "oblivious", "", "pgd")
-    primary = SimpleNamespace(stage="attack", attack="pgd", budget=None, threat="", target="")
-    assert tables.budget(primary) is None and tables.family(primary) == "pgd"
     assert tables.smallest_succeeding_budget([]) == "–"
+
+
+def test_the_primary_attack_is_the_one_of_the_comparator_s_plugin():
+    grid = {"pgd@0.01": "linf-grid@0.01", "pgd@0.03": "linf-grid@0.03"}  # a grid of the pgd plugin, named otherwise
+    renamed = [SimpleNamespace(**{**vars(c), "imageset": grid.get(c.imageset, c.imageset),
+                                  "family": "linf-grid" if c.imageset in grid else c.family}) for c in _world()]
+    [main, _] = tables.adaptive_tables(renamed)
+    col = main.columns.index
+    [row] = [r for r in main.rows if r[0] == "eot-pgd@0.03>svm/differences/JPEG"]
+    assert (row[col("Oblivious set")], row[col("Primary")]) == ("linf-grid@0.03", "pgd")
 
 
 def test_security_table_reads_per_budget():
@@ -535,8 +552,8 @@ def test_subset_table_orders_steps_and_gives_the_all_operations_reference():
     steps = [("02 +scaling@0.5", 0.8, 0.78, 3.5), ("01 +jpeg@60", 0.7, 0.66, 2.0), ("10 +rotate@5", 0.92, 0.9, 9.0)]
     metrics = [_m("candidates", 38.0)] + [m for where, dev, ev, cost in steps for m in (
         _m("dev_accuracy", dev, where), _m("accuracy", ev, where), _m("seconds_per_1000", cost, where))]
-    cell = SimpleNamespace(stage="subset", status="ok", error="", dataset="d", model="m", attack="", transform="All",
-                           feature="counting", detector="lda", corrector="", metrics=metrics)
+    cell = _cell(stage="subset", dataset="d", model="m", feature_group="All", feature="counting", detector="lda",
+                 metrics=metrics)
     [table] = tables.subset([full, cell])
     assert [(r[3], r[4]) for r in table.rows] == [(1, "jpeg@60"), (2, "scaling@0.5"), (10, "rotate@5"),
                                                  (38, "(all operations: detect cell)")]
@@ -550,7 +567,7 @@ def test_table1_orders_primary_grid_then_adaptive_and_shows_queries_only_when_st
     cells = [_made("attack", "pgd@0.03", 15, budget=0.03), _made("attack", "cw", 17, targeted=1.0),
              _made("adaptive", "hsj>svm", 9, threat="adaptive", target="svm", mean_queries=812.5),
              _made("attack", "pgd", 18), _made("attack", "pgd@0.01", 8, budget=0.01),
-             _made("attack", "square-linf", 5, attempted=10),  # evaluation = true: no budget, but scored
+             _made("attack", "square-linf", 5, attempted=10, evaluation=True),  # evaluation = true: no budget
              _score("square-linf", n=5, flagged=2, fooled=3)]
     t1, budgets = tables.table1(cells)
     assert [r[:4] for r in t1.rows[:6]] == [("cw", "targeted", "oblivious", "–"), ("pgd", "non-targeted", "oblivious", "–"),
@@ -563,7 +580,7 @@ def test_table1_orders_primary_grid_then_adaptive_and_shows_queries_only_when_st
     assert [r[4] for r in t1.rows[6:]] == [20, 20]  # cw's attempted; pgd@0.01's (the first evaluation set)
     assert budgets.columns[-1] == "d/m queries" and budgets.rows[-1] == ("hsj>svm", None, None, 812.5)
     assert tables.evaluation_sets(cells) == {("d", "m", a) for a in ("pgd@0.03", "hsj>svm", "pgd@0.01", "square-linf")}
-    flagged = SimpleNamespace(**{**vars(cells[3]), "evaluation": True})  # a cell's own flag wins
+    flagged = SimpleNamespace(**{**vars(cells[3]), "evaluation": True})  # the cell's flag says it
     assert ("d", "m", "pgd") in tables.evaluation_sets([flagged])
     _, plain = tables.table1([c for c in cells if c.stage == "attack"])
     assert not any("queries" in c for c in plain.columns)
@@ -574,9 +591,9 @@ def test_a_failed_score_cell_shows_its_status_in_the_adaptive_table():
     broken = _score("eot-pgd@0.01>svm/differences/JPEG", n=6, flagged=1, fooled=5, budget=0.01, threat="adaptive",
                     target="svm/differences/JPEG")
     broken.status = "failed"
-    cells = [c for c in cells if c.attack != broken.attack or c.stage != "score"] + [broken]
+    cells = [c for c in cells if c.imageset != broken.imageset or c.stage != "score"] + [broken]
     main, transfer = tables.adaptive_tables(cells)
-    [row] = [r for r in main.rows if r[0] == broken.attack]
+    [row] = [r for r in main.rows if r[0] == broken.imageset]
     assert row[2] == "svm/differences/JPEG" and row[main.columns.index("Det. adaptive")] == "failed"
     assert transfer.rows[0][1] is None  # nothing to transfer from a failed cell
     # the 0.03 row's curve no longer sees the failed 0.01 point

@@ -85,7 +85,7 @@ def test_a_failing_plugin_is_isolated_to_its_cell(tiny_run, tmp_path):
 
 def test_artefacts_are_on_disk_with_a_manifest(tiny_run):
     result, root = tiny_run
-    attack = next(o for o in result.outcomes if o.cell.stage == "attack" and o.cell.attack == "fgsm")
+    attack = next(o for o in result.outcomes if o.cell.stage == "attack" and o.cell.imageset == "fgsm")
     directory = next((root / "cache" / "attack").rglob(attack.cell.key))
     import json
     manifest = json.loads((directory / "manifest.json").read_text())

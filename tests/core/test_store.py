@@ -23,14 +23,30 @@ def test_schema_comes_from_alembic_migrations(tmp_path):
     tables = set(inspect(store.engine).get_table_names())
     assert {"runs", "invocations", "cells", "metrics", "image_sets", "images", "alembic_version"} <= tables
     with sqlite3.connect(tmp_path / "r.db") as conn:
-        assert conn.execute("select version_num from alembic_version").fetchone() == (head_revision(),) == ("0008",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == (head_revision(),) == ("0009",)
         assert conn.execute("pragma journal_mode").fetchone() == ("wal",)
     assert (tmp_path / "r.db.lock").exists()  # migrations were serialised by a lock next to the file
 
 
+def test_the_migrated_tables_have_the_schema_s_columns(tmp_path):
+    """The cells and images columns are derived from advbench.schema; the migrations must make the
+    same ones (a schema field added without its migration fails here)."""
+    from dataclasses import fields
+
+    from advbench import schema
+    from advbench.store import models
+
+    store = open_store(str(tmp_path / "r.db"))
+    migrated = {t: [c["name"] for c in inspect(store.engine).get_columns(t)] for t in ("cells", "images")}
+    assert set(migrated["cells"]) == {c.name for c in models.Cell.__table__.columns}
+    assert set(migrated["images"]) == {c.name for c in models.Image.__table__.columns}
+    assert {f.name for f in fields(schema.Cell) if f.metadata["store"]} <= set(migrated["cells"])
+    assert list(schema.IMAGE_CELL_COLUMNS[1:]) == [c for c in schema.CELL_COLUMNS if c != "key"]
+
+
 def test_writes_are_idempotent(tmp_path):
     store = open_store(str(tmp_path / "r.db"))
-    cell = Cell("detect", "k1", "d", "m", transform="All", feature="counting", detector="svm")
+    cell = Cell("detect", "k1", "d", "m", feature_group="All", feature="counting", detector="svm")
     for _ in range(2):
         run = store.start_run(benchmark="b", config_hash="h", config_text="", seed=0, versions={})
         store.record_cell(run, cell, status="ok", metrics=[("accuracy", "", 0.9), ("eer", "", 0.1), ("detection_rate", "fgsm", 1.0)])

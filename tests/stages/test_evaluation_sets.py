@@ -36,7 +36,7 @@ def grid_run(tmp_path_factory):
 
 def test_each_budget_is_its_own_evaluation_set(grid_run):
     result, root, _, _ = grid_run
-    attacks = {o.cell.attack: o for o in result.outcomes if o.cell.stage == "attack"}
+    attacks = {o.cell.imageset: o for o in result.outcomes if o.cell.stage == "attack"}
     assert {"fgsm-grid@0.05", "fgsm-grid@0.3"} <= set(attacks)
     assert attacks["fgsm-grid@0.3"].cell.budget == 0.3
     split = next(o for o in result.outcomes if o.cell.stage == "split")
@@ -45,7 +45,7 @@ def test_each_budget_is_its_own_evaluation_set(grid_run):
     for label in ("fgsm-grid@0.05", "fgsm-grid@0.3"):
         source = load_array(next((root / "cache" / "attack").rglob(attacks[label].cell.key)), "source")
         assert (split_array[source] == 2).all()  # made on eval sources only
-    scores = [o for o in result.outcomes if o.cell.stage == "score" and o.cell.attack == "fgsm-grid@0.3"]
+    scores = [o for o in result.outcomes if o.cell.stage == "score" and o.cell.imageset == "fgsm-grid@0.3"]
     assert {o.cell.detector for o in scores if o.cell.detector} == {"lda"}
     for o in scores:
         m = {(n, s): v for n, s, v in o.metrics}
@@ -59,7 +59,7 @@ def test_adding_a_budget_computes_only_its_cells(grid_run, tmp_path):
     _, root, registry, toml = grid_run
     shutil.copytree(root / "cache", tmp_path / "cache")
     more = run_tiny(tmp_path, toml.replace("budgets = [0.05, 0.3]", "budgets = [0.05, 0.1, 0.3]"), registry=registry)
-    computed = {(o.cell.stage, o.cell.attack) for o in more.computed}
+    computed = {(o.cell.stage, o.cell.imageset) for o in more.computed}
     assert computed and all(attack == "fgsm-grid@0.1" for _, attack in computed)
     assert {stage for stage, _ in computed} == {"attack", "predict", "score"}
 
@@ -196,12 +196,12 @@ def test_an_adaptive_attack_evades_the_defense_it_targets(tmp_path):
               'targets = [{ group = "JPEG" }, { detector = "lda", feature = "counting", group = "JPEG" }]\n')
     result = run_tiny(tmp_path, toml, registry=registry)
     assert not result.failed, [o.error for o in result.failed]
-    adaptive = {o.cell.attack: o for o in result.outcomes if o.cell.stage == "adaptive"}
+    adaptive = {o.cell.imageset: o for o in result.outcomes if o.cell.stage == "adaptive"}
     assert set(adaptive) == {"joint-toy@0.3>noise-energy", "eot-toy@0.3>JPEG", "eot-toy@0.3>lda/counting/JPEG"}
     assert all(o.cell.threat == "adaptive" and o.cell.budget == 0.3 for o in adaptive.values())
-    scores = {(o.cell.attack, o.cell.detector): {(n, s): v for n, s, v in o.metrics}
+    scores = {(o.cell.imageset, o.cell.detector): {(n, s): v for n, s, v in o.metrics}
               for o in result.outcomes if o.cell.stage == "score" and o.cell.detector and not o.cell.corrector
-              and o.cell.transform in ("images", "JPEG")}
+              and o.cell.feature_group in ("images", "JPEG")}
     oblivious, adapted = scores[("pgd-toy@0.3", "noise-energy")], scores[("joint-toy@0.3>noise-energy", "noise-energy")]
     assert oblivious[("n", "")] >= 5 and adapted[("n", "")] >= 5
     assert oblivious[("detection_rate", "")] >= 0.6  # the planted detector catches most of the oblivious attack

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
+
+from advbench.schema import Cell
 
 
-@dataclass(frozen=True)
-class StubCell:
-    """What record_cell reads from a cell (advbench.plan.Cell and more)."""
-
-    stage: str
-    key: str
-    dataset: str = "d"
-    model: str = "m"
-    attack: str = ""
-    transform: str = ""
-    feature: str = ""
-    detector: str = ""
-    corrector: str = ""
-    budget: float | None = None
-    threat: str = ""
-    target: str = ""
-    holdout: str = ""
+def StubCell(stage: str, key: str, **fields) -> Cell:  # noqa: N802 - reads as the cell it makes
+    """A cell of dataset "d" and model "m" (record_cell reads every schema field of it)."""
+    return Cell(stage, key, **({"dataset": "d", "model": "m"} | fields))
 
 
 N_CELLS = 50

@@ -67,16 +67,15 @@ def test_upserts_are_idempotent_and_metrics_are_replaced(store_url, upsert):
 def test_new_cell_columns_round_trip_and_default(store_url):
     store = Store(store_url)
     run = _start(store)
-    store.record_cell(run, StubCell("attack", "k1", attack="pgd", budget=0.03, threat="linf", target="least-likely",
-                                    holdout="fgsm"), status="ok")
+    store.record_cell(run, StubCell("attack", "k1", imageset="pgd@0.03", entry="pgd@0.03", family="pgd", plugin="pgd",
+                                    budget=0.03, norm="linf", threat="oblivious", target="least-likely", holdout="fgsm",
+                                    evaluation=True), status="ok")
     store.record_cell(run, StubCell("attack", "k2", budget=float("nan")), status="ok")
-
-    class Bare:  # a cell type from before the new columns
-        stage, key, dataset, model, attack, transform, feature, detector = "split", "k3", "d", "m", "", "", "", ""
-
-    store.record_cell(run, Bare(), status="ok")
-    got = {c.key: (c.budget, c.threat, c.target, c.holdout) for c in store.cells(run)}
-    assert got == {"k1": (0.03, "linf", "least-likely", "fgsm"), "k2": (None, "", "", ""), "k3": (None, "", "", "")}
+    store.record_cell(run, StubCell("split", "k3"), status="ok")
+    got = {c.key: (c.imageset, c.entry, c.family, c.plugin, c.budget, c.norm, c.threat, c.target, c.holdout,
+                   c.evaluation) for c in store.cells(run)}
+    assert got == {"k1": ("pgd@0.03", "pgd@0.03", "pgd", "pgd", 0.03, "linf", "oblivious", "least-likely", "fgsm", True),
+                   "k2": ("", "", "", "", None, "", "", "", "", False), "k3": ("", "", "", "", None, "", "", "", "", False)}
 
 
 def test_a_finished_run_drops_the_cells_its_plan_no_longer_has(store_url):
@@ -205,7 +204,7 @@ def test_per_image_results_round_trip_once_per_cell_key(store_url):
     store = Store(store_url)
     run_a, run_b = _start(store, "h1"), _start(store, "h2")
     for run in (run_a, run_b):  # the same cell (content hash) in two runs
-        store.record_cell(run, StubCell("detect", "cellkey", attack="fgsm", detector="svm", budget=0.1), status="ok")
+        store.record_cell(run, StubCell("detect", "cellkey", imageset="fgsm", detector="svm", budget=0.1), status="ok")
     store.record_cell(run_a, StubCell("correct", "other", corrector="votes"), status="ok")
     assert not store.has_images("cellkey")
     columns = {"source": np.array(["a.png", "b.png", "c.png"]), "origin": ["clean", "fgsm", "fgsm"],
@@ -220,7 +219,7 @@ def test_per_image_results_round_trip_once_per_cell_key(store_url):
     assert list(got) == list(IMAGE_CELL_COLUMNS + IMAGE_COLUMNS)
     assert {len(v) for v in got.values()} == {5}
     first = {k: v[:3] for k, v in got.items()}
-    assert first["cell_key"] == ["cellkey"] * 3 and first["attack"] == ["fgsm"] * 3 and first["budget"] == [0.1] * 3
+    assert first["cell_key"] == ["cellkey"] * 3 and first["imageset"] == ["fgsm"] * 3 and first["budget"] == [0.1] * 3
     assert first["idx"] == [0, 1, 2] and first["source"] == ["a.png", "b.png", "c.png"]
     assert first["y"] == [0, 1, 1] and first["truth"] == [3, 5, 7]
     assert first["score"] == [0.25, None, 0.75] and first["decision"] == [0, 1, None] and first["label"] == [None] * 3
@@ -295,10 +294,85 @@ def test_a_0002_store_upgrades_and_keeps_its_rows(store_url):
     assert (row.id, row.benchmark, row.status) == (run, "b", "ok")
     [cell] = store.cells(run)
     assert (cell.corrector, cell.budget, cell.threat, cell.target, cell.holdout) == ("votes", None, "", "", "")
+    assert (cell.imageset, cell.feature_group) == ("", "All")  # a detect cell's "transform" was its feature group
     assert [(m.name, m.value) for m in cell.metrics] == [("accuracy", 0.9)]
     assert store.invocations(run) == [] and not store.has_images("k")
     store.record_cell(run, StubCell("detect", "k2"), status="ok")
     assert _start(store) == run and len(store.cells(run)) == 2
+
+
+OLD_CONFIG = """[benchmark]
+name = "b"
+[[attacks]]
+plugin = "pgd"
+name = "pgd-grid"
+budgets = [0.004]
+[[adaptive]]
+plugin = "eot-pgd"
+budgets = [0.008]
+targets = ["pipeline"]
+"""
+#: cells as advbench wrote them at revision 0008: (key, stage, attack, transform, feature, detector, corrector,
+#: budget, threat, target, evaluation)
+OLD_CELLS = [
+    ("a1", "attack", "pgd-grid@0.004", "", "", "", "", 0.004, "oblivious", "", True),
+    ("a2", "attack", "fgsm", "", "", "", "", None, "oblivious", "", False),
+    ("a3", "adaptive", "eot-pgd@0.008>pipeline", "", "", "", "", 0.008, "adaptive", "pipeline", True),
+    ("p1", "predict", "pgd-grid@0.004", "jpeg@90", "", "", "", 0.004, "oblivious", "", False),
+    ("p2", "predict", "clean", "original", "", "", "", None, "clean", "", False),
+    ("d1", "detect", "", "JPEG", "counting", "svm", "", None, "", "", False),
+    ("c1", "correct", "", "JPEG", "", "", "vote", None, "", "", False),
+    ("s1", "score", "eot-pgd@0.008>pipeline", "JPEG", "counting", "svm", "vote", 0.008, "adaptive", "pipeline", False),
+    ("s2", "score", "pgd-grid@0.004", "All", "counting", "svm", "", 0.004, "oblivious", "", False),
+    ("s3", "score", "pgd-grid@0.004", "Scaling", "", "", "vote", 0.004, "oblivious", "", False),
+]
+
+
+def test_migration_0009_names_each_cell_column_by_what_it_holds(store_url):
+    """A store written by advbench at revision 0008 (labels packed with meaning, one 'transform'
+    column for three things) comes out with the explicit columns filled."""
+    from alembic import command
+
+    from advbench.store.db import _alembic_config
+
+    engine = create_engine(_driver(store_url))
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0008")
+    with engine.begin() as conn:
+        conn.execute(text("insert into runs (benchmark, config_hash, config_text, seed, advbench_version, "
+                          "torch_version, foolbox_version, host, started_at, finished_at, status) values "
+                          "('b', 'h', :config, 0, '0.1', '', '', 'old', '2024-01-01 00:00:00', NULL, 'ok')"),
+                     {"config": OLD_CONFIG})
+        run = conn.execute(text("select id from runs")).scalar_one()
+        for key, stage, attack, transform, feature, detector, corrector, budget, threat, target, evaluation in OLD_CELLS:
+            conn.execute(text("insert into cells (run_id, key, stage, dataset, model, attack, transform, feature, "
+                              "detector, corrector, budget, threat, target, holdout, evaluation, norm, status, cached, "
+                              "error, seconds) values (:run, :key, :stage, 'd', 'm', :attack, :transform, :feature, "
+                              ":detector, :corrector, :budget, :threat, :target, '', :evaluation, '', 'ok', false, "
+                              "'', 0.0)"),
+                         {"run": run, "key": key, "stage": stage, "attack": attack, "transform": transform,
+                          "feature": feature, "detector": detector, "corrector": corrector, "budget": budget,
+                          "threat": threat, "target": target, "evaluation": evaluation})
+    engine.dispose()
+    store = Store(store_url)
+    got = {c.key: c for c in store.cells(run)}
+    assert not hasattr(got["a1"], "attack") and not hasattr(got["a1"], "transform")
+    explicit = {k: (c.imageset, c.entry, c.family, c.plugin) for k, c in got.items() if c.imageset}
+    assert explicit == {
+        "a1": ("pgd-grid@0.004", "pgd-grid@0.004", "pgd-grid", "pgd"), "a2": ("fgsm", "fgsm", "fgsm", ""),
+        "a3": ("eot-pgd@0.008>pipeline", "eot-pgd@0.008", "eot-pgd", "eot-pgd"),
+        "p1": ("pgd-grid@0.004", "pgd-grid@0.004", "pgd-grid", "pgd"), "p2": ("clean", "", "", ""),
+        "s1": ("eot-pgd@0.008>pipeline", "eot-pgd@0.008", "eot-pgd", "eot-pgd"),
+        "s2": ("pgd-grid@0.004", "pgd-grid@0.004", "pgd-grid", "pgd"), "s3": ("pgd-grid@0.004",) * 2 + ("pgd-grid", "pgd")}
+    groups = {k: (c.operation, c.feature_group, c.correction_group) for k, c in got.items()}
+    assert groups == {"a1": ("", "", ""), "a2": ("", "", ""), "a3": ("", "", ""), "p1": ("jpeg@90", "", ""),
+                      "p2": ("original", "", ""), "d1": ("", "JPEG", ""), "c1": ("", "", "JPEG"),
+                      "s1": ("", "", "JPEG"),  # a pipeline's detector group was never stored
+                      "s2": ("", "All", ""), "s3": ("", "", "Scaling")}
+    assert (got["a3"].target, got["s1"].threat, got["a1"].budget, got["a1"].evaluation) == (
+        "pipeline", "adaptive", 0.004, True)
+    from advbench.report import tables
+    assert tables.defense(got["s3"]) == "vote/Scaling" and tables.targeted(got["s1"], "pipeline")
 
 
 def _driver(url: str) -> str:

@@ -8,7 +8,7 @@ print it as ``0.91 [0.88, 0.94]``, machine formats (CSV, JSON) as separate value
 - ``leaderboards``: the leaderboard, the leaderboard across runs, two runs compared, failed cells;
 - ``paper``: the paper's Tables 1–6;
 - ``detection``: each detector's detection rate per attack;
-- ``labels``: what a cell's labels say (budget, threat, target, family, defense) and pairing;
+- ``labels``: how a cell's budget and defense are printed, which score cells a target names;
 - ``evaluation``: adaptive attacks, security curves, unseen attacks, operation subsets.
 """
 
@@ -24,8 +24,7 @@ from advbench.report.tables.evaluation import (SUCCEEDS_AT, SecurityCurve, adapt
                                                detection_estimate, security, security_curves,
                                                smallest_succeeding_budget, subset, subset_steps, system_estimate,
                                                unseen)
-from advbench.report.tables.labels import (budget, closest, defense, evaluation_sets, family, target, targeted,
-                                           threat)
+from advbench.report.tables.labels import budget_text, defense, detector_label, evaluation_sets, targeted
 from advbench.report.tables.leaderboards import (BOARD_RATES, LEADERBOARD_METRICS, LOWER_IS_BETTER, METRIC_TITLES,
                                                  compare, cross_run_leaderboard, failures, leaderboard)
 from advbench.report.tables.paper import table1, table2, table3, table4, table5, table6
@@ -33,11 +32,11 @@ from advbench.report.tables.paper import table1, table2, table3, table4, table5,
 __all__ = [
     "BOARD_RATES", "CONFIDENCE", "DECIMALS_NOTE", "EXTRA_TABLES", "INTERVAL_NOTE", "LEADERBOARD_METRICS",
     "LOWER_IS_BETTER", "METRIC_TITLES", "SUCCEEDS_AT", "TABLES", "TABLE_NEEDS", "Estimate", "Rank", "SecurityCurve",
-    "Table", "adaptive_tables", "attack_estimate", "budget", "closest", "compare", "cross_run_leaderboard",
-    "decimals_for", "defense", "detection_by_attack", "detection_estimate", "detection_rate_overall", "estimate",
-    "evaluation_sets", "failures", "family", "leaderboard", "metric", "security", "security_curves",
-    "smallest_succeeding_budget", "standard", "subset", "subset_steps", "system_estimate", "table1", "table2",
-    "table3", "table4", "table5", "table6", "table_named", "target", "targeted", "threat", "unseen", "wilson",
+    "Table", "adaptive_tables", "attack_estimate", "budget_text", "compare", "cross_run_leaderboard",
+    "decimals_for", "defense", "detection_by_attack", "detection_estimate", "detection_rate_overall",
+    "detector_label", "estimate", "evaluation_sets", "failures", "leaderboard", "metric", "security",
+    "security_curves", "smallest_succeeding_budget", "standard", "subset", "subset_steps", "system_estimate",
+    "table1", "table2", "table3", "table4", "table5", "table6", "table_named", "targeted", "unseen", "wilson",
 ]
 
 TABLES: dict[int, Callable[[Sequence], list[Table]]] = {1: table1, 2: table2, 3: table3, 4: table4, 5: table5, 6: table6}

@@ -158,10 +158,15 @@ def wilson(value: float | None, n: float | None, exact: bool = True) -> Estimate
 
 
 def detection_rate_overall(cell) -> Estimate:
-    """TPR on the eval set at the detector's own threshold, recovered exactly from the stored
-    accuracy, FPR and counts: FP = fpr·n_normal, TP = accuracy·n − (n_normal − FP)."""
+    """TPR on the eval set at the detector's own threshold (``detected`` of ``n_adversarial``),
+    as the detect cell stores it. Cells stored before it was (an older store or cache) have it
+    recovered exactly from their accuracy, FPR and counts: FP = fpr·n_normal, TP = accuracy·n −
+    (n_normal − FP)."""
+    detected, n_adv = metric(cell, "detected"), metric(cell, "n_adversarial")
+    if detected is not None and n_adv:
+        return wilson(detected / n_adv, n_adv)
     acc, fpr, n = metric(cell, "accuracy"), metric(cell, "fpr"), metric(cell, "n")
-    n_normal, n_adv = metric(cell, "n_normal"), metric(cell, "n_adversarial")
+    n_normal = metric(cell, "n_normal")
     if acc is None or n is None or n_normal is None or not n_adv:
         return Estimate(None, n=None if n_adv is None else int(n_adv))
     false_pos = round((fpr or 0.0) * n_normal)  # fpr is not stored (nan) when n_normal = 0

@@ -13,8 +13,9 @@ def detection_by_attack(cells) -> list[Table]:
     comparison of a detector across attacks)."""
     tables = []
     for (dataset, model), group in by_world(c for c in cells if standard(c) and c.status == "ok").items():
-        attacks = list(dict.fromkeys(m.subset for c in group for m in c.metrics if m.name == "detection_rate"))
-        rows = tuple((c.detector, c.feature, c.transform,
+        attacks = list(dict.fromkeys(m.subset for c in group for m in c.metrics
+                                     if m.name == "detection_rate" and m.subset))  # "": all attacks together
+        rows = tuple((c.detector, c.feature, c.feature_group,
                       wilson(metric(c, "false_positive_rate", "clean"), metric(c, "n", "clean")),
                       *(detection_rate_on(c, a) for a in attacks)) for c in group)
         counts = "; ".join(f"{label} {span([metric(c, 'n', subset) for c in group])}"

@@ -8,11 +8,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from advbench.plan import IMAGES
+from advbench.schema import IMAGES
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Estimate, Table, by_world,
                                          detection_rate_on, estimate, metric, standard, wilson)
-from advbench.report.tables.labels import (budget, budget_text, closest, defense, evaluation_sets, family,
-                                           same_budget, same_norm, target, targeted, threat)
+from advbench.report.tables.labels import budget_text, defense, evaluation_sets, same_budget, same_norm, targeted
 
 SUCCEEDS_AT = 0.5  # the system success at which an attack "succeeds" against a defense
 
@@ -38,14 +37,15 @@ def _score_cells(cells) -> list:
 
 
 def _defense_key(cell) -> tuple:
-    return (cell.dataset, cell.model, cell.detector, cell.feature, cell.transform, cell.corrector)
+    return (cell.dataset, cell.model, cell.detector, cell.feature, cell.feature_group, cell.corrector,
+            cell.correction_group)
 
 
 def smallest_succeeding_budget(score_cells, threshold: float = SUCCEEDS_AT) -> str:
     """The smallest budget whose system success reaches ``threshold`` among score cells of one
     defense and one attack family: "0.03", "> 0.1" (never, up to the largest budget), "–" (no
     budgets)."""
-    points = sorted((budget(c), metric(c, "system_success")) for c in score_cells if budget(c) is not None)
+    points = sorted((c.budget, metric(c, "system_success")) for c in score_cells if c.budget is not None)
     if not points:
         return "–"
     hit = next((b for b, v in points if v is not None and v >= threshold), None)
@@ -53,7 +53,7 @@ def smallest_succeeding_budget(score_cells, threshold: float = SUCCEEDS_AT) -> s
 
 
 def _detect_lookup(cells) -> dict[tuple, Any]:
-    return {(c.dataset, c.model, c.detector, c.feature, c.transform): c
+    return {(c.dataset, c.model, c.detector, c.feature, c.feature_group): c
             for c in cells if standard(c) and c.status == "ok"}
 
 
@@ -64,15 +64,13 @@ def adaptive_tables(cells) -> list[Table]:
     scores = [c for c in cells if c.stage == "score"]
     detects = _detect_lookup(cells)
     evaluation = evaluation_sets(cells)
-    primary = list(dict.fromkeys((c.dataset, c.model, c.attack) for c in cells
-                                 if c.stage == "attack" and (c.dataset, c.model, c.attack) not in evaluation))
-    norms = {(c.dataset, c.model, c.attack): c for c in cells if c.stage == "attack"}
+    primary = [c for c in cells if c.stage == "attack" and (c.dataset, c.model, c.imageset) not in evaluation]
     for (dataset, model), group in by_world(c for c in cells if c.stage == "adaptive").items():
         world = [c for c in scores if (c.dataset, c.model) == (dataset, model)]
         rows = []
         for made in group:
-            label, set_budget, goal = made.attack, budget(made), target(made)
-            defended = [c for c in world if c.attack == label and targeted(c, goal)]
+            label, set_budget, goal = made.imageset, made.budget, made.target
+            defended = [c for c in world if c.imageset == label and targeted(c, goal)]
             if made.status != "ok" or not defended:
                 rows.append((label, budget_text(set_budget), made.status if made.status != "ok" else "(no trained defense)",
                              "–", "–", attack_estimate(made) if made.status == "ok" else None, *([None] * 7)))
@@ -83,19 +81,17 @@ def adaptive_tables(cells) -> list[Table]:
                                  sc.status, *([None] * 6)))
                     continue
                 same = [c for c in world if _defense_key(c) == _defense_key(sc) and c.status == "ok"]
-                curve = [c for c in same if threat(c) == "adaptive" and family(c) == family(sc) and target(c) == goal]
-                comparators = closest([c for c in same if threat(c) == "oblivious" and same_norm(c, sc)
-                                       and same_budget(budget(c), set_budget)], family(sc), family)
-                primaries = [a for d, m, a in primary if (d, m) == (dataset, model)
-                             and same_norm(norms.get((d, m, a)), sc)]
+                curve = [c for c in same if c.threat == "adaptive" and c.family == sc.family and c.target == goal]
+                comparators = [c for c in same if c.threat == "oblivious" and same_norm(c, sc)
+                               and same_budget(c.budget, set_budget)]
                 for ob in comparators or [None]:
-                    first_primary = next(iter(closest(primaries, family(ob), str, or_all=False)), "") if ob else ""
-                    first_primary = first_primary or next(iter(closest(primaries, family(sc), str, or_all=False)), "")
-                    detect = detects.get((dataset, model, sc.detector, sc.feature, sc.transform)) \
+                    first_primary = (_primary_of(primary, dataset, model, ob) if ob else "") \
+                        or _primary_of(primary, dataset, model, sc)
+                    detect = detects.get((dataset, model, sc.detector, sc.feature, sc.feature_group)) \
                         if sc.detector and not sc.corrector else None
-                    oblivious_curve = [c for c in same if ob is not None and threat(c) == "oblivious"
-                                       and family(c) == family(ob)]
-                    rows.append((label, budget_text(set_budget), defense(sc), ob.attack if ob else "–",
+                    oblivious_curve = [c for c in same if ob is not None and c.threat == "oblivious"
+                                       and c.family == ob.family]
+                    rows.append((label, budget_text(set_budget), defense(sc), ob.imageset if ob else "–",
                                  first_primary or "–", attack_estimate(made),
                                  detection_estimate(sc) if sc.detector else None,
                                  (detection_estimate(ob) if sc.detector else None) if ob else None,
@@ -109,9 +105,8 @@ def adaptive_tables(cells) -> list[Table]:
              "Det. oblivious", "Det. primary", "System adaptive", "System oblivious",
              f"Adaptive ≥ {SUCCEEDS_AT:g} at", f"Oblivious ≥ {SUCCEEDS_AT:g} at"), tuple(rows),
             ("Adaptive set: attack@budget>target; Defense: each trained cell of that target (for a group's operations, "
-             "every detector and corrector over the group); Oblivious set: the oblivious evaluation sets of the same "
-             "budget whose family name is closest (the same, else sharing a name part: eot-pgd ~ pgd-grid; else "
-             "all); Primary: the primary attack named like it",
+             "every detector and corrector over the group); Oblivious set: each oblivious evaluation set of the same "
+             "budget and norm (a row each); Primary: the primary attack of that set's attack plugin",
              "Attack success: successes / attacked eval images, under the adaptive attack's own condition; "
              "Det.: share of the set's successful adversarial eval images the defense flags (Det. primary: in the "
              "defense's detect cell, on the primary attack's eval images); System: share of attacked eval images "
@@ -123,13 +118,20 @@ def adaptive_tables(cells) -> list[Table]:
     return tables
 
 
+def _primary_of(primary, dataset: str, model: str, made) -> str:
+    """The primary attack of the same world made by the plugin that made ``made``'s set (and in
+    its norm), "" when there is none."""
+    return next((c.imageset for c in primary if (c.dataset, c.model) == (dataset, model) and made.plugin
+                 and c.plugin == made.plugin and same_norm(c, made)), "")
+
+
 def _transfer(dataset: str, model: str, adaptive_cells, world) -> list[Table]:
-    sets = [c.attack for c in adaptive_cells if c.status == "ok"]
-    detectors = [c for c in world if c.detector and c.attack in sets and c.status == "ok"]
+    sets = [c.imageset for c in adaptive_cells if c.status == "ok"]
+    detectors = [c for c in world if c.detector and c.imageset in sets and c.status == "ok"]
     labels = list(dict.fromkeys(defense(c) for c in detectors))
     if not labels:
         return []
-    lookup = {(defense(c), c.attack): c for c in detectors}
+    lookup = {(defense(c), c.imageset): c for c in detectors}
     rows = tuple((name, *(detection_estimate(lookup[(name, s)]) if (name, s) in lookup else None for s in sets))
                  for name in labels)
     return [Table(f"Adaptive sets: detection rate of every detector (transfer) — {dataset} / {model}",
@@ -164,15 +166,17 @@ class SecurityCurve:
 def security_curves(cells) -> list[SecurityCurve]:
     """One curve per dataset/model, attack family, threat model and target, over the budgets of
     its evaluation sets (oblivious families first)."""
-    makers = {(c.dataset, c.model, c.attack): c for c in cells if c.stage in ("attack", "adaptive") and c.status == "ok"}
+    makers = {(c.dataset, c.model, c.imageset): c for c in cells
+              if c.stage in ("attack", "adaptive") and c.status == "ok"}
     groups: dict[tuple, list] = defaultdict(list)
     for c in _score_cells(cells):
-        groups[(c.dataset, c.model, threat(c) == "adaptive", family(c), target(c))].append(c)
+        groups[(c.dataset, c.model, c.threat == "adaptive", c.family, c.target)].append(c)
     curves = []
     for (dataset, model, adaptive, fam, goal), group in sorted(groups.items(), key=lambda kv: kv[0][:3]):
-        labels = sorted({c.attack for c in group}, key=lambda a: (budget(next(c for c in group if c.attack == a)) or 0.0))
-        budgets = tuple(budget(next(c for c in group if c.attack == a)) for a in labels)
-        lookup = {(defense(c), c.attack): c for c in group}
+        budget_of = {c.imageset: c.budget for c in group}
+        labels = sorted(budget_of, key=lambda a: budget_of[a] or 0.0)
+        budgets = tuple(budget_of[a] for a in labels)
+        lookup = {(defense(c), c.imageset): c for c in group}
         names = list(dict.fromkeys(defense(c) for c in group))
         detects = {defense(c): bool(c.detector) for c in group}
         empty = (Estimate(None), Estimate(None))
@@ -213,16 +217,16 @@ def unseen(cells) -> list[Table]:
     scored on that unseen attack, beside the standard cell that saw it in training."""
     tables = []
     detects = _detect_lookup(cells)
-    held = [c for c in cells if c.stage == "detect" and (getattr(c, "holdout", "") or "")]
+    held = [c for c in cells if c.stage == "detect" and c.holdout]
     for (dataset, model), group in by_world(held).items():
         rows = []
         for c in group:
-            name = (c.detector, c.feature, c.transform if c.transform != IMAGES else "", c.holdout)
+            name = (c.detector, c.feature, c.feature_group if c.feature_group != IMAGES else "", c.holdout)
             if c.status != "ok":
                 rows.append((*name, "–", *([c.status] * 4), None))
                 continue
-            seen = detects.get((dataset, model, c.detector, c.feature, c.transform))
-            for attack in dict.fromkeys(m.subset for m in c.metrics if m.name == "detection_rate"):
+            seen = detects.get((dataset, model, c.detector, c.feature, c.feature_group))
+            for attack in dict.fromkeys(m.subset for m in c.metrics if m.name == "detection_rate" and m.subset):
                 rate = detection_rate_on(c, attack)
                 before = detection_rate_on(seen, attack)
                 drop = None if rate.value is None or before.value is None else rate.value - before.value
@@ -247,11 +251,11 @@ def subset(cells) -> list[Table]:
     for (dataset, model), group in by_world(c for c in cells if c.stage == "subset").items():
         rows = []
         for c in group:
-            name = (c.detector, c.feature, c.transform)
+            name = (c.detector, c.feature, c.feature_group)
             if c.status != "ok":
                 rows.append((*name, None, c.status, None, None, None))
                 continue
-            full = detects.get((dataset, model, c.detector, c.feature, c.transform))
+            full = detects.get((dataset, model, c.detector, c.feature, c.feature_group))
             n_dev = metric(full, "n", "dev") if full else None
             n_eval = metric(full, "n") if full else None
             for size, added, where in subset_steps(c):

@@ -79,10 +79,10 @@ def leaderboard(cells, sort: str = "accuracy", top: int | None = None) -> list[T
     for (dataset, model), group in by_world(c for c in cells if standard(c)).items():
         ok = [c for c in group if c.status == "ok"]
         ranked = _rank(ok, lambda c: metric(c, sort), lambda c: estimate(c, sort), sort in LOWER_IS_BETTER,
-                       lambda c: (c.detector, c.feature, c.transform))
-        rows = [(rank, c.detector, c.feature, c.transform, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES), "ok")
+                       lambda c: (c.detector, c.feature, c.feature_group))
+        rows = [(rank, c.detector, c.feature, c.feature_group, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES), "ok")
                 for rank, c in ranked[:top]]
-        rows += [("-", c.detector, c.feature, c.transform, None, *([None] * len(BOARD_RATES)),
+        rows += [("-", c.detector, c.feature, c.feature_group, None, *([None] * len(BOARD_RATES)),
                   f"{c.status}: {c.error}") for c in group if c.status != "ok"]
         shown = f", best {top} of {len(ok)}" if top is not None and top < len(ok) else ""
         leader = estimate(ranked[0][1], sort) if ranked else None
@@ -106,9 +106,9 @@ def cross_run_leaderboard(runs_and_cells, sort: str = "accuracy", best: int = 3)
     tables = []
     for (dataset, model), entries in sorted(rows_by_world.items()):
         ranked = _rank(entries, lambda rc: metric(rc[1], sort), lambda rc: estimate(rc[1], sort),
-                       sort in LOWER_IS_BETTER, lambda rc: (rc[0].id, rc[1].detector, rc[1].feature, rc[1].transform))
+                       sort in LOWER_IS_BETTER, lambda rc: (rc[0].id, rc[1].detector, rc[1].feature, rc[1].feature_group))
         rows = tuple((rank, run.benchmark, run.id, run.config_hash[:10], f"{run.started_at:%Y-%m-%d}",
-                      c.detector, c.feature, c.transform, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES))
+                      c.detector, c.feature, c.feature_group, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES))
                      for rank, (run, c) in ranked[:best])
         tables.append(Table(f"Leaderboard across runs — {dataset} / {model} (best by {sort})",
                             ("Rank", "Benchmark", "Run", "Config", "Date", "Detector", "Feature", "Group", "n",
@@ -121,7 +121,7 @@ def cross_run_leaderboard(runs_and_cells, sort: str = "accuracy", best: int = 3)
 def compare(cells_a, cells_b, run_a: int, run_b: int) -> list[Table]:
     """Detector cells present in both runs, with each metric in A, in B, and B - A."""
     def key(c):
-        return (c.dataset, c.model, c.detector, c.feature, c.transform)
+        return (c.dataset, c.model, c.detector, c.feature, c.feature_group)
 
     b_by_key = {key(c): c for c in cells_b if standard(c) and c.status == "ok"}
     rows = []
@@ -133,7 +133,7 @@ def compare(cells_a, cells_b, run_a: int, run_b: int) -> list[Table]:
         for m in ("accuracy", "eer", "auroc"):
             va, vb = metric(a, m), metric(b, m)
             values += [va, vb, None if va is None or vb is None else vb - va]
-        rows.append((f"{a.dataset}/{a.model}", a.detector, a.feature, a.transform, *values))
+        rows.append((f"{a.dataset}/{a.model}", a.detector, a.feature, a.feature_group, *values))
     rows.sort(key=lambda r: -(abs(r[6]) if r[6] is not None else 0))
     return [Table(f"Run {run_b} compared with run {run_a} (B - A; sorted by |Δ accuracy|)",
                   ("Dataset/model", "Detector", "Feature", "Group", "Acc. A", "Acc. B", "Δ acc.",
@@ -144,6 +144,7 @@ def failures(cells) -> Table | None:
     bad = [c for c in cells if c.status != "ok"]
     if not bad:
         return None
-    rows = tuple((c.stage, "/".join(p for p in (c.dataset, c.model, c.attack, c.transform, c.feature, c.detector) if p),
+    rows = tuple((c.stage, "/".join(p for p in (c.dataset, c.model, c.imageset, c.operation, c.feature_group, c.feature,
+                                                c.detector, c.correction_group, c.corrector) if p),
                   c.status, c.error) for c in bad)
     return Table("Cells that did not complete", ("Stage", "Cell", "Status", "Error"), rows)

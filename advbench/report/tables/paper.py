@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from advbench.plan import IMAGES
+from advbench.schema import IMAGES
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Table, by_world, counted, estimate,
                                          metric, span, standard, wilson)
-from advbench.report.tables.labels import budget, budget_text, evaluation_sets, family, threat
+from advbench.report.tables.labels import budget_text, evaluation_sets
 
 
 def table1(cells) -> list[Table]:
@@ -18,16 +18,16 @@ def table1(cells) -> list[Table]:
     the mean number of queries."""
     made = [c for c in cells if c.stage in ("attack", "adaptive")]
     worlds = sorted({(c.dataset, c.model) for c in made})
-    lookup = {(c.attack, c.dataset, c.model): c for c in made}
+    lookup = {(c.imageset, c.dataset, c.model): c for c in made}
     first: dict[str, Any] = {}
     for c in made:
-        first.setdefault(c.attack, c)
-    families = list(dict.fromkeys(family(c) for c in made))
+        first.setdefault(c.imageset, c)
+    families = list(dict.fromkeys(c.family for c in made))
     evaluation = evaluation_sets(cells)
     role = {a: _role(c, evaluation) for a, c in first.items()}
-    names = sorted(first, key=lambda a: (role[a], families.index(family(first[a])), budget(first[a]) or 0.0))
+    names = sorted(first, key=lambda a: (role[a], families.index(first[a].family), first[a].budget or 0.0))
     kinds = {a: _attack_kind([lookup.get((a, *w)) for w in worlds]) for a in names}
-    rows = [(a, heading, threat(first[a]), budget_text(budget(first[a])), *(counted(lookup.get((a, *w))) for w in worlds))
+    rows = [(a, heading, first[a].threat, budget_text(first[a].budget), *(counted(lookup.get((a, *w))) for w in worlds))
             for heading in ("targeted", "non-targeted", "–") for a in names if kinds[a] == heading]
     for kind, title in ((0, "(clean images attacked)"), (1, "(eval images attacked: evaluation sets)")):
         chosen = [a for a in names if min(role[a], 1) == kind]
@@ -57,7 +57,7 @@ def table1(cells) -> list[Table]:
 
 def _role(cell, evaluation: set[tuple[str, str, str]]) -> int:
     """0: a primary attack, 1: an oblivious evaluation set (a budget grid point), 2: an adaptive set."""
-    return 2 if threat(cell) == "adaptive" else 1 if (cell.dataset, cell.model, cell.attack) in evaluation else 0
+    return 2 if cell.threat == "adaptive" else 1 if (cell.dataset, cell.model, cell.imageset) in evaluation else 0
 
 
 def _attack_kind(cells) -> str:
@@ -86,11 +86,11 @@ def table3(cells) -> list[Table]:
     operation (the long axis), one column per image set, so every count stays readable."""
     tables = []
     for (dataset, model), group in by_world(c for c in cells if c.stage == "predict").items():
-        ops = list(dict.fromkeys(c.transform for c in group))
-        sets = list(dict.fromkeys(c.attack for c in group))
-        lookup = {(c.attack, c.transform): c for c in group}
+        ops = list(dict.fromkeys(c.operation for c in group))
+        sets = list(dict.fromkeys(c.imageset for c in group))
+        lookup = {(c.imageset, c.operation): c for c in group}
         rows = tuple((_op_title(op), *(_value(lookup.get((s, op)), "topk_misclassified") for s in sets)) for op in ops)
-        sizes = "; ".join(f"{_set_title(s)} {span([metric(c, 'images') for c in group if c.attack == s])}"
+        sizes = "; ".join(f"{_set_title(s)} {span([metric(c, 'images') for c in group if c.imageset == s])}"
                           for s in sets)
         tables.append(Table(f"Table 3 — top-k misclassified images under each operation — {dataset} / {model}",
                             ("Operation", *(_set_title(s) for s in sets)), rows,
@@ -120,11 +120,11 @@ def table4(cells, value: str = "accuracy") -> list[Table]:
     """Eval ``value`` (with its 95 % interval) of each feature group × feature (rows, the long
     axis) and detector (columns)."""
     tables = []
-    for (dataset, model), group in by_world(c for c in cells if standard(c) and c.transform != IMAGES).items():
-        groups = list(dict.fromkeys(c.transform for c in group))
+    for (dataset, model), group in by_world(c for c in cells if standard(c) and c.feature_group != IMAGES).items():
+        groups = list(dict.fromkeys(c.feature_group for c in group))
         features = list(dict.fromkeys(c.feature for c in group))
         detectors = list(dict.fromkeys(c.detector for c in group))
-        lookup = {(c.detector, c.transform, c.feature): c for c in group}
+        lookup = {(c.detector, c.feature_group, c.feature): c for c in group}
         rows = tuple((g, f, *(_estimate_or_status(lookup.get((d, g, f)), value) for d in detectors))
                      for g in groups for f in features if any((d, g, f) in lookup for d in detectors))
         tables.append(Table(f"Table 4 — detector {value} on eval — {dataset} / {model}",
@@ -149,13 +149,13 @@ def table5(cells) -> list[Table]:
         rows = []
         for c in group:
             if c.status != "ok":
-                rows.append((c.corrector, c.transform, *([c.status] * 6)))
+                rows.append((c.corrector, c.correction_group, *([c.status] * 6)))
                 continue
             values = [wilson(metric(c, name, subset), metric(c, "images", subset))
                       for name in ("topk_restored", "top1_restored") for subset in ("normal", "adversarial")]
             pipeline = [wilson(metric(c, n, "eval"), metric(c, "images", "eval"))
                         for n in ("pipeline_accuracy_before", "pipeline_accuracy_after")]
-            rows.append((c.corrector, c.transform, *values, *pipeline))
+            rows.append((c.corrector, c.correction_group, *values, *pipeline))
         tables.append(Table(f"Table 5 — labels restored by correction — {dataset} / {model}",
                             ("Corrector", "Operations", "Normal top-k", "Adversarial top-k", "Normal top-1",
                              "Adversarial top-1", "Pipeline acc. before", "Pipeline acc. after"), tuple(rows),
@@ -175,8 +175,8 @@ def table6(cells) -> list[Table]:
         chosen = []
         for feature in dict.fromkeys(c.feature for c in group if c.feature):
             best = max((c for c in group if c.feature == feature), key=lambda c: metric(c, "accuracy", "dev") or 0)
-            chosen.append((f"{best.detector} - {feature} ({best.transform})", best))
-        chosen += [(c.detector, c) for c in group if c.transform == IMAGES]
+            chosen.append((f"{best.detector} - {feature} ({best.feature_group})", best))
+        chosen += [(c.detector, c) for c in group if c.feature_group == IMAGES]
         rows = tuple((name, *(estimate(c, m) for m in ("accuracy", "eer", "auroc"))) for name, c in chosen)
         tables.append(Table(f"Table 6 — accuracy and EER on eval — {dataset} / {model}",
                             ("Detector", "Accuracy", "EER", "AUROC"), rows,
