@@ -582,8 +582,14 @@ def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: Correc
             if t.kind != "detector":
                 continue
             spec = detectors.get(t.detector)
+            needs_scores = registry.get("attack", entry.plugin).needs_scores  # type: ignore[attr-defined]
             if spec is None:
                 problems.append(f"{where}: unknown detector {t.detector!r}; valid: {', '.join(detectors)}")
+            elif needs_scores and spec.differentiable is False:  # type: ignore[attr-defined]
+                able = [d for d, s in detectors.items() if s.differentiable]  # type: ignore[attr-defined]
+                problems.append(f"{where}: {entry.plugin!r} differentiates through the detector's scores and detector "
+                                f"{t.detector!r} declares none (differentiable = False); target one that does "
+                                f"({', '.join(able) or 'none configured'}) or use a label-only attack (system-hsj)")
             elif spec.inputs == "features" and not (t.feature in features and t.group):  # type: ignore[attr-defined]
                 problems.append(f"{where}: detector {t.detector!r} works on features; give 'feature' (valid: "
                                 f"{', '.join(features)}) and 'group' (valid: {', '.join(groups)})")

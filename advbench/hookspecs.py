@@ -8,8 +8,9 @@ its package's ``pyproject.toml`` under the entry-point group ``advbench``::
 
 Each hook is called once at start-up with a ``register`` callback; call ``register(spec)`` once
 per plugin. Names are unique within a kind across every installed package: a clash is an
-error naming both packages. A module may set ``ADVBENCH_API = "1.0"``; a module written for
-another major version of the contract is refused.
+error naming both packages. A module may set ``ADVBENCH_API = "1.3"``; a module written for
+another major version of the contract is refused. Plugins import ``hookimpl`` and every spec
+from :mod:`advbench.plugin`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,12 @@ Every spec carries a ``name`` (unique within its kind), a one-line ``summary``, 
 help text. The config is validated against it, ``advbench plugins`` lists it, the docs are
 generated from it. ``default=True`` puts the plugin in the set used when a benchmark file
 omits that section.
+
+Optional abilities (a feature that reads probabilities, a detector that saves itself or offers
+differentiable scores, an attack that takes every budget at once) are declared as spec fields;
+the core reads the declaration and never probes the plugin's objects. A field left ``None`` (a
+plugin written for API 1.2 or earlier) is probed once, as before (:mod:`advbench.abilities`).
+Plugins import all of this from :mod:`advbench.plugin`.
 """
 
 from __future__ import annotations
@@ -210,6 +216,23 @@ class AttackContext(BuildContext):
 class AttackSpec(PluginSpec):
     """``run(model, images, criterion, params, ctx)`` returns candidate adversarial images.
 
+    ``run_budgets(model, images, criterion, params, budgets, ctx)`` (optional) attacks under every
+    budget of an entry's ``budgets = [...]`` grid in one call, as foolbox's ``epsilons`` do:
+    ``budgets`` is the grid, ascending (per pixel value, in ``norm``), ``params`` the entry's
+    parameters with ``budget_param`` at the smallest budget, and it returns one result per budget
+    (a tensor or an :class:`AttackOutput`, as ``run``), in the order of ``budgets``. It sees every
+    budget, so it may reuse work across them (one unbounded run clipped to each ball; a larger
+    budget warm-started from a smaller one's result). Each budget's result must be what a call of
+    ``run`` with that budget alone would give from the same random state (reseed with
+    ``torch.manual_seed(ctx.seed)`` before each budget if the attack draws random numbers).
+    Without it the core calls ``run`` once per budget, reseeded alike. ``warm_start = True``
+    lifts that rule: a budget's result may build on the smaller budgets' (the core then always
+    passes the whole grid, and keys each budget's cell by the budgets up to it, so a cached
+    result is never reused for another grid). ``needs_scores``: the
+    adaptive attack differentiates through the targeted detector's scores
+    (``Defense.detector_scores``), so it can only target detectors that declare
+    ``differentiable = True`` (checked when the config is validated).
+
     ``images`` is a float tensor in [0, 1]; the result (a tensor, or an :class:`AttackOutput`)
     has the same shape and range. Rows the attack could not make adversarial may be returned
     unchanged: the core re-checks every row with the criterion, before and after saving to file.
@@ -235,6 +258,9 @@ class AttackSpec(PluginSpec):
     norm: str = ""
     threat: str = "white-box"
     adaptive: tuple[str, ...] = ()
+    run_budgets: Callable[..., Sequence[Any]] | None = None
+    warm_start: bool = False
+    needs_scores: bool = False
     kind: ClassVar[str] = "attack"
 
 
@@ -278,11 +304,13 @@ class FeatureSpec(PluginSpec):
     """``compute(original, transformed, params)`` -> float matrix (N, D).
 
     ``original`` is the (N, k) top-k labels of the untransformed images; ``transformed`` is
-    (N, n, k): the top-k labels under each of the n selected operations. A ``compute`` whose
-    signature has a ``probs`` parameter also receives ``probs=``:class:`Probabilities`.
+    (N, n, k): the top-k labels under each of the n selected operations. With ``takes_probs =
+    True`` ``compute`` also receives ``probs=``:class:`Probabilities` (``None``: the core looks
+    for a ``probs`` parameter in its signature, as API 1.2 did).
     """
 
     compute: Callable[[np.ndarray, np.ndarray, Any], np.ndarray] = None  # type: ignore[assignment]
+    takes_probs: bool | None = None
     kind: ClassVar[str] = "feature"
 
 
@@ -317,15 +345,19 @@ class DetectorSpec(PluginSpec):
     (CNN detectors, §4), one cell per dataset/model. ``inputs = "model"``: it sees the images
     too and is built with ``build(params, ctx)``, ``ctx`` a :class:`DetectorContext` holding the
     classifier (feature squeezing, kernel density, LID, Mahalanobis), one cell per
-    dataset/model. ``fit`` may take ``dev=(X, y)`` for model selection; the core passes it when
-    the signature accepts it.
+    dataset/model.
 
-    Optional detector methods the core uses when present: ``logits(X)`` (Fig. 2);
-    ``torch_scores(x)`` for image and model detectors, differentiable scores of a float
-    (N, 3, H, W) batch in [0, 1] (adaptive attacks differentiate through it), with the
-    attribute ``threshold`` (flagged when ``torch_scores > threshold``);
-    ``save(directory)``/``load(directory)`` to keep a fitted detector in the cache, so cells that
-    score new images against it need not refit it (without them it is refit, seeded).
+    Optional abilities of the detectors it builds, declared here (the core uses what is declared
+    and never probes; ``None``, as in API 1.2 and earlier, means "look for the method"):
+
+    - ``selects_on_dev``: ``fit(X, y, dev=(X, y))`` takes the dev split for model selection;
+    - ``has_logits``: ``logits(X)`` returns the (N, 2) logits (Fig. 2);
+    - ``differentiable``: ``torch_scores(x)`` returns differentiable scores of a float
+      (N, 3, H, W) batch in [0, 1] (image and model detectors; adaptive attacks with
+      ``needs_scores`` differentiate through it), with the attribute ``threshold`` (flagged when
+      ``torch_scores > threshold``);
+    - ``saves``: ``save(directory)``/``load(directory)`` keep a fitted detector in the cache, so
+      cells that score new images against it need not refit it (without them it is refit, seeded).
 
     ``cost(params, inputs)`` (optional, for detectors that see images or the model) returns a
     :class:`TrainingCost` (``inputs``: a :class:`CostInputs`) for ``advbench validate
@@ -335,6 +367,10 @@ class DetectorSpec(PluginSpec):
     build: Callable[[Any, Any], Detector] = None  # type: ignore[assignment]
     cost: Callable[[Any, CostInputs], TrainingCost] | None = None
     inputs: str = "features"
+    selects_on_dev: bool | None = None
+    has_logits: bool | None = None
+    differentiable: bool | None = None
+    saves: bool | None = None
     kind: ClassVar[str] = "detector"
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,20 +37,21 @@ class LabelledSet:
                            None if self.source is None else self.source[mask], probs)
 
 
-def fit_detector(detector: Detector, features: np.ndarray, data: LabelledSet) -> None:
-    """Fit on train; a detector whose ``fit`` takes ``dev`` selects its model on dev."""
+def fit_detector(detector: Detector, features: np.ndarray, data: LabelledSet, *, with_dev: bool) -> None:
+    """Fit on train; ``with_dev``: the detector's ``fit`` takes ``dev`` (its spec declares
+    ``selects_on_dev``) and selects its model on it."""
     train = data.split == TRAIN
     if len(np.unique(data.y[train])) < 2:
         raise DataError("the train split holds only one class; raise images_per_model or add attacks that succeed")
     dev = data.split == DEV
-    if "dev" in inspect.signature(detector.fit).parameters:
+    if with_dev:
         detector.fit(features[train], data.y[train], dev=(features[dev], data.y[dev]) if dev.any() else None)
     else:
         detector.fit(features[train], data.y[train])
 
 
 def select_on_dev(builds: Sequence[Callable[[], Detector]], features: np.ndarray,
-                  data: LabelledSet) -> tuple[int, Detector, list[float]]:
+                  data: LabelledSet, *, with_dev: Callable[[Detector], bool]) -> tuple[int, Detector, list[float]]:
     """Fit every candidate on train and keep the one with the best dev accuracy (the first of
     equals, so the config's order breaks ties): the paper's "the dev set was used to select the
     model". Returns its index, the fitted detector and every candidate's dev accuracy."""
@@ -63,7 +63,7 @@ def select_on_dev(builds: Sequence[Callable[[], Detector]], features: np.ndarray
     accuracies: list[float] = []
     for index, build in enumerate(builds):
         detector = build()
-        fit_detector(detector, features, data)
+        fit_detector(detector, features, data, with_dev=with_dev(detector))
         accuracies.append(M.accuracy(data.y[dev], np.asarray(detector.predict(features[dev]))))
         if best is None or accuracies[-1] > accuracies[best[0]]:
             best = (index, detector)

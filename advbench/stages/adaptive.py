@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from advbench.abilities import detector_can, takes_probs
 from advbench.config import Entry, Target
 from advbench.differentiable import differentiable_operation, straight_through
 from advbench.imaging import jpeg_roundtrip, to_tensor, to_uint8
@@ -22,7 +23,6 @@ from advbench.specs import AttackContext, Defense, Probabilities
 from advbench.stages import attack, detect
 from advbench.execution.context import CellContext, MetricRows
 from advbench.stages.correct import corrected_labels
-from advbench.stages.inputs import takes_probs
 
 Batch = Callable[[torch.Tensor], torch.Tensor]
 
@@ -61,7 +61,7 @@ def feature_flags(ctx: CellContext, cell: Cell, det_cell: Cell, detector: Any, p
 
     def flags(x: torch.Tensor) -> torch.Tensor:
         original, transformed, probs = _labels_under(model, plain, x, k)
-        kwargs = {"probs": Probabilities(probs[0], np.stack(probs[1:], axis=1))} if takes_probs(spec.compute) else {}
+        kwargs = {"probs": Probabilities(probs[0], np.stack(probs[1:], axis=1))} if takes_probs(spec) else {}
         features = np.asarray(spec.compute(original, transformed, feature.params, **kwargs), dtype=np.float64)
         return torch.from_numpy(np.asarray(detector.predict(features)) == 1).to(x.device)
 
@@ -113,8 +113,9 @@ def build_defense(ctx: CellContext, cell: Cell, target: Target) -> Defense:
 def detector_defense(ctx: CellContext, cell: Cell, det_cell: Cell, name: str) -> Defense:
     detector = detect.trained(ctx, det_cell)
     if det_cell.feature_group == IMAGES:
-        scores = getattr(detector, "torch_scores", None)
-        return Defense("detector", name, detector_scores=scores, threshold=float(getattr(detector, "threshold", 0.0)),
+        differentiable = detector_can(ctx.spec("detector", det_cell.detector), detector, "differentiable")
+        scores = detector.torch_scores if differentiable else None
+        return Defense("detector", name, detector_scores=scores, threshold=float(detector.threshold if differentiable else 0.0),
                        flags=image_flags(detector))
     diff, plain = operations(ctx, det_cell.feature_group)
     return Defense("detector", name, operations=tuple(diff), flags=feature_flags(ctx, cell, det_cell, detector, plain))

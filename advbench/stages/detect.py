@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from advbench.abilities import detector_can
 from advbench.cache import save_arrays, save_columns
 from advbench.engine import detect
 from advbench.engine.detect import TRAIN, LabelledSet
@@ -31,10 +32,13 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         extra += [("feature_size", "", float(inputs.shape[1])), ("operations", "", float(data.transformed.shape[1]))]
     pred, scores = np.asarray(model.predict(inputs)), np.asarray(model.scores(inputs), dtype=float)
     save_arrays(out, pred=pred, scores=scores, y=data.y, split=data.split, train_index=np.flatnonzero(data.split == TRAIN))
-    logits = model.logits(inputs) if hasattr(model, "logits") else None  # the logit scatter of §4 (Fig. 2)
+    spec = ctx.spec("detector", cell.detector)
+    logits = model.logits(inputs) if detector_can(spec, model, "has_logits") else None  # the logit scatter of §4 (Fig. 2)
     if logits is not None:
         save_arrays(out, logits=logits)
-    save(model, out)
+    if detector_can(spec, model, "saves"):
+        (out / SAVED).mkdir()
+        model.save(out / SAVED)
     save_columns(out, "per_image", **detector_columns(ctx, cell, data, pred, scores, logits=logits))
     return detect.detection_metrics(data, pred, scores) + extra
 
@@ -73,10 +77,12 @@ def fit(ctx: CellContext, cell: Cell, data: LabelledSet, inputs: np.ndarray,
     entry = ctx.entry("detector", cell.detector)
     if not entry.candidates:
         detector = build(ctx, cell, entry.params)
-        detect.fit_detector(detector, inputs, data)
+        fit_on_train(ctx, cell, detector, inputs, data)
         return detector, entry.params, []
+    spec = ctx.spec("detector", cell.detector)
     chosen, detector, dev_accuracies = detect.select_on_dev(
-        [partial(build, ctx, cell, c) for c in entry.candidates], inputs, data)
+        [partial(build, ctx, cell, c) for c in entry.candidates], inputs, data,
+        with_dev=lambda d: detector_can(spec, d, "selects_on_dev"))
     if out is not None:
         (out / SEARCH).write_text(json.dumps(
             [{"params": c.model_dump(mode="json"), "dev_accuracy": a, "chosen": i == chosen}
@@ -87,10 +93,10 @@ def fit(ctx: CellContext, cell: Cell, data: LabelledSet, inputs: np.ndarray,
     return detector, entry.candidates[chosen], rows
 
 
-def save(detector: Any, out: Path) -> None:
-    if hasattr(detector, "save") and hasattr(detector, "load"):
-        (out / SAVED).mkdir()
-        detector.save(out / SAVED)
+def fit_on_train(ctx: CellContext, cell: Cell, detector: Any, inputs: np.ndarray, data: LabelledSet) -> None:
+    """Fit the cell's (unfitted) detector on train, with dev when its spec says it selects on it."""
+    spec = ctx.spec("detector", cell.detector)
+    detect.fit_detector(detector, inputs, data, with_dev=detector_can(spec, detector, "selects_on_dev"))
 
 
 def trained(ctx: CellContext, detect_cell: Cell) -> Any:
@@ -105,10 +111,10 @@ def trained(ctx: CellContext, detect_cell: Cell) -> Any:
         params = entry.candidates[next(i for i, t in enumerate(trials) if t["chosen"])]
     if (directory / SAVED).is_dir():
         detector = build(ctx, detect_cell, params)
-        if hasattr(detector, "load"):
+        if detector_can(ctx.spec("detector", detect_cell.detector), detector, "saves"):
             detector.load(directory / SAVED)
             return detector
     data, inputs = training_data(ctx, detect_cell)
     detector = build(ctx, detect_cell, params)
-    detect.fit_detector(detector, inputs, data)
+    fit_on_train(ctx, detect_cell, detector, inputs, data)
     return detector

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
+
+from advbench.abilities import takes_probs
 
 from advbench.engine.detect import EVAL, UNUSED, LabelledSet
 from advbench.plan import CLEAN, IMAGES, ORIGINAL, Cell
@@ -56,16 +56,9 @@ def feature_matrix(ctx: CellContext, feature_label: str, data: LabelledSet) -> n
     entry = ctx.entry("feature", feature_label)
     if not len(data.original):  # an empty evaluation set: plugins need not handle zero rows
         return np.zeros((0, 0))
-    compute = ctx.registry.get("feature", entry.plugin).compute
-    kwargs = {"probs": data.probs} if takes_probs(compute) else {}
-    return np.asarray(compute(data.original, data.transformed, entry.params, **kwargs), dtype=np.float64)
-
-
-def takes_probs(compute) -> bool:
-    try:
-        return "probs" in inspect.signature(compute).parameters
-    except (TypeError, ValueError):
-        return False
+    spec = ctx.registry.get("feature", entry.plugin)
+    kwargs = {"probs": data.probs} if takes_probs(spec) else {}
+    return np.asarray(spec.compute(data.original, data.transformed, entry.params, **kwargs), dtype=np.float64)
 
 
 def detector_inputs(ctx: CellContext, cell: Cell, sets: list[str]) -> tuple[LabelledSet, np.ndarray]:
@@ -75,7 +68,7 @@ def detector_inputs(ctx: CellContext, cell: Cell, sets: list[str]) -> tuple[Labe
         data = labelled_set(ctx, cell, sets, IMAGES, with_images=True)
         return data, data.images
     feature = ctx.entry("feature", cell.feature)
-    wants_probs = takes_probs(ctx.registry.get("feature", feature.plugin).compute)
+    wants_probs = takes_probs(ctx.registry.get("feature", feature.plugin))
     data = labelled_set(ctx, cell, sets, cell.feature_group, k=ctx.bench.feature_k(feature), with_probs=wants_probs)
     return data, feature_matrix(ctx, cell.feature, data)
 

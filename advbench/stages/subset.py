@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from advbench import metrics as M
-from advbench.engine.detect import DEV, EVAL, LabelledSet, fit_detector
+from advbench.abilities import takes_probs
+from advbench.engine.detect import DEV, EVAL, LabelledSet
 from advbench.execution.context import CellContext, MetricRows
 from advbench.plan import ORIGINAL, Cell
 from advbench.stages import detect
-from advbench.stages.inputs import feature_matrix, labelled_set, takes_probs
+from advbench.stages.inputs import feature_matrix, labelled_set
 
 
 def op_costs(ctx: CellContext, cell: Cell, ops: list[str]) -> dict[str, float]:
@@ -46,7 +47,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
                   if (s.detector, s.feature, s.group) == (cell.detector, cell.feature, cell.feature_group))
     ops = [t.label for t in ctx.plan.group_ops(cell.feature_group)]
     feature = ctx.entry("feature", cell.feature)
-    wants_probs = takes_probs(ctx.registry.get("feature", feature.plugin).compute)
+    wants_probs = takes_probs(ctx.registry.get("feature", feature.plugin))
     data = labelled_set(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)], cell.feature_group,
                         k=ctx.bench.feature_k(feature), with_probs=wants_probs)
     costs = op_costs(ctx, cell, [ORIGINAL, *ops])
@@ -59,7 +60,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
             subset = _columns(data, [*chosen, i])
             inputs = feature_matrix(ctx, cell.feature, subset)
             model = detect.build(ctx, cell, ctx.entry("detector", cell.detector).params)
-            fit_detector(model, inputs, subset)
+            detect.fit_on_train(ctx, cell, model, inputs, subset)
             pred = np.asarray(model.predict(inputs))
             candidate = (M.accuracy(subset.y[dev], pred[dev]), -costs[ops[i]], -i)
             if best is None or candidate > best[0]:

@@ -35,11 +35,11 @@ def test_select_on_dev_keeps_the_best_dev_accuracy_and_the_first_of_equals():
     data = _data([TRAIN] * 4 + [DEV] * 4 + [EVAL] * 4)
     features = data.y[:, None].astype(float)  # 0 for normal, 1 for adversarial rows
     cuts = [2.0, 0.5, -1.0, 0.5]  # all normal (dev acc 0.5), perfect, all adversarial (0.5), perfect again
-    index, chosen, accuracies = select_on_dev([lambda c=c: _Fixed(c) for c in cuts], features, data)
+    index, chosen, accuracies = select_on_dev([lambda c=c: _Fixed(c) for c in cuts], features, data, with_dev=lambda d: False)
     assert accuracies == [0.5, 1.0, 0.5, 1.0] and index == 1 and chosen.cut == 0.5 and chosen.fitted
 
 
 def test_select_on_dev_needs_a_dev_split():
     data = _data([TRAIN] * 4 + [EVAL] * 4)
     with pytest.raises(DataError, match="dev split is empty"):
-        select_on_dev([lambda: _Fixed(0.5)], data.y[:, None].astype(float), data)
+        select_on_dev([lambda: _Fixed(0.5)], data.y[:, None].astype(float), data, with_dev=lambda d: False)

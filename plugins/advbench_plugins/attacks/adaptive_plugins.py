@@ -11,9 +11,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.errors import PluginError
-from advbench.specs import AttackContext, AttackOutput, AttackSpec, CostInputs, Criterion, Params
+from advbench.plugin import (AttackContext, AttackOutput, AttackSpec, CostInputs, Criterion, Params, PluginError,
+                            hookimpl)
 
 from advbench_plugins.attacks.adaptive.common import require_defense, seeded_generator, seen_by_system, system_decision
 from advbench_plugins.attacks.adaptive.eot import eot_pgd
@@ -184,18 +183,18 @@ ATTACKS = [
                params=EOTParamsL2, run=_eot("l2"), cost=_eot_cost, budget_param="epsilon", norm="l2", adaptive=_OPS),
     AttackSpec(name="cw-joint", summary="Classifier + detector combined loss (Carlini & Wagner 2017), L∞ PGD.",
                params=CWJointParams, run=_joint("linf", "cw"), cost=_joint_cost, budget_param="epsilon", norm="linf",
-               adaptive=("detector",)),
+               adaptive=("detector",), needs_scores=True),
     AttackSpec(name="cw-joint-l2", summary="Classifier + detector combined loss (Carlini & Wagner 2017), L2 PGD.",
                params=CWJointParamsL2, run=_joint("l2", "cw"), cost=_joint_cost, budget_param="epsilon", norm="l2",
-               adaptive=("detector",)),
+               adaptive=("detector",), needs_scores=True),
     AttackSpec(name="opgd", summary="Orthogonal projected gradient descent against a detector (Bryniarski et al. "
                                     "2022), L∞.",
                params=OPGDParams, run=_joint("linf", None), cost=_joint_cost, budget_param="epsilon", norm="linf",
-               adaptive=("detector",)),
+               adaptive=("detector",), needs_scores=True),
     AttackSpec(name="opgd-l2", summary="Orthogonal projected gradient descent against a detector (Bryniarski et al. "
                                        "2022), L2.",
                params=OPGDParamsL2, run=_joint("l2", None), cost=_joint_cost, budget_param="epsilon", norm="l2",
-               adaptive=("detector",)),
+               adaptive=("detector",), needs_scores=True),
     AttackSpec(name="system-hsj", summary="HopSkipJump, L2, on the defended system's label-only decision (Chen et "
                                           "al. 2020).",
                params=HSJParams, run=_hsj("l2"), cost=_hsj_cost, norm="l2", threat="decision-based", adaptive=_SYSTEM),

@@ -12,8 +12,7 @@ from typing import Literal
 import foolbox as fb
 from pydantic import Field, model_validator
 
-from advbench import hookimpl
-from advbench.specs import AttackOutput, AttackSpec, CostInputs, Params
+from advbench.plugin import AttackOutput, AttackSpec, CostInputs, Params
 
 from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec, norm_scale
 from advbench_plugins.attacks.decision import decision_attack
@@ -153,9 +152,3 @@ ATTACKS = [
                params=SpatialParams, run=_spatial, budget_param="", norm="", threat="decision-based",
                cost=_spatial_cost),
 ]
-
-
-@hookimpl
-def advbench_register_attacks(register):
-    for spec in ATTACKS:
-        register(spec)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from advbench.specs import AttackOutput, AttackSpec, Params
+
+from advbench.plugin import AttackOutput, AttackSpec, Params
 
 
 def positive_budgets(values: list[float]) -> list[float]:

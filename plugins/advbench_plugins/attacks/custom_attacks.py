@@ -8,8 +8,7 @@ import math
 
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.specs import AttackSpec, CostInputs, Params
+from advbench.plugin import AttackSpec, CostInputs, Params
 
 from advbench_plugins.attacks.adef import adef_attack
 from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec
@@ -68,15 +67,13 @@ def _call(fn):
                                                             **params.model_dump(exclude={"max_norm"}))
 
 
-@hookimpl
-def advbench_register_attacks(register):
-    register(minimal_norm_spec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
-                               params=LBFGSParams, targeted=True, norm="l2", unbounded=_call(lbfgs_attack),
-                               cost=_lbfgs_cost))
+ATTACKS = [
+    minimal_norm_spec(name="lbfgs", summary="Box-constrained L-BFGS (Szegedy et al.), targeted.",
+                      params=LBFGSParams, targeted=True, norm="l2", unbounded=_call(lbfgs_attack), cost=_lbfgs_cost),
     # gamma bounds the fraction of values changed: an L0 budget
-    register(AttackSpec(name="jsma", summary="Jacobian saliency map attack (Papernot et al.), non-targeted rule.",
-                        params=JSMAParams, run=_call(jsma_attack), budget_param="gamma", norm="l0",
-                        cost=_jsma_cost))
+    AttackSpec(name="jsma", summary="Jacobian saliency map attack (Papernot et al.), non-targeted rule.",
+               params=JSMAParams, run=_call(jsma_attack), budget_param="gamma", norm="l0", cost=_jsma_cost),
     # a deformation is not an Lp perturbation
-    register(AttackSpec(name="adef", summary="ADef adversarial deformations (Alaifari et al.), non-targeted.",
-                        params=ADefParams, run=_call(adef_attack), norm="", cost=_adef_cost))
+    AttackSpec(name="adef", summary="ADef adversarial deformations (Alaifari et al.), non-targeted.",
+               params=ADefParams, run=_call(adef_attack), norm="", cost=_adef_cost),
+]

@@ -16,8 +16,7 @@ import foolbox as fb
 import torch
 from pydantic import Field, field_validator
 
-from advbench import hookimpl
-from advbench.specs import AttackSpec, BuildContext, CostInputs, Criterion, Params
+from advbench.plugin import AttackSpec, BuildContext, CostInputs, Criterion, Params
 
 from advbench_plugins.attacks.budgets import MAX_NORM_HELP, minimal_norm_spec, norm_scale, positive_budgets
 
@@ -243,9 +242,3 @@ ATTACKS = [
                       params=CWParams, version="2", norm="l2", cost=_cw_cost, unbounded=lambda m, x, c, p, ctx: _minimize(
                           fb.attacks.L2CarliniWagnerAttack(**p.model_dump(exclude={"max_norm"})), m, x, c)),
 ]
-
-
-@hookimpl
-def advbench_register_attacks(register):
-    for spec in ATTACKS:
-        register(spec)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.specs import CorrectorSpec, NoParams, Params
+from advbench.plugin import CorrectorSpec, NoParams, Params
 
 
 def _vote(transformed: np.ndarray, k: int, weights: np.ndarray) -> np.ndarray:
@@ -59,11 +58,11 @@ class RankWeightedParams(Params):
     decay: float = Field(0.5, gt=0, le=1, description="Weight of rank r is decay**r (1 = the paper's vote).")
 
 
-@hookimpl
-def advbench_register_correctors(register):
-    register(CorrectorSpec(name="vote", summary="The paper's vote: the k most frequent labels over all top-k lists (§3.3.1).",
-                           params=NoParams, default=True, correct=lambda t, k, p: paper_vote(t, k)))
-    register(CorrectorSpec(name="top1-majority", summary="Majority of each operation's top-1 label.",
-                           params=NoParams, default=True, correct=lambda t, k, p: top1_majority(t, k)))
-    register(CorrectorSpec(name="rank-weighted", summary="Votes weighted by rank: decay**rank.",
-                           params=RankWeightedParams, default=True, correct=lambda t, k, p: rank_weighted(t, k, p.decay)))
+CORRECTORS = [
+    CorrectorSpec(name="vote", summary="The paper's vote: the k most frequent labels over all top-k lists (§3.3.1).",
+                  params=NoParams, default=True, correct=lambda t, k, p: paper_vote(t, k)),
+    CorrectorSpec(name="top1-majority", summary="Majority of each operation's top-1 label.",
+                  params=NoParams, default=True, correct=lambda t, k, p: top1_majority(t, k)),
+    CorrectorSpec(name="rank-weighted", summary="Votes weighted by rank: decay**rank.",
+                  params=RankWeightedParams, default=True, correct=lambda t, k, p: rank_weighted(t, k, p.decay)),
+]

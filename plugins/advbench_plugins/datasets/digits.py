@@ -15,8 +15,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.specs import BuildContext, DatasetSpec, Params, Sample
+from advbench.plugin import BuildContext, DatasetSpec, Params, Sample
 
 
 class DigitsParams(Params):
@@ -56,9 +55,5 @@ def load(params: DigitsParams, ctx: BuildContext) -> DigitsSource:
     return DigitsSource(params)
 
 
-@hookimpl
-def advbench_register_datasets(register):
-    register(DatasetSpec(
-        name="sklearn-digits", summary="scikit-learn's 8x8 digits upscaled to RGB (embedded, offline).",
-        params=DigitsParams, default=True, load=load,
-    ))
+DIGITS = DatasetSpec(name="sklearn-digits", summary="scikit-learn's 8x8 digits upscaled to RGB (embedded, offline).",
+                     params=DigitsParams, default=True, load=load)

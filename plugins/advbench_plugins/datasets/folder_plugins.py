@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.specs import DatasetSpec, Params
+from advbench.plugin import DatasetSpec, Params, hookimpl
 
 from advbench_plugins.datasets.folders import ImageFolderSource, ImageNetValSource
 

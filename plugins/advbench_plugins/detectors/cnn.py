@@ -37,10 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from advbench.errors import DataError, PluginError
-from advbench.imaging import to_tensor
-from advbench.devices import resolve_device
-from advbench.specs import Params
+from advbench.plugin import DataError, Params, PluginError, resolve_device, to_tensor
 
 from advbench_plugins.models.loading import IMAGENET_MEAN, IMAGENET_STD, Normalized, load_checkpoint
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.specs import CostInputs, DetectorSpec, TrainingCost
+from advbench.plugin import CostInputs, DetectorSpec, TrainingCost, hookimpl
 
 from advbench_plugins.detectors.cnn import (
     CNNDetector,
@@ -62,19 +61,23 @@ def _cost(arch: str):
     return cost
 
 
+#: fit with the dev split (early stopping), logits for Fig. 2, differentiable scores, saved weights
+_ABILITIES = {"selects_on_dev": True, "has_logits": True, "differentiable": True, "saves": True}
+
+
 @hookimpl
 def advbench_register_detectors(register):
     register(DetectorSpec(
         name="cnn-small", summary="Small CNN on the images, trained from scratch without the final softmax (§4).",
         params=SmallCNNDetectorParams, build=_builder("small-cnn", "cnn-small"), inputs="images", version=LOSS_VERSION,
-        cost=_cost("small-cnn")))
+        cost=_cost("small-cnn"), **_ABILITIES))
     register(DetectorSpec(
         name="cnn-resnet50", summary="ResNet-50 on the images, fine-tuned from local ImageNet weights "
                                      "without the final softmax (§4, Table 6).",
         params=ResNet50DetectorParams, build=_builder("resnet50", "cnn-resnet50"), inputs="images",
-        version=LOSS_VERSION, cost=_cost("resnet50")))
+        version=LOSS_VERSION, cost=_cost("resnet50"), **_ABILITIES))
     register(DetectorSpec(
         name="cnn-xception", summary="Xception on the images, trained from scratch without the final softmax "
                                      "(§4, Table 6: the best detector).",
         params=XceptionDetectorParams, build=_builder("xception", "cnn-xception"), inputs="images",
-        version=LOSS_VERSION, cost=_cost("xception")))
+        version=LOSS_VERSION, cost=_cost("xception"), **_ABILITIES))

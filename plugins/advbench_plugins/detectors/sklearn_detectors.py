@@ -27,9 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from advbench import hookimpl
-from advbench.errors import PluginError
-from advbench.specs import DetectorSpec, Params
+from advbench.plugin import DetectorSpec, Params, PluginError
 
 
 class SklearnDetector:
@@ -165,13 +163,15 @@ def _mlp(p: MLPParams, seed: int):
         hidden_layer_sizes=tuple(p.hidden_layer_sizes), max_iter=p.max_iter, alpha=p.alpha, random_state=seed)))
 
 
-@hookimpl
-def advbench_register_detectors(register):
-    register(DetectorSpec(name="svm", summary="C-support vector classifier (RBF), standard-scaled.",
-                          params=SVMParams, default=True, build=_svm))
-    register(DetectorSpec(name="random-forest", summary="Random forest, 100 trees of depth 2 (as the paper).",
-                          params=ForestParams, default=True, build=_forest))
-    register(DetectorSpec(name="lda", summary="Linear discriminant analysis, standard-scaled.",
-                          params=LDAParams, default=True, build=_lda))
-    register(DetectorSpec(name="mlp", summary="Multi-layer perceptron (scikit-learn defaults), standard-scaled.",
-                          params=MLPParams, default=True, build=_mlp))
+#: fitted on features, without dev (the core's dev-set search chooses among them), saved with skops
+_ABILITIES = {"selects_on_dev": False, "has_logits": False, "differentiable": False, "saves": True}
+DETECTORS = [
+    DetectorSpec(name="svm", summary="C-support vector classifier (RBF), standard-scaled.",
+                 params=SVMParams, default=True, build=_svm, **_ABILITIES),
+    DetectorSpec(name="random-forest", summary="Random forest, 100 trees of depth 2 (as the paper).",
+                 params=ForestParams, default=True, build=_forest, **_ABILITIES),
+    DetectorSpec(name="lda", summary="Linear discriminant analysis, standard-scaled.",
+                 params=LDAParams, default=True, build=_lda, **_ABILITIES),
+    DetectorSpec(name="mlp", summary="Multi-layer perceptron (scikit-learn defaults), standard-scaled.",
+                 params=MLPParams, default=True, build=_mlp, **_ABILITIES),
+]

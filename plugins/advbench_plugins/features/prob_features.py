@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advbench import hookimpl
-from advbench.errors import PluginError
-from advbench.specs import FeatureSpec, NoParams, Probabilities
+from advbench.plugin import FeatureSpec, NoParams, PluginError, Probabilities
 
 
 def prob_shift(original: np.ndarray, transformed: np.ndarray) -> np.ndarray:
@@ -36,11 +34,6 @@ def _compute(original: np.ndarray, transformed: np.ndarray, params, probs: Proba
     return prob_shift(probs.original, probs.transformed)
 
 
-PROB_SHIFT = FeatureSpec(name="prob-shift", params=NoParams, compute=_compute,
+PROB_SHIFT = FeatureSpec(name="prob-shift", params=NoParams, compute=_compute, takes_probs=True,
                          summary="L1 change of the softmax vector under each operation, plus the largest: feature "
                                  "squeezing's score generalised to any operations (Xu et al. 2018).")
-
-
-@hookimpl
-def advbench_register_features(register):
-    register(PROB_SHIFT)

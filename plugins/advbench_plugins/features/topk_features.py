@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from advbench import hookimpl
-from advbench.specs import FeatureSpec
+from advbench.plugin import FeatureSpec
 
 
 def counting_feature(original: np.ndarray, transformed: np.ndarray) -> np.ndarray:
@@ -19,9 +18,9 @@ def differences_feature(original: np.ndarray, transformed: np.ndarray) -> np.nda
     return (transformed != original[:, None, :]).reshape(len(original), -1).astype(np.float64)
 
 
-@hookimpl
-def advbench_register_features(register):
-    register(FeatureSpec(name="counting", summary="Per top-k position, how many operations keep the label (§3.2.1).",
-                         default=True, compute=lambda o, t, p: counting_feature(o, t)))
-    register(FeatureSpec(name="differences", summary="n×k binary matrix: label changed by operation i at position j (§3.2.2).",
-                         default=True, compute=lambda o, t, p: differences_feature(o, t)))
+FEATURES = [
+    FeatureSpec(name="counting", summary="Per top-k position, how many operations keep the label (§3.2.1).",
+                default=True, compute=lambda o, t, p: counting_feature(o, t), takes_probs=False),
+    FeatureSpec(name="differences", summary="n×k binary matrix: label changed by operation i at position j (§3.2.2).",
+                default=True, compute=lambda o, t, p: differences_feature(o, t), takes_probs=False),
+]

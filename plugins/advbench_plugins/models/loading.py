@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from advbench.errors import DataError
+from advbench.plugin import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -11,9 +11,7 @@ from filelock import FileLock
 from pydantic import Field
 from torch import nn
 
-from advbench import hookimpl
-from advbench.errors import DataError
-from advbench.specs import BuildContext, LoadedModel, ModelSpec, Params
+from advbench.plugin import BuildContext, DataError, LoadedModel, ModelSpec, Params
 
 from advbench_plugins.datasets.digits import digits_arrays
 from advbench_plugins.models.loading import Normalized, resize_prepare
@@ -107,10 +105,5 @@ def architecture(params: SmallCNNParams) -> LoadedModel:
                        prepare=resize_prepare(params.size), fingerprint="untrained")
 
 
-@hookimpl
-def advbench_register_models(register):
-    register(ModelSpec(
-        name="digits-cnn", summary="Small CNN trained on the digits train subset on first use, cached.",
-        params=SmallCNNParams, default=True, build=build, version="2", architecture=architecture,
-    ))
-
+SMALL_CNN = ModelSpec(name="digits-cnn", summary="Small CNN trained on the digits train subset on first use, cached.",
+                      params=SmallCNNParams, default=True, build=build, version="2", architecture=architecture)

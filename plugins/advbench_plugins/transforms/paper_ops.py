@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.specs import Params, TransformSpec
+from advbench.plugin import Params, TransformSpec
 
 from advbench_plugins.transforms import operations as ops
 
@@ -54,9 +53,3 @@ TRANSFORMS = [
                   apply_tensor=lambda b, p: ops.scale_tensor(b, p.factor), differentiable=True,
                   default_grid={"factor": list(ops.SCALE_FACTORS)}, default_group="scaling", default=True),
 ]
-
-
-@hookimpl
-def advbench_register_transforms(register):
-    for spec in TRANSFORMS:
-        register(spec)

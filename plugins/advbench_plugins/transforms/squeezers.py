@@ -30,9 +30,7 @@ from PIL import Image
 from pydantic import Field
 from scipy.ndimage import median_filter as scipy_median
 
-from advbench import hookimpl
-from advbench.imaging import pil_to_array
-from advbench.specs import Params, TransformSpec
+from advbench.plugin import Params, TransformSpec, pil_to_array
 
 
 def _check_batch(batch: torch.Tensor) -> None:
@@ -124,9 +122,3 @@ TRANSFORMS = [
                   apply_tensor=lambda b, p: median_tensor(b, p.size), differentiable=True,
                   default_grid={"size": [2, 3]}, default_group="squeeze", default=False),
 ]
-
-
-@hookimpl
-def advbench_register_transforms(register):
-    for spec in TRANSFORMS:
-        register(spec)

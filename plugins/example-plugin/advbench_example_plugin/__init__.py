@@ -5,14 +5,14 @@ advbench finds this module through the ``advbench`` entry point in ``pyproject.t
 ``@hookimpl`` functions below register the specs. Nothing in advbench itself names this package.
 """
 
-from advbench import hookimpl
+from advbench.plugin import hookimpl
 from advbench_example_plugin.attack import BLEND
 from advbench_example_plugin.detector import THRESHOLD
 from advbench_example_plugin.model_detector import BLUR_SHIFT
 
-#: The advbench plugin API this package was written against (1.1: model-aware detectors);
-#: advbench refuses another major.
-ADVBENCH_API = "1.1"
+#: The advbench plugin API this package was written against (1.3: everything imported from
+#: advbench.plugin, abilities declared on the specs); advbench refuses another major.
+ADVBENCH_API = "1.3"
 
 __all__ = ["BLEND", "BLUR_SHIFT", "THRESHOLD"]
 

@@ -3,7 +3,7 @@
 import torch
 from pydantic import Field
 
-from advbench.specs import AttackSpec, Params
+from advbench.plugin import AttackSpec, Params
 
 
 class BlendParams(Params):

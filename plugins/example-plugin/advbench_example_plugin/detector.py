@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from advbench.specs import DetectorSpec
+from advbench.plugin import DetectorSpec
 
 
 class ThresholdDetector:
@@ -23,4 +23,5 @@ class ThresholdDetector:
 
 
 THRESHOLD = DetectorSpec(name="example-threshold", summary="Mean-feature threshold (example plugin).",
-                         build=lambda params, seed: ThresholdDetector())
+                         build=lambda params, seed: ThresholdDetector(),
+                         selects_on_dev=False, has_logits=False, differentiable=False, saves=False)

@@ -3,8 +3,9 @@ suspicious when a light blur changes the classifier's softmax a lot.
 
 Written against the documented contract only: ``DetectorSpec(inputs="model")``, built with
 ``build(params, ctx)`` where ``ctx.model.module`` is the classifier (float images in [0, 1]);
-``fit``/``predict``/``scores`` on uint8 (N, H, W, 3) images; optional ``torch_scores`` +
-``threshold`` (adaptive attacks differentiate through them) and ``save``/``load`` (tensors only).
+``fit``/``predict``/``scores`` on uint8 (N, H, W, 3) images; the optional ``torch_scores`` +
+``threshold`` (adaptive attacks differentiate through them) and ``save``/``load`` (tensors only),
+declared on the spec (``differentiable``, ``saves``).
 """
 
 from pathlib import Path
@@ -14,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from advbench.imaging import to_tensor
-from advbench.specs import DetectorSpec, Params
+from advbench.plugin import DetectorSpec, Params, to_tensor
 
 
 class BlurShiftParams(Params):
@@ -58,4 +58,5 @@ class BlurShiftDetector:
 
 
 BLUR_SHIFT = DetectorSpec(name="example-blur-shift", inputs="model", params=BlurShiftParams, build=BlurShiftDetector,
-                          summary="Softmax change under a box blur, feature-squeezing style (example plugin).")
+                          summary="Softmax change under a box blur, feature-squeezing style (example plugin).",
+                          differentiable=True, saves=True, selects_on_dev=False, has_logits=False)

@@ -9,7 +9,7 @@ import torchvision
 
 from advbench.imaging import to_tensor
 from advbench.specs import LoadedModel
-from advbench_plugins.detectors.baselines.plugins import DETECTORS
+from advbench_plugins.detectors.baselines_plugins import DETECTORS
 from advbench_plugins.models.cifar_resnet import cifar_resnet
 from advbench_plugins.models.loading import IMAGENET_MEAN, IMAGENET_STD, Normalized
 

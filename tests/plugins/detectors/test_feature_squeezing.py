@@ -9,7 +9,7 @@ from advbench.imaging import to_tensor
 from advbench.testing import check_model_detector
 from advbench_plugins.detectors.baselines.feature_squeezing import (FeatureSqueezing, FeatureSqueezingParams,
                                                                     fpr_threshold, non_local_means)
-from advbench_plugins.detectors.baselines.plugins import DETECTORS
+from advbench_plugins.detectors.baselines_plugins import DETECTORS
 from advbench_plugins.transforms.squeezers import bit_depth_tensor, median_tensor
 
 SPEC = next(s for s in DETECTORS if s.name == "feature-squeezing")

@@ -9,7 +9,7 @@ from advbench.specs import LoadedModel
 from advbench.testing import check_model_detector
 from advbench_plugins.detectors.baselines.kernel_density import (KernelDensity, KernelDensityParams,
                                                                  log_class_density, uncertainty)
-from advbench_plugins.detectors.baselines.plugins import DETECTORS
+from advbench_plugins.detectors.baselines_plugins import DETECTORS
 
 SPEC = next(s for s in DETECTORS if s.name == "kernel-density")
 

@@ -8,7 +8,7 @@ from advbench.testing import check_model_detector, tiny_adversarial_world
 from advbench_plugins.detectors.baselines.activations import reduce
 from advbench_plugins.detectors.baselines.lid import (LID, LIDParams, lid_mle, nearest_rows, pairwise_squared,
                                                       reference_indices)
-from advbench_plugins.detectors.baselines.plugins import DETECTORS
+from advbench_plugins.detectors.baselines_plugins import DETECTORS
 
 SPEC = next(s for s in DETECTORS if s.name == "lid")
 

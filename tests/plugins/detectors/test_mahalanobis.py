@@ -9,7 +9,7 @@ from advbench.imaging import to_tensor
 from advbench.testing import check_model_detector
 from advbench_plugins.detectors.baselines.mahalanobis import (Mahalanobis, MahalanobisParams, squared_mahalanobis,
                                                               tied_gaussian)
-from advbench_plugins.detectors.baselines.plugins import DETECTORS
+from advbench_plugins.detectors.baselines_plugins import DETECTORS
 
 SPEC = next(s for s in DETECTORS if s.name == "mahalanobis")
 

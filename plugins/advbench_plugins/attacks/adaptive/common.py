@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from advbench.errors import PluginError
-from advbench.specs import AttackContext, Criterion, Defense
+from advbench.plugin import AttackContext, Criterion, Defense, PluginError
 
 # --- norm balls ------------------------------------------------------------------------------
 

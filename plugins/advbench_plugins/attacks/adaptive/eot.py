@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advbench.specs import Criterion
+from advbench.plugin import Criterion
 
 from advbench_plugins.attacks.adaptive.common import (
     adversarial_labels,

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from advbench.errors import DataError, PluginError
-from advbench.imaging import to_tensor
+from advbench.plugin import DataError, PluginError, to_tensor
 
 #: children that add nothing to read: reshapes, identities, and dropout (an identity in eval mode)
 PASSIVE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.modules.dropout._DropoutNd)

@@ -20,8 +20,7 @@ from pydantic import Field
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from advbench.errors import DataError, PluginError
-from advbench.specs import DetectorContext, Params
+from advbench.plugin import DataError, DetectorContext, Params, PluginError
 
 from advbench_plugins.detectors.baselines.activations import as_images, image_batches, model_device
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from advbench.errors import DataError
+from advbench.plugin import DataError
 
 from advbench_plugins.detectors.baselines.activations import (LOGITS, ActivationProbe, collect, image_batches, reduce,
                                                                select_layers)

@@ -3,27 +3,28 @@ needs the classifier (``inputs = "model"``) and they are comparisons, not the pa
 
 from __future__ import annotations
 
-from advbench import hookimpl
-from advbench.specs import DetectorSpec
+from advbench.plugin import DetectorSpec, hookimpl
 
 from advbench_plugins.detectors.baselines.feature_squeezing import FeatureSqueezing, FeatureSqueezingParams
 from advbench_plugins.detectors.baselines.kernel_density import KernelDensity, KernelDensityParams
 from advbench_plugins.detectors.baselines.lid import LID, LIDParams
 from advbench_plugins.detectors.baselines.mahalanobis import Mahalanobis, MahalanobisParams
 
+#: each offers differentiable scores (torch_scores, threshold) and saves itself as tensors
+_ABILITIES = {"selects_on_dev": False, "has_logits": False, "differentiable": True, "saves": True}
 DETECTORS = [
     DetectorSpec(name="feature-squeezing", inputs="model", params=FeatureSqueezingParams, build=FeatureSqueezing,
                  summary="Feature squeezing: L1 change of the softmax under bit-depth reduction and median "
-                         "filtering, threshold at 5 % FPR on normal images (Xu et al. 2018)."),
+                         "filtering, threshold at 5 % FPR on normal images (Xu et al. 2018).", **_ABILITIES),
     DetectorSpec(name="kernel-density", inputs="model", version="2", params=KernelDensityParams, build=KernelDensity,
                  summary="Kernel density of penultimate features and MC-dropout uncertainty under a logistic "
-                         "regression (Feinman et al. 2017)."),
+                         "regression (Feinman et al. 2017).", **_ABILITIES),
     DetectorSpec(name="lid", inputs="model", version="2", params=LIDParams, build=LID,
                  summary="Local intrinsic dimensionality of every layer's activations against normal "
-                         "minibatches, logistic regression (Ma et al. 2018)."),
+                         "minibatches, logistic regression (Ma et al. 2018).", **_ABILITIES),
     DetectorSpec(name="mahalanobis", inputs="model", version="2", params=MahalanobisParams, build=Mahalanobis,
                  summary="Mahalanobis confidence per layer under class-conditional tied Gaussians, logistic "
-                         "regression (Lee et al. 2018)."),
+                         "regression (Lee et al. 2018).", **_ABILITIES),
 ]
 
 

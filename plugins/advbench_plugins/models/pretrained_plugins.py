@@ -7,9 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from advbench import hookimpl
-from advbench.errors import DataError
-from advbench.specs import BuildContext, LoadedModel, ModelSpec, Params
+from advbench.plugin import BuildContext, DataError, LoadedModel, ModelSpec, Params, hookimpl
 
 from advbench_plugins.models.cifar_resnet import cifar_resnet
 from advbench_plugins.models.loading import (
