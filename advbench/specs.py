@@ -221,17 +221,14 @@ class AttackSpec(PluginSpec):
     ``budgets`` is the grid, ascending (per pixel value, in ``norm``), ``params`` the entry's
     parameters with ``budget_param`` at the smallest budget, and it returns one result per budget
     (a tensor or an :class:`AttackOutput`, as ``run``), in the order of ``budgets``. It sees every
-    budget, so it may reuse work across them (one unbounded run clipped to each ball; a larger
-    budget warm-started from a smaller one's result). Each budget's result must be what a call of
-    ``run`` with that budget alone would give from the same random state (reseed with
-    ``torch.manual_seed(ctx.seed)`` before each budget if the attack draws random numbers).
-    Without it the core calls ``run`` once per budget, reseeded alike. ``warm_start = True``
-    lifts that rule: a budget's result may build on the smaller budgets' (the core then always
-    passes the whole grid, and keys each budget's cell by the budgets up to it, so a cached
-    result is never reused for another grid). ``needs_scores``: the
-    adaptive attack differentiates through the targeted detector's scores
-    (``Defense.detector_scores``), so it can only target detectors that declare
-    ``differentiable = True`` (checked when the config is validated).
+    budget, so it may share work across them (a minimal-perturbation attack runs once, unbounded,
+    and clips that run to each ball). Each budget's result must be what a call of ``run`` with
+    that budget alone would give from the same random state (reseed with
+    ``torch.manual_seed(ctx.seed)`` before each budget if the attack draws random numbers):
+    cached cells are keyed per budget, whatever grid made them. Without it the core calls ``run``
+    once per budget, reseeded alike. ``needs_scores``: the adaptive attack differentiates
+    through the targeted detector's scores (``Defense.detector_scores``), so it can only target
+    detectors that declare ``differentiable = True`` (checked when the config is validated).
 
     ``images`` is a float tensor in [0, 1]; the result (a tensor, or an :class:`AttackOutput`)
     has the same shape and range. Rows the attack could not make adversarial may be returned
@@ -259,7 +256,6 @@ class AttackSpec(PluginSpec):
     threat: str = "white-box"
     adaptive: tuple[str, ...] = ()
     run_budgets: Callable[..., Sequence[Any]] | None = None
-    warm_start: bool = False
     needs_scores: bool = False
     kind: ClassVar[str] = "attack"
 

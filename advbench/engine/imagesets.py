@@ -7,14 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from advbench.errors import DataError
+from advbench.errors import DataError, PluginError
 from advbench.criteria import PaperCriterion, target_labels
 from advbench.imaging import load_image, pil_to_array, save_image, to_tensor, to_uint8
 from advbench.specs import AttackOutput, AttackSpec, BuildContext, ImageSource, LoadedModel
@@ -94,39 +94,92 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
                out_dir: Path, top_k: int, shift: int, threshold: float, fmt: str, quality: int,
                batch_size: int, seed: int, ctx: BuildContext) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Attack every clean image, save successes to files, reload and keep what still succeeds."""
-    images_dir = out_dir / "images"
-    images_dir.mkdir()
-    device = ctx.device
+    return run_attack_budgets(spec, [params], None, model, clean, out_dirs=[out_dir], top_k=top_k, shift=shift,
+                              threshold=threshold, fmt=fmt, quality=quality, batch_size=batch_size, seed=seed,
+                              ctx=ctx)[0]
+
+
+def run_attack_budgets(spec: AttackSpec, params: Sequence[Any], budgets: Sequence[float] | None, model: LoadedModel,
+                       clean: dict[str, np.ndarray], *, out_dirs: Sequence[Path], top_k: int, shift: int,
+                       threshold: float, fmt: str, quality: int, batch_size: int, seed: int,
+                       ctx: BuildContext) -> list[tuple[dict[str, np.ndarray], dict[str, float]]]:
+    """:func:`run_attack` under each budget of a grid (``budgets`` ascending, ``params[i]`` the
+    entry's parameters at ``budgets[i]``, written to ``out_dirs[i]``): per batch the attack is
+    called once with every budget (``AttackSpec.run_budgets``), or, for an attack without it,
+    once per budget from the same random state; each budget's images are saved and re-verified
+    as its own set. ``budgets=None``: one set, ``params[0]``, by ``AttackSpec.run``."""
     if spec.targeted and shift % model.num_classes == 0:
         raise DataError(f"database.target_shift = {shift} is a multiple of the {model.num_classes} classes, so every "
                         f"target would equal the top-1 label; choose a shift in 1..{model.num_classes - 1}")
+    device = ctx.device
     top1_all = torch.from_numpy(clean["top1"]).long()
     targets_all = target_labels(top1_all, shift, model.num_classes) if spec.targeted else None
-    kept_images, kept_source, manifest = [], [], []
-    per_image: dict[str, list[float]] = {}  # e.g. queries of a black-box attack, per attacked image
-    attack_seconds = 0.0
+    sets = [_AttackedSet(spec.name, out_dir, model, device, fmt, quality) for out_dir in out_dirs]
     for start in range(0, len(top1_all), batch_size):
         index = slice(start, start + batch_size)
         batch = clean["images"][index]
         criterion = PaperCriterion(spec.targeted, top1_all[index].to(device),
                                    None if targets_all is None else targets_all[index].to(device),
                                    k=top_k, threshold=threshold)
-        torch.manual_seed(seed + start)
-        t0 = time.perf_counter()
         # each batch draws its own random numbers (a plugin seeding a generator from ctx.seed too)
-        adversarial = spec.run(model.module, to_tensor(batch, device), criterion, params,
-                               dataclasses.replace(ctx, seed=seed + start))
-        attack_seconds += time.perf_counter() - t0
+        batch_ctx = dataclasses.replace(ctx, seed=seed + start)
+        t0 = time.perf_counter()
+        results = _attacked(spec, params, budgets, model, to_tensor(batch, device), criterion, batch_ctx)
+        seconds = (time.perf_counter() - t0) / len(sets)  # a call for every budget: its time shared alike
+        for attacked, adversarial in zip(sets, results):
+            attacked.add(start, batch, adversarial, criterion, clean, top1_all, targets_all, seconds)
+    return [attacked.finish(len(top1_all)) for attacked in sets]
+
+
+def _attacked(spec: AttackSpec, params: Sequence[Any], budgets: Sequence[float] | None, model: LoadedModel,
+              images: torch.Tensor, criterion: PaperCriterion, ctx: BuildContext) -> list[Any]:
+    """The attack's candidates for one batch: one result per budget (one result without a grid).
+    The global random state is the same before every call: seeded from ``ctx.seed``."""
+    if budgets is not None and spec.run_budgets is not None:
+        torch.manual_seed(ctx.seed)
+        results = list(spec.run_budgets(model.module, images, criterion, params[0], list(budgets), ctx))
+        if len(results) != len(budgets):
+            raise PluginError(f"attack {spec.name!r}: run_budgets returned {len(results)} results for "
+                              f"{len(budgets)} budgets")
+        return results
+    results = []
+    for p in params:
+        torch.manual_seed(ctx.seed)
+        results.append(spec.run(model.module, images, criterion, p, ctx))
+    return results
+
+
+class _AttackedSet:
+    """One image set in the making: the candidates of each batch made uint8, saved to file,
+    reloaded and re-checked; the manifest, kept images and metrics."""
+
+    def __init__(self, attack: str, out_dir: Path, model: LoadedModel, device: str, fmt: str, quality: int):
+        self.attack, self.out_dir, self.model, self.device = attack, out_dir, model, device
+        self.fmt, self.quality = fmt, quality
+        self.images_dir = out_dir / "images"
+        self.images_dir.mkdir()
+        self.kept_images: list[np.ndarray] = []
+        self.kept_source: list[np.ndarray] = []
+        self.manifest: list[dict[str, Any]] = []
+        self.per_image: dict[str, list[float]] = {}  # e.g. queries of a black-box attack, per attacked image
+        self.attack_seconds = 0.0
+
+    def add(self, start: int, batch: np.ndarray, adversarial: Any, criterion: PaperCriterion,
+            clean: dict[str, np.ndarray], top1_all: torch.Tensor, targets_all: torch.Tensor | None,
+            seconds: float) -> None:
+        model, device, fmt = self.model, self.device, self.fmt
+        self.attack_seconds += seconds
         if isinstance(adversarial, AttackOutput):
             for name, values in adversarial.per_image.items():
-                per_image.setdefault(name, []).extend(torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
+                self.per_image.setdefault(name, []).extend(
+                    torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
             adversarial = adversarial.images
         # a row a plugin left non-finite counts as a failed attempt, not as a crash
         finite = torch.isfinite(adversarial).flatten(1).all(1).view(-1, 1, 1, 1)
         adv_uint8 = to_uint8(torch.where(finite, adversarial, to_tensor(batch, device)))
         before = criterion(logits_of(model, adv_uint8, device)).cpu().numpy()
         reloaded = np.stack([
-            load_image(save_image(a, images_dir / f"{start + i:06d}", fmt, quality)) if ok else a
+            load_image(save_image(a, self.images_dir / f"{start + i:06d}", fmt, self.quality)) if ok else a
             for i, (a, ok) in enumerate(zip(adv_uint8, before))
         ])
         after = criterion(logits_of(model, reloaded, device)).cpu().numpy() & before
@@ -135,7 +188,7 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
         norms = perturbation_norms(batch, reloaded)
         pre_save = perturbation_norms(batch, adv_uint8)
         for i in range(len(batch)):
-            manifest.append({
+            self.manifest.append({
                 "index": start + i, "source": str(clean["ids"][start + i]), "label": int(clean["labels"][start + i]),
                 "top1": int(top1_all[start + i]),
                 "target": None if targets_all is None else int(targets_all[start + i]),
@@ -145,36 +198,40 @@ def run_attack(spec: AttackSpec, params: Any, model: LoadedModel, clean: dict[st
                 **({f"pre_save_{k}": float(v[i]) for k, v in pre_save.items()} if after[i] else {}),
             })
             if before[i] and not after[i]:
-                (images_dir / manifest[-1]["file"].split("/")[1]).unlink(missing_ok=True)
-                manifest[-1]["file"] = None
-        kept_images.append(reloaded[after])
-        kept_source.append(np.flatnonzero(after) + start)
-    for name, values in per_image.items():
-        if len(values) != len(manifest):
-            raise DataError(f"attack {spec.name!r} returned {len(values)} values of {name!r} for {len(manifest)} images")
-        for row, value in zip(manifest, values):
-            row[name] = value
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    h, w = model.input_size
-    arrays = {
-        "images": np.concatenate(kept_images) if kept_images else np.zeros((0, h, w, 3), np.uint8),
-        "source": np.concatenate(kept_source) if kept_source else np.zeros(0, np.int64),
-    }
-    n = len(top1_all)
-    kept = [m for m in manifest if m["success_after_save"]]
-    metrics = {
-        "attempted": n,
-        "success_before_save": sum(m["success_before_save"] for m in manifest),
-        "success": len(kept),
-        "attack_seconds": attack_seconds,
-        "images_per_second": n / attack_seconds if attack_seconds > 0 else float("nan"),
-        **{f"mean_{k}": float(np.mean([m[k] for m in kept])) if kept else float("nan")
-           for k in (*NORMS, *(f"pre_save_{n}" for n in NORMS))},
-    }
-    for name, values in per_image.items():  # over every attacked image, successful or not
-        metrics |= {f"mean_{name}": float(np.mean(values)), f"median_{name}": float(np.median(values)),
-                    f"max_{name}": float(np.max(values))} if values else {}
-    return arrays, metrics
+                (self.images_dir / self.manifest[-1]["file"].split("/")[1]).unlink(missing_ok=True)
+                self.manifest[-1]["file"] = None
+        self.kept_images.append(reloaded[after])
+        self.kept_source.append(np.flatnonzero(after) + start)
+
+    def finish(self, n: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        manifest, per_image = self.manifest, self.per_image
+        for name, values in per_image.items():
+            if len(values) != len(manifest):
+                raise DataError(f"attack {self.attack!r} returned {len(values)} values of {name!r} for "
+                                f"{len(manifest)} images")
+            for row, value in zip(manifest, values):
+                row[name] = value
+        (self.out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        h, w = self.model.input_size
+        arrays = {
+            "images": np.concatenate(self.kept_images) if self.kept_images else np.zeros((0, h, w, 3), np.uint8),
+            "source": np.concatenate(self.kept_source) if self.kept_source else np.zeros(0, np.int64),
+        }
+        kept = [m for m in manifest if m["success_after_save"]]
+        seconds = self.attack_seconds
+        metrics = {
+            "attempted": n,
+            "success_before_save": sum(m["success_before_save"] for m in manifest),
+            "success": len(kept),
+            "attack_seconds": seconds,
+            "images_per_second": n / seconds if seconds > 0 else float("nan"),
+            **{f"mean_{k}": float(np.mean([m[k] for m in kept])) if kept else float("nan")
+               for k in (*NORMS, *(f"pre_save_{n}" for n in NORMS))},
+        }
+        for name, values in per_image.items():  # over every attacked image, successful or not
+            metrics |= {f"mean_{name}": float(np.mean(values)), f"median_{name}": float(np.median(values)),
+                        f"max_{name}": float(np.max(values))} if values else {}
+        return arrays, metrics
 
 
 SPLITS = ("train", "dev", "eval")

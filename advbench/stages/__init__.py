@@ -47,12 +47,13 @@ class Stage:
 
 _TABLE = (
     Stage("clean", "advbench.stages.clean", gpu="always", cost="dataset"),
-    Stage("attack", "advbench.stages.attack", gpu="always", cost="attack"),
+    Stage("attack", "advbench.stages.attack", gpu="always", cost="attack", batch_by=("dataset", "model", "family")),
     Stage("split", "advbench.stages.split"),
     Stage("predict", "advbench.stages.predict", forkable=True, gpu="always", cost="predict",
           batch_by=("dataset", "model", "imageset")),
     Stage("detect", "advbench.stages.detect", forkable=True, gpu="image detectors", per_image=True, cost="detector"),
-    Stage("adaptive", "advbench.stages.adaptive", gpu="always", cost="attack"),
+    Stage("adaptive", "advbench.stages.adaptive", gpu="always", cost="attack",
+          batch_by=("dataset", "model", "family", "target")),
     Stage("score", "advbench.stages.score", forkable=True, gpu="image detectors", per_image=True, cost="detector"),
     Stage("correct", "advbench.stages.correct", forkable=True, per_image=True),
     Stage("subset", "advbench.stages.subset", forkable=True),

@@ -7,7 +7,7 @@ reload -> re-verify path as every attack, on the eval split's sources.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from advbench.config import Entry, Target
 from advbench.differentiable import differentiable_operation, straight_through
 from advbench.imaging import jpeg_roundtrip, to_tensor, to_uint8
 from advbench.plan import IMAGES, Cell
-from advbench.specs import AttackContext, Defense, Probabilities
+from advbench.specs import Defense, Probabilities
 from advbench.stages import attack, detect
 from advbench.execution.context import CellContext, MetricRows
 from advbench.stages.correct import corrected_labels
@@ -122,10 +122,13 @@ def detector_defense(ctx: CellContext, cell: Cell, det_cell: Cell, name: str) ->
 
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
-    entry, target = entry_and_target(ctx, cell)
-    base = ctx.build_context("attack", entry.plugin)
-    db = ctx.bench.database
-    defense = dataclasses.replace(build_defense(ctx, cell, target), storage=storage(db.image_format, db.jpeg_quality))
-    return attack.run(ctx, cell, out, entry, AttackContext(cache_dir=base.cache_dir, device=base.device,
-                                                           seed=base.seed, defense=defense))
+    return compute_many(ctx, [cell], [out])[0]
 
+
+def compute_many(ctx: CellContext, cells: Sequence[Cell], outs: Sequence[Path]) -> list[MetricRows]:
+    """The points of one adaptive budget grid against one target, ready together, in one call."""
+    _, target = entry_and_target(ctx, cells[0])
+    db = ctx.bench.database
+    defense = dataclasses.replace(build_defense(ctx, cells[0], target), storage=storage(db.image_format, db.jpeg_quality))
+    base = attack.attack_context(ctx, cells, ctx.bench.adaptive)
+    return attack.run(ctx, cells, outs, ctx.bench.adaptive, dataclasses.replace(base, defense=defense))

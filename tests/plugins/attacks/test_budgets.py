@@ -1,10 +1,9 @@
 """Attack budgets: every attack declares its budget parameter, norm and threat; parameters are
-validated; max_norm clips minimal-perturbation attacks; their unbounded run is memoised."""
+validated; max_norm clips minimal-perturbation attacks; a grid of budgets runs them once."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -125,48 +124,30 @@ def test_max_norm_clips_and_clipped_rows_may_fail(registry, batch, tmp_path):
     assert ok[inside].all() and not ok[~inside].all()  # a clipped DeepFool point falls short of the boundary
 
 
-def test_unbounded_run_is_memoised_across_budgets(registry, batch, tmp_path):
+def _budgets(spec, params, budgets, model, x, criterion, tmp_path, seed=0):
+    torch.manual_seed(seed)  # as the core does before each call
+    ctx = BuildContext(cache_dir=tmp_path, device="cpu", seed=seed)
+    return spec.run_budgets(model, x.clone(), criterion, params, budgets, ctx)
+
+
+def test_a_grid_runs_the_unbounded_attack_once_and_clips_it_to_each_budget(registry, batch, tmp_path):
     model, x, criterion = batch
     spec = registry.get("attack", "deepfool")
-    first = _attack(spec, spec.params(max_norm=0.5), model, x, criterion, tmp_path)
-    assert model.calls > 0 and len(list((tmp_path / "unbounded").glob("deepfool-*.pt"))) == 1
+    small, large = _budgets(spec, spec.params(max_norm=0.05), [0.05, 0.5], model, x, criterion, tmp_path)
+    calls = model.calls
     model.calls = 0
-    second = _attack(spec, spec.params(max_norm=0.05), model, x, criterion, tmp_path)
-    assert model.calls == 0  # the second budget loads the unbounded run
-    unbounded = _attack(spec, spec.params(), model, x, criterion, tmp_path)  # max_norm None: a plain run
-    assert model.calls > 0
-    assert torch.allclose(second, clip_to_ball(x, unbounded, "l2", 0.05 * math.sqrt(x[0].numel())))
-    assert torch.allclose(first, clip_to_ball(x, unbounded, "l2", 0.5 * math.sqrt(x[0].numel())))
-    # anything the unbounded run depends on gives a new run: parameters, seed, batch, labels
-    for params, seed, images, crit in [
-        (spec.params(max_norm=0.5, steps=20), 0, x, criterion),
-        (spec.params(max_norm=0.5), 1, x, criterion),
-        (spec.params(max_norm=0.5), 0, x.flip(0), criterion),
-        (spec.params(max_norm=0.5), 0, x, PaperCriterion(False, criterion.labels.roll(1), None, k=2)),
-    ]:
-        model.calls = 0
-        _attack(spec, params, model, images, crit, tmp_path, seed=seed)
-        assert model.calls > 0
+    unbounded = _attack(spec, spec.params(), model, x, criterion, tmp_path)
+    assert model.calls == calls  # one unbounded run for the whole grid
+    assert torch.equal(small, clip_to_ball(x, unbounded, "l2", 0.05 * math.sqrt(x[0].numel())))
+    assert torch.equal(large, clip_to_ball(x, unbounded, "l2", 0.5 * math.sqrt(x[0].numel())))
+    # each budget's result is what run gives for that budget alone, from the same seed
+    torch.manual_seed(0)
+    assert torch.equal(large, _attack(spec, spec.params(max_norm=0.5), model, x, criterion, tmp_path))
 
 
-def test_memoised_decision_attack_keeps_its_queries(registry, batch, tmp_path):
+def test_a_decision_attack_s_grid_keeps_its_queries(registry, batch, tmp_path):
     model, x, criterion = batch
     spec = registry.get("attack", "hopskipjump")
-    first = _attack(spec, spec.params(max_queries=60, max_norm=1.0), model, x, criterion, tmp_path)
-    model.calls = 0
-    second = _attack(spec, spec.params(max_queries=60, max_norm=0.01), model, x, criterion, tmp_path)
-    assert model.calls == 0
-    assert isinstance(second, AttackOutput) and torch.equal(first.per_image["queries"], second.per_image["queries"])
-    assert ((second.images - x).flatten(1).norm(dim=1) <= 0.01 * math.sqrt(x[0].numel()) + 1e-5).all()
-
-
-def test_a_damaged_memo_is_recomputed(registry, batch, tmp_path):
-    model, x, criterion = batch
-    spec = registry.get("attack", "deepfool")
-    first = _attack(spec, spec.params(max_norm=0.5), model, x, criterion, tmp_path)
-    (entry,) = (tmp_path / "unbounded").glob("*.pt")
-    entry.write_bytes(b"not a checkpoint")
-    model.calls = 0
-    again = _attack(spec, spec.params(max_norm=0.5), model, x, criterion, tmp_path)
-    assert model.calls > 0 and torch.allclose(first, again)
-    assert Path(entry).stat().st_size > 100  # rewritten
+    wide, narrow = _budgets(spec, spec.params(max_queries=60, max_norm=1.0), [1.0, 0.01], model, x, criterion, tmp_path)
+    assert isinstance(narrow, AttackOutput) and torch.equal(wide.per_image["queries"], narrow.per_image["queries"])
+    assert ((narrow.images - x).flatten(1).norm(dim=1) <= 0.01 * math.sqrt(x[0].numel()) + 1e-5).all()
