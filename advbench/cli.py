@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -21,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from advbench.config import load_benchmark
 from advbench.errors import AdvbenchError
 from advbench.plan import STAGES
+from advbench.preflight import plugin_checks, preflight
 from advbench.registry import discover
 from advbench.report import formats, tables
 from advbench.runner import RunOptions, Runner
@@ -62,6 +64,7 @@ def run(
     bench = load_benchmark(config, discover())
     runner = Runner(bench, discover(), RunOptions(store=store, max_images=max_images, workers=workers, fresh=fresh,
                                                   cache_dir=cache_dir, executor=executor.value, address=address))
+    preflight(bench, discover(), runner.plan)  # files, k and labels: before the store is opened
     counts = {s: len(runner.plan.stage(s)) for s in STAGES}
     counts = {s: n for s, n in counts.items() if n}
     if err.is_terminal:
@@ -151,6 +154,10 @@ def validate(
     _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops)
     bench = load_benchmark(config, discover())
     runner_plan = Runner(bench, discover(), RunOptions(max_images=max_images)).plan
+    if estimate:  # planning for another machine: what this one lacks is said, and the estimate goes on
+        for problem in plugin_checks(bench, discover()):
+            err.print(f"warning: {config}: {problem} (on this machine)", highlight=False, markup=False, soft_wrap=True)
+    preflight(bench, discover(), runner_plan, files=not estimate)
     sizes = ", ".join(f"{len(runner_plan.stage(s))} {s}" for s in STAGES)
     out.print(f"{config}: ok — {sizes} cells", highlight=False)
     if estimate:
@@ -289,13 +296,13 @@ def report(
                                      for r in st.runs(benchmark)))]
     elif leaderboard:
         latest = {r.benchmark: r for r in st.runs(benchmark)}.values()
-        result = tables.cross_run_leaderboard([(r, st.cells(r.id)) for r in latest], sort, best=top or 3)
+        result = tables.cross_run_leaderboard([(r, _cells(st, r)) for r in latest], sort, best=top or 3)
     elif compare_runs:
         a, b = (st.get_run(i) for i in compare_runs)
-        result = tables.compare(st.cells(a.id), st.cells(b.id), a.id, b.id)
+        result = tables.compare(_cells(st, a), _cells(st, b), a.id, b.id)
     else:
         run_row = _pick_run(st, run_id, benchmark)
-        cells = st.cells(run_row.id)
+        cells = _cells(st, run_row)
         if table:
             result = tables.table_named(table)(cells)
         elif fmt == Format.html:  # the whole run on one page: the evaluation tables where the run has their cells
@@ -333,6 +340,14 @@ HTML_EXTRA_TABLES = ("detection", "adaptive", "security", "unseen", "subset")
 
 def _pick_run(st, run_id: int | None, benchmark: str | None):
     return st.get_run(run_id) if run_id is not None else st.latest_run(benchmark)
+
+
+def _cells(st, run_row) -> list:
+    """A run's cells in the order of its benchmark file, not the order they finished in (which
+    a kill or --workers changes): reports must not depend on it."""
+    from advbench.report.order import in_plan_order
+
+    return in_plan_order(st.cells(run_row.id), run_row.config_text)
 
 
 def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = None) -> list[tuple[str, bytes]]:
@@ -395,7 +410,7 @@ def plot(
     st = open_store(store, create=False)
     run_row = _pick_run(st, run_id, benchmark)
     images = _detect_images(st, run_row.id) if kind.value in ("roc", "logits") else None
-    path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file, images)
+    path = _draw(kind.value, _cells(st, run_row), Cache(cache_dir or default_cache_dir()), out_file, images)
     err.print(f"wrote {path}", highlight=False)
     return 0
 
@@ -478,9 +493,12 @@ def _cache(cache_dir: Path | None):
 @cache_app.command("verify")
 def cache_verify(
     cache_dir: CacheDirOpt = None,
-    fix: Annotated[bool, typer.Option("--fix", help="Delete damaged artefacts (the next run recomputes them).")] = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Delete damaged artefacts and plugin files (the next run rebuilds them).")] = False,
 ) -> int:
-    """Check every artefact against the checksums of its completion record."""
+    """Check every artefact against the checksums of its completion record (metrics included),
+    and every file plugins keep in the cache (trained weights, memos) against its own."""
+    from advbench import verified
+
     cache = _cache(cache_dir)
     damaged, total = [], 0
     for stage, key in cache.artefacts():
@@ -492,17 +510,31 @@ def cache_verify(
         out.print(f"damaged: {stage}/{key}: {why}" + (" (deleted)" if fix else ""), highlight=False, markup=False)
         if fix:
             cache.discard(stage, key)
-    out.print(f"{cache.root}: {total} artefacts, {len(damaged)} damaged", highlight=False)
-    return 1 if damaged and not fix else 0
+    files, bad_files, unsealed = 0, 0, 0
+    for path, state in cache.plugin_files():
+        files += 1
+        where = path.relative_to(cache.root)
+        if state.status == "unsealed":  # written by a plugin without advbench.verified: nothing to check against
+            unsealed += 1
+            out.print(f"unverified: {where}: {state.reason}", highlight=False, markup=False)
+        elif not state.ok:
+            bad_files += 1
+            out.print(f"damaged: {where}: {state.reason}" + (" (deleted)" if fix else ""), highlight=False, markup=False)
+            if fix:
+                verified.discard(path)
+    out.print(f"{cache.root}: {total} artefacts, {len(damaged)} damaged; {files} plugin files, {bad_files} damaged"
+              + (f", {unsealed} without a checksum" if unsealed else ""), highlight=False, markup=False)
+    return 1 if (damaged or bad_files) and not fix else 0
 
 
 @cache_app.command("prune")
 def cache_prune(cache_dir: CacheDirOpt = None) -> int:
-    """Remove scratch folders and lock files that no running process holds."""
+    """Remove scratch folders and lock files that no running process holds, and temporary
+    files whose writer is gone."""
     cache = _cache(cache_dir)
     removed = cache.prune()
-    out.print(f"{cache.root}: removed {removed['scratch']} stale scratch folders and {removed['locks']} lock files",
-              highlight=False)
+    out.print(f"{cache.root}: removed {removed['scratch']} stale scratch folders, {removed['locks']} lock files "
+              f"and {removed['tmp']} temporary files", highlight=False, markup=False)
     return 0
 
 
@@ -525,14 +557,31 @@ _USAGE_ERRORS = tuple({click.ClickException, getattr(getattr(typer, "_click", No
 _ABORTS = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (a plugin's, a library's) as one line on stderr, like an error."""
+    err.print(f"warning: {' '.join(str(message).split())}", highlight=False, markup=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings
     try:
-        rc = app(args=argv, standalone_mode=False)
+        return _main(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        rc = app(args=argv, prog_name="advbench", standalone_mode=False)
     except _ABORTS:
         err.print("aborted")
         return 130
-    except _USAGE_ERRORS as exc:  # usage errors: Typer's own message, exit 2
-        exc.show()
+    except _USAGE_ERRORS as exc:  # usage errors: one line and where the valid forms are, exit 2
+        message = " ".join(exc.format_message().replace("Value error, ", "").split())
+        if message:  # (none: a bare command, whose help was shown)
+            where = getattr(getattr(exc, "ctx", None), "command_path", None) or "advbench"
+            err.print(f"error: {message} (see '{where} --help')", highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
     except AdvbenchError as exc:
         for line in str(exc).splitlines():
@@ -543,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         path = _internal_error_log()
-        err.print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", highlight=False, markup=False)
+        err.print(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (traceback in {path})",
+                  highlight=False, markup=False, soft_wrap=True)
         return 1
     return rc if isinstance(rc, int) else 0
 

@@ -293,7 +293,7 @@ def test_scratch_folders_of_killed_runs_are_swept_and_locks_do_not_pile_up(world
 
     (cache / "locks" / f"split-{kept.cell.key}.lock").touch()  # as a killed run leaves one
     rc, out, _ = advbench("cache", "prune", "--cache-dir", cache)
-    assert rc == 0 and "removed 2 stale scratch folders and 1 lock files" in out
+    assert rc == 0 and "removed 2 stale scratch folders, 1 lock files and 0 temporary files" in out
     assert not any(p.exists() for p in stale) and not list((cache / "locks").glob("*.lock"))
     assert c.state("split", kept.cell.key).complete  # artefacts untouched
 
