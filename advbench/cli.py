@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from advbench.config import load_benchmark
 from advbench.errors import AdvbenchError
+from advbench.redact import mask_passwords
 from advbench.plan import STAGES
 from advbench.preflight import plugin_checks, preflight
 from advbench.registry import discover
@@ -69,7 +70,7 @@ def run(
     counts = {s: n for s, n in counts.items() if n}
     if err.is_terminal:
         with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.fields[note]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
                       console=err) as progress:
             tasks = {s: progress.add_task(s, total=n, note="") for s, n in counts.items()}
 
@@ -83,16 +84,19 @@ def run(
     else:  # nohup, SLURM, CI: one plain line per finished cell and a progress line now and then
         result = runner.run_with(PlainProgress(counts, err))
     n_cached = sum(o.cached for o in result.outcomes)
+    # names are printed, not parsed as markup ("bench[/]"); a store URL's password is masked
     err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
-              f"{len(result.failed)} failed) -> {result.store_url} (run {result.run_id})", highlight=False, soft_wrap=True)
+              f"{len(result.failed)} failed) -> {mask_passwords(result.store_url)} (run {result.run_id})",
+              highlight=False, markup=False, soft_wrap=True)
     if result.failed:
         for o in result.failed[:10]:
-            err.print(f"failed: {o.cell.title}: {o.error}", highlight=False, markup=False, soft_wrap=True)
+            err.print(mask_passwords(f"failed: {o.cell.title}: {o.error}"), highlight=False, markup=False, soft_wrap=True)
         if all(o.user_error for o in result.failed):
             return 2
-        err.print(f"tracebacks in {result.log_path}", highlight=False, soft_wrap=True)
+        err.print(f"tracebacks in {result.log_path}", highlight=False, markup=False, soft_wrap=True)
         return 1
-    err.print("next: advbench report" + (f" --store {store}" if store else ""), highlight=False, soft_wrap=True)
+    err.print("next: advbench report" + (f" --store {mask_passwords(store)}" if store else ""), highlight=False,
+              markup=False, soft_wrap=True)
     return 0
 
 
@@ -159,7 +163,7 @@ def validate(
             err.print(f"warning: {config}: {problem} (on this machine)", highlight=False, markup=False, soft_wrap=True)
     preflight(bench, discover(), runner_plan, files=not estimate)
     sizes = ", ".join(f"{len(runner_plan.stage(s))} {s}" for s in STAGES)
-    out.print(f"{config}: ok — {sizes} cells", highlight=False)
+    out.print(f"{config}: ok — {sizes} cells", highlight=False, markup=False)
     if estimate:
         _estimate(runner_plan, gpus, cpus, success_rate, gpu_tflops,
                   _gpu_rates(bench, rate_gpu_fwd or [], rate_gpu_bwd or []))
@@ -328,7 +332,7 @@ def report(
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(text)
-        err.print(f"wrote {out_file}", highlight=False)
+        err.print(f"wrote {out_file}", highlight=False, markup=False)
     else:
         sys.stdout.write(text)
     return 0
@@ -365,7 +369,7 @@ def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = No
             try:
                 _draw(kind, cells, cache, path, images)
             except AdvbenchError as e:  # nothing to draw for that kind, or no artefacts: say which
-                err.print(f"report: no {kind} plot: {e}", highlight=False)
+                err.print(f"report: no {kind} plot: {e}", highlight=False, markup=False)
                 continue
             made.append((f"{kind} — {figures.CAPTIONS[kind]}", path.read_bytes()))
     return made
@@ -411,7 +415,7 @@ def plot(
     run_row = _pick_run(st, run_id, benchmark)
     images = _detect_images(st, run_row.id) if kind.value in ("roc", "logits") else None
     path = _draw(kind.value, _cells(st, run_row), Cache(cache_dir or default_cache_dir()), out_file, images)
-    err.print(f"wrote {path}", highlight=False)
+    err.print(f"wrote {path}", highlight=False, markup=False)
     return 0
 
 
@@ -442,7 +446,7 @@ def export(
         raise AdvbenchError(f"no per-image rows stored for {what}; detect, score and correct cells store them "
                             "when they finish (a run made before advbench stored them: run it again)")
     n = exporting.write_images(columns, out_file, chosen)
-    err.print(f"wrote {out_file} ({n} rows, {len(set(columns['cell_key']))} cells)", highlight=False)
+    err.print(f"wrote {out_file} ({n} rows, {len(set(columns['cell_key']))} cells)", highlight=False, markup=False)
     return 0
 
 
@@ -545,7 +549,7 @@ def _internal_error_log() -> Path:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             path = directory / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
-            path.write_text(traceback.format_exc())
+            path.write_text(mask_passwords(traceback.format_exc()))
             return path
         except OSError:
             continue
@@ -585,14 +589,14 @@ def _main(argv: list[str] | None) -> int:
         return exc.exit_code
     except AdvbenchError as exc:
         for line in str(exc).splitlines():
-            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
+            err.print(mask_passwords(f"error: {line}"), highlight=False, markup=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; finished cells are stored and cached")
         return 130
     except Exception as exc:
         path = _internal_error_log()
-        err.print(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (traceback in {path})",
+        err.print(mask_passwords(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (traceback in {path})"),
                   highlight=False, markup=False, soft_wrap=True)
         return 1
     return rc if isinstance(rc, int) else 0

@@ -40,6 +40,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from sqlalchemy.orm import Session, sessionmaker
 
 from advbench.errors import StoreError
+from advbench.redact import mask_passwords
 from advbench.store.models import Cell, Image, ImageSet, Invocation, Metric, Run
 
 DEFAULT_STORE = "results.db"
@@ -88,8 +89,8 @@ def _one_line(exc: BaseException) -> str:
 def _engine_url(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"store {url!r}: not a database URL; give a file such as results.db, "
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise StoreError(f"store {mask_passwords(url)!r}: not a database URL; give a file such as results.db, "
                          "sqlite:///FILE or postgresql://USER@HOST/DATABASE") from None
     if parsed.drivername in ("postgresql", "postgres"):  # psycopg 3 is the driver the extra installs
         parsed = parsed.set(drivername="postgresql+psycopg")
