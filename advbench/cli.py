@@ -32,9 +32,10 @@ from advbench.store import open_store
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Build adversarial-image databases and benchmark detectors of adversarial images.")
-err = Console(stderr=True)
+# markup off: benchmark, entry and plugin names are printed as written ("bench[/]" crashed rich)
+err = Console(stderr=True, markup=False)
 # piped output keeps full-width tables instead of wrapping at 80 columns
-out = Console(width=None if Console().is_terminal else 200)
+out = Console(width=None if Console().is_terminal else 200, markup=False)
 
 
 Format = Enum("Format", {name: name for name in formats.FORMATS}, type=str)  # one list: formats.FORMATS
@@ -476,7 +477,7 @@ def plugins(
                            for n, f in e.spec.params.model_fields.items())
         t.add_row(e.spec.kind, e.spec.name + (" *" if e.spec.default else ""), e.package, e.spec.summary, params)
     out.print(t)
-    out.print("[dim]* in the default set used when a benchmark omits that section[/dim]")
+    out.print("* in the default set used when a benchmark omits that section", style="dim")
     return 0
 
 

@@ -166,3 +166,14 @@ def test_rich_tables_print_titles_and_columns_as_text():
     formats.render_rich([Table("Table 4 — bench[/] / [bold]m[/bold]", ("Group", "[/]"), (("[red]x", 1),))], console)
     text = console.file.getvalue()
     assert "bench[/]" in text and "[bold]m[/bold]" in text and "┃ [/] ┃" in text and "[red]x" in text
+
+
+def test_plugin_listings_print_markup_as_written(monkeypatch, capsys):
+    """`advbench plugins` (and the estimate's tables) print names and summaries from plugins and
+    benchmark files: the consoles parse no markup, so "[/]" in one cannot crash them."""
+    from advbench.testing import registry_with, variant_module
+
+    registry = registry_with(variant_module("attack", "fgsm", "fgsm-markup", summary="bad [/] summary [bold]"))
+    monkeypatch.setattr(cli, "discover", lambda: registry)
+    assert cli.main(["plugins", "--kind", "attack"]) == 0
+    assert "bad [/] summary [bold]" in capsys.readouterr().out
