@@ -47,20 +47,6 @@ def world(tmp_path_factory, registry):
     return result, root
 
 
-@pytest.fixture
-def advbench(monkeypatch, capsys, registry):
-    """``advbench ARGS`` in this process with the tiny world: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "discover", lambda: registry)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return rc, captured.out, captured.err
-
-    return run
-
-
 def copy_world(world, tmp_path: Path, toml: str = WORLD) -> tuple[Path, Path, Path]:
     """A private copy of the world's cache, its config and a fresh store: (config, cache, store)."""
     _, root = world

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import advbench.cli as cli
 from advbench import verified
 from advbench.cache import COMPLETE, STALE_TMP_SECONDS, Cache
 from advbench.report import formats, tables
@@ -28,20 +27,6 @@ from advbench.testing import run_tiny, tiny_benchmark
 
 CLI_WITH_TINY_WORLD = ("import sys, advbench.cli as c; from advbench.testing import registry_with; "
                        "c.discover = registry_with; sys.exit(c.main(sys.argv[1:]))")
-
-
-@pytest.fixture
-def advbench(monkeypatch, capsys, registry):
-    """``advbench ARGS`` in this process with the tiny world: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "discover", lambda: registry)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return rc, captured.out, captured.err
-
-    return run
 
 
 def _copy(tiny_run, tmp_path: Path) -> tuple[Path, Path]:

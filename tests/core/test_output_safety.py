@@ -22,20 +22,6 @@ from advbench.report.tables import Estimate, Table
 SCRIPT = "<script>alert(1)</script>"
 
 
-@pytest.fixture
-def advbench(monkeypatch, capsys, registry):
-    """``advbench ARGS`` in this process with the tiny world: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "discover", lambda: registry)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return rc, captured.out, captured.err
-
-    return run
-
-
 def _cached_world(tiny_run, tmp_path: Path, **replace: str) -> tuple[Path, Path]:
     """The tiny run's config (with ``replace`` applied) and a copy of its cache: every cell cached."""
     _, root = tiny_run

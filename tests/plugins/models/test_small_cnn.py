@@ -22,15 +22,22 @@ def _same_weights(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_damaged_cached_weights_are_trained_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trained = []
+def _fake_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Training replaced by a seeded initialisation (the cache logic is under test, not the
+    training); the seeds it was called with."""
+    trained: list[int] = []
 
-    def fake_training(params, seed):  # the cache logic is under test, not the training
+    def fake_training(params, seed):
         torch.manual_seed(seed)
         trained.append(seed)
         return Normalized(small_cnn(10, params.width), (0.5,) * 3, (0.5,) * 3)
 
     monkeypatch.setattr(small_cnn_module, "train_digits_cnn", fake_training)
+    return trained
+
+
+def test_damaged_cached_weights_are_trained_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = _fake_training(monkeypatch)
     ctx = BuildContext(cache_dir=tmp_path, device="cpu", seed=0)
     first = build(PARAMS, ctx)
     assert _same_weights(first, build(PARAMS, ctx)) and len(trained) == 1  # cached
@@ -46,14 +53,7 @@ def test_damaged_cached_weights_are_trained_again(tmp_path: Path, monkeypatch: p
 def test_weights_that_still_load_but_changed_are_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One flipped bit in a tensor leaves torch.load happy, and was used silently: the checksum
     catches it, the weights are trained again, and the warning names the file."""
-    trained = []
-
-    def fake_training(params, seed):
-        torch.manual_seed(seed)
-        trained.append(seed)
-        return Normalized(small_cnn(10, params.width), (0.5,) * 3, (0.5,) * 3)
-
-    monkeypatch.setattr(small_cnn_module, "train_digits_cnn", fake_training)
+    trained = _fake_training(monkeypatch)
     ctx = BuildContext(cache_dir=tmp_path, device="cpu", seed=0)
     first = build(PARAMS, ctx)
     (path,) = tmp_path.glob("digits-cnn-*.pt")
