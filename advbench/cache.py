@@ -5,9 +5,10 @@ complete, so a crash never leaves a half-written artefact that a later run would
 completion record (``_complete.json``, written last) lists every file with its size and BLAKE2
 digest, and an artefact is trusted only while they match: a truncated or damaged file makes the
 cell "damaged", and it is recomputed. The record carries a checksum of itself too, so a metric
-edited in it (an accuracy typed over) is damage as well, never served as cached. A file lock per key keeps processes sharing the cache from
-computing the same cell twice: whoever takes it checks again for a finished artefact first, and
-sweeps scratch folders that a killed process left for that key.
+edited in it (an accuracy typed over) is damage as well, never served as cached. A file lock per
+key keeps processes sharing the cache from computing the same cell twice: whoever takes it
+checks again for a finished artefact first, and sweeps scratch folders that a killed process left
+for that key.
 """
 
 from __future__ import annotations
