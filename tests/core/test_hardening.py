@@ -159,7 +159,9 @@ def test_a_read_only_cache_serves_a_cached_run_and_names_itself_otherwise(world,
 # --- 4. an image folder without a readable image ---------------------------------------------
 
 
-def test_an_image_folder_of_junk_fails_its_clean_cell_naming_the_folder(advbench, tmp_path):
+def test_an_image_folder_of_junk_is_refused_before_any_work_naming_the_folder(advbench, tmp_path):
+    """It failed the clean cell (after 20 warnings, one per file); the dataset's check finds it
+    before the store or the cache is touched."""
     root = tmp_path / "junk"
     for digit in range(10):
         (root / str(digit)).mkdir(parents=True)
@@ -167,12 +169,10 @@ def test_an_image_folder_of_junk_fails_its_clean_cell_naming_the_folder(advbench
         (root / str(digit) / "b.png").write_text("not an image")
     config = tmp_path / "junk.toml"
     config.write_text(WORLD.replace('plugin = "testing-digits"', f'plugin = "image-folder"\nroot = "{root}"'))
-    with pytest.warns(UserWarning, match="skipping"):  # one warning per skipped file, as before
-        rc, _, err = advbench("run", config, "--cache-dir", tmp_path / "cache", "--store", tmp_path / "r.db")
-    line = assert_one_line_error(rc, err, "failed: clean:image-folder/testing-cnn:", f"image folder {root}")
-    assert "holds no readable image: all 20 files were skipped" in line
-    done = [m for m in map(PROGRESS_LINE.match, lines(err)) if m]
-    assert [m[3] for m in done if m[4].startswith(("attack", "detect"))] == ["skipped"] * 3  # nothing ran on nothing
+    rc, out, err = advbench("run", config, "--cache-dir", tmp_path / "cache", "--store", tmp_path / "r.db")
+    line = assert_one_line_error(rc, err, "datasets[image-folder]:", f"image folder {root}")
+    assert "holds no readable image: all 20 files were skipped" in line and len(lines(out + err)) == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "r.db").exists()
 
 
 # --- 5. an unreadable checkpoint --------------------------------------------------------------
