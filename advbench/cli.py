@@ -9,6 +9,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from advbench import API_VERSION, __version__
 from advbench.config import load_benchmark
 from advbench.errors import AdvbenchError
 from advbench.redact import mask_passwords
@@ -30,8 +32,22 @@ from advbench.runner import RunOptions, Runner
 from advbench.specs import KINDS
 from advbench.store import open_store
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+# plain help (no rich markup): "[parquet]" stays literal, flags show no "<bool>" type, and wrapped
+# docstrings read as paragraphs
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Build adversarial-image databases and benchmark detectors of adversarial images.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"advbench {__version__} (plugin API {API_VERSION})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _advbench(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                    help="Print the version of advbench and of its plugin API, and exit.")] = False) -> None:
+    """Build adversarial-image databases and benchmark detectors of adversarial images."""
 # markup off: benchmark, entry and plugin names are printed as written ("bench[/]" crashed rich)
 err = Console(stderr=True, markup=False)
 # piped output keeps full-width tables instead of wrapping at 80 columns
@@ -57,7 +73,7 @@ def run(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Forked processes for the CPU cells (predictions, feature detectors, scores).")] = 1,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached artefacts; recompute every cell.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")] = None,
-    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".\\[ray]\").")] = ExecutorKind.local,
+    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".[ray]\").")] = ExecutorKind.local,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default: a local Ray instance.")] = None,
 ) -> int:
     """Plan the benchmark matrix and execute it; results go to the store."""
@@ -463,25 +479,61 @@ def plugins(
     entries = registry.entries(kind)
     if as_json:
         data = [{"kind": e.spec.kind, "name": e.spec.name, "package": e.package, "module": e.module,
-                 "summary": e.spec.summary, "default": e.spec.default,
+                 "summary": e.spec.summary, "default": e.spec.default, "declares": _declared(e.spec),
                  "parameters": e.spec.params.model_json_schema().get("properties", {})} for e in entries]
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return 0
     from rich.table import Table as RichTable
 
     t = RichTable(title="advbench plugins", header_style="bold")
-    for col in ("Kind", "Name", "Package", "Summary", "Parameters"):
+    for col in ("Kind", "Name", "Package", "Summary", "Declares", "Parameters"):
         t.add_column(col)
     for e in entries:
         params = ", ".join(f"{n}={f.default!r}" if not f.is_required() else f"{n} (required)"
                            for n, f in e.spec.params.model_fields.items())
-        t.add_row(e.spec.kind, e.spec.name + (" *" if e.spec.default else ""), e.package, e.spec.summary, params)
+        t.add_row(e.spec.kind, e.spec.name + (" *" if e.spec.default else ""), e.package, e.spec.summary,
+                  _declared_text(_declared(e.spec)), params)
     out.print(t)
     out.print("* in the default set used when a benchmark omits that section", style="dim")
     return 0
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="Check and tidy the artefact cache.")
+#: what a spec of each kind declares beyond its parameters, as `advbench plugins` shows it
+DECLARED = {"attack": ("budget_param", "norm", "threat", "targeted", "adaptive"),
+            "transform": ("default_group", "default_grid", "differentiable"),
+            "detector": ("inputs",)}
+
+
+def _declared(spec) -> dict:
+    """An attack's budget parameter, norm, threat model, targeting and adaptive targets; a
+    transform's default group and grid (the default set's operations) and differentiability; a
+    detector's inputs. Read by name, so a spec without one of these fields simply omits it."""
+    names = DECLARED.get(spec.kind, ())
+    return {n: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v)
+            for n in names if (v := getattr(spec, n, None)) is not None}
+
+
+def _declared_text(declared: dict) -> str:
+    parts = []
+    if "budget_param" in declared:
+        parts.append(f"budget: {declared['budget_param'] or 'none'}" + (f" ({declared['norm']})" if declared.get("norm") else ""))
+    for name in ("threat", "inputs"):
+        if declared.get(name):
+            parts.append(f"{name}: {declared[name]}")
+    if declared.get("targeted"):
+        parts.append("targeted")
+    if declared.get("adaptive"):
+        parts.append(f"adaptive: {', '.join(declared['adaptive'])}")
+    if "default_group" in declared:
+        parts.append(f"group: {declared['default_group'] or '(its name)'}")
+    for param, values in (declared.get("default_grid") or {}).items():
+        parts.append(f"grid: {param} = {', '.join(map(str, values))}")
+    if declared.get("differentiable"):
+        parts.append("differentiable")
+    return "; ".join(parts)
+
+
+cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check and tidy the artefact cache.")
 app.add_typer(cache_app, name="cache")
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")]
 
