@@ -10,7 +10,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -311,6 +311,7 @@ def report(
         raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(tables.LEADERBOARD_METRICS)}")
     st = open_store(store, create=False)
     images: list[tuple[str, bytes]] = []
+    run_row = None
     if runs:
         result = [tables.Table("Runs", ("Run", "Benchmark", "Config hash", "Started", "Status"),
                                tuple((r.id, r.benchmark, r.config_hash, f"{r.started_at:%Y-%m-%d %H:%M}", r.status)
@@ -343,7 +344,7 @@ def report(
         formats.render_rich(result, out)
         return 0
     if fmt == Format.html:
-        text = formats.render_html(result, images)
+        text = formats.render_html(result, images, *_html_header(run_row, st))
     else:
         text = formats.render_text(result, "markdown" if fmt == Format.rich else fmt.value)
     if out_file:
@@ -357,6 +358,23 @@ def report(
 
 #: Tables of the evaluation protocol on the whole-run HTML page (each empty without its cells).
 HTML_EXTRA_TABLES = ("detection", "adaptive", "security", "unseen", "subset")
+
+
+def _html_header(run_row, st) -> tuple[str, list[tuple[str, str]]]:
+    """The page's title and what it reports on: the benchmark, run, dates and versions (a page
+    saved on its own must say which run it shows and what made it)."""
+    made = f"advbench {__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    if run_row is None:  # the run list, a comparison, the cross-run leaderboard
+        return "advbench report", [("Store", mask_passwords(st.url)), ("Generated", made)]
+    versions = ", ".join(f"{name} {v}" for name, v in (("advbench", run_row.advbench_version),
+                                                       ("torch", run_row.torch_version),
+                                                       ("foolbox", run_row.foolbox_version)) if v)
+    finished = f"{run_row.finished_at:%Y-%m-%d %H:%M} UTC" if run_row.finished_at else "not finished"
+    return (f"advbench report — {run_row.benchmark}, run {run_row.id}",
+            [("Benchmark", run_row.benchmark), ("Run", f"{run_row.id} ({run_row.status}), config {run_row.config_hash}, "
+                                                      f"seed {run_row.seed}"),
+             ("Started", f"{run_row.started_at:%Y-%m-%d %H:%M} UTC"), ("Finished", finished),
+             ("Versions", versions or "not recorded"), ("Store", mask_passwords(st.url)), ("Generated", made)])
 
 
 def _pick_run(st, run_id: int | None, benchmark: str | None):

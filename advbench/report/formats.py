@@ -153,8 +153,10 @@ def render_text(tables: Sequence[Table], fmt: str) -> str:
             "svg": render_svg}[fmt](tables)
 
 
-def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (), title: str = "advbench report") -> str:
-    """One self-contained page: every table, and plots inlined as base64 PNG (readable offline)."""
+def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (), title: str = "advbench report",
+                facts: Sequence[tuple[str, str]] = ()) -> str:
+    """One self-contained page: what it reports on (``facts``: label, text; the benchmark, run,
+    dates and versions), every table, and plots inlined as base64 PNG (readable offline)."""
     import base64
     import html
 
@@ -162,8 +164,13 @@ def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (
              "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}"
              "td.num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:left;font-weight:bold;"
-             "padding:4px 0}.note{color:#666;font-size:12px}img{max-width:100%}</style></head><body>",
+             "padding:4px 0}.note{color:#666;font-size:12px}img{max-width:100%}dl.facts{display:grid;"
+             "grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}dl.facts dt{font-weight:bold}"
+             "dl.facts dd{margin:0}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
+    if facts:
+        parts.append("<dl class='facts'>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                                                    for k, v in facts) + "</dl>")
     for t in tables:
         parts.append(f"<table><caption>{html.escape(t.title)}</caption><tr>"
                      + "".join(f"<th>{html.escape(c)}</th>" for c in t.columns) + "</tr>")
