@@ -173,6 +173,8 @@ def validate(
     if given and not estimate:
         raise AdvbenchError(f"{given[0]} sets up an estimate; add --estimate")
     _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops)
+    if estimate:
+        _check_planned_machine(gpus, cpus)
     bench = load_benchmark(config, discover())
     runner_plan = Runner(bench, discover(), RunOptions(max_images=max_images)).plan
     if estimate:  # planning for another machine: what this one lacks is said, and the estimate goes on
@@ -198,6 +200,26 @@ def _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops) -> N
             raise AdvbenchError(f"{flag} {value}: expected {valid}")
 
 
+def _local_cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_planned_machine(gpus: int | None, cpus: int | None) -> None:
+    """GPUs of another machine (a cluster's 8) and this machine's cores would be a plan of no
+    machine: the CPU cells and image operations would be timed on 2 cores beside 8 GPUs."""
+    if gpus is None or cpus is not None:
+        return
+    import torch
+
+    here = torch.cuda.device_count()
+    if gpus != here:
+        raise AdvbenchError(f"--gpus {gpus} plans another machine than this one ({here} GPUs, {_local_cpus()} CPU "
+                            f"cores here): give its CPU cores too, e.g. --gpus {gpus} --cpus {max(8, 8 * gpus)}; the "
+                            f"CPU cells and image operations run on them")
+
+
 def _gpu_rates(bench, forward: list[str], both: list[str]) -> dict[str, tuple[float | None, float | None]]:
     """--rate-gpu-fwd/--rate-gpu-bwd [MODEL=]IMAGES_PER_S -> {model label or "*": (fwd, fwd+bwd)}."""
     labels = [m.label for m in bench.models]
@@ -220,14 +242,12 @@ def _gpu_rates(bench, forward: list[str], both: list[str]) -> dict[str, tuple[fl
 
 
 def _estimate(plan, gpus, cpus, success_rate, gpu_tflops, gpu_rates) -> None:
-    import os
-
     import torch
 
     from advbench import estimate as E
 
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = _local_cpus()
     options = E.Options(gpus=torch.cuda.device_count() if gpus is None else gpus, cpus=cpus,
                         success_rate=1.0 if success_rate is None else success_rate,
                         gpu_tflops=E.DEFAULT_GPU_TFLOPS if gpu_tflops is None else gpu_tflops, gpu_rates=gpu_rates)

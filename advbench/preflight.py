@@ -3,8 +3,9 @@ schema's checks, and what ``advbench run`` does before it opens the store.
 
 - the files plugins will read: each spec's optional ``check(params)`` (a dataset root that
   exists and holds a readable image, a checkpoint that loads and fits its network);
-- every k against the datasets' class counts (a DatasetSpec's optional ``class_count``): a
-  ``top_k`` at or above the class count leaves no class for a non-targeted attack to reach;
+- every k and the target shift against the datasets' class counts (a DatasetSpec's optional
+  ``class_count``): a ``top_k`` at or above the class count leaves no class for a non-targeted
+  attack to reach, a shift that is a multiple of it makes every target the top-1 label;
 - every label of the plan against the store's column lengths (PostgreSQL refuses a longer
   one, SQLite keeps it): entry names, group names, adaptive sets named after their target.
 
@@ -86,6 +87,12 @@ def k_problems(bench: Benchmark, registry: Registry) -> list[str]:
             if feature.k is not None and feature.k > n:
                 problems.append(f"features[{feature.label}].k: {feature.k} is more than the {n} classes of dataset "
                                 f"{dataset!r}; choose 1 to {n}")
+        shift = bench.database.target_shift
+        targeted = [a.label for a in (*bench.attacks, *bench.adaptive) if registry.get("attack", a.plugin).targeted]
+        if targeted and shift % n == 0:
+            problems.append(f"database.target_shift: {shift} is a multiple of the {n} classes of dataset {dataset!r}, "
+                            f"so every target of the targeted attacks ({', '.join(targeted[:3])}) would be the top-1 "
+                            f"label; choose a shift from 1 to {n - 1}")
     return problems
 
 

@@ -90,6 +90,7 @@ CONFIGS = [
     ("split-empty-share", swap("batch_size = 32", "batch_size = 32\nsplit = [1.0, 0.0, 0.0]")),
     ("attack-batch-zero", swap("batch_size = 32", "batch_size = 0")),
     ("target-shift-true", swap("target_shift = 3", "target_shift = true")),
+    ("target-shift-multiple-of-classes", swap("target_shift = 3", "target_shift = 20")),
     # [prediction] and transforms
     ("backend-unknown", extra('[prediction]\nbackend = "gpu"')),
     ("default-operations-string", extra('[prediction]\ndefault_operations = "yes"')),
@@ -182,6 +183,7 @@ COMMANDS = [
     ("validate-gpus-without-estimate", ["validate", "CONFIG", "--gpus", "2"]),
     ("validate-success-rate-above-one", ["validate", "CONFIG", "--estimate", "--success-rate", "2"]),
     ("validate-gpus-negative", ["validate", "CONFIG", "--estimate", "--gpus", "-1"]),
+    ("validate-gpus-of-another-machine-without-its-cpus", ["validate", "CONFIG", "--estimate", "--gpus", "97"]),
     ("validate-rate-not-a-number", ["validate", "CONFIG", "--estimate", "--rate-gpu-fwd", "fast"]),
     ("report-without-store", ["report"]),
     ("report-sort-unknown", ["report", "--sort", "speed"]),
@@ -270,3 +272,17 @@ def test_a_warning_is_one_line_on_stderr(advbench, monkeypatch):
     monkeypatch.setattr(cli, "app", warns)
     rc, out, err = advbench("plugins")
     assert rc == 0 and err == "warning: image folder /data: skipped 3 unreadable files (first: /data/a/x.jpg)\n"
+
+
+def test_an_estimate_for_another_machine_says_what_this_one_lacks_and_goes_on(advbench, tmp_path):
+    """validate refuses a missing dataset root; validate --estimate (planning a machine that has
+    the data) says so on one line and estimates."""
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(swap('plugin = "testing-digits"', f'plugin = "image-folder"\nroot = "{tmp_path / "absent"}"'))
+    assert_refused(*advbench("validate", config), tmp_path)
+    rc, out, err = advbench("validate", config, "--estimate", "--gpus", "0", "--cpus", "2")
+    assert rc == 0, err
+    said = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert said == [f"warning: {config}: datasets[image-folder]: image folder not found: {tmp_path / 'absent'} "
+                    "(on this machine)"]
+    assert "estimate for 2 CPU core(s), no GPU" in out
