@@ -139,7 +139,8 @@ def config_files(tmp: Path) -> dict[str, tuple[str, Path]]:
 
 
 DATA = ["folder-missing", "folder-without-classes", "folder-of-junk", "checkpoint-missing",
-        "checkpoint-random-bytes", "checkpoint-of-another-depth", "checkpoint-unknown-arch"]
+        "checkpoint-random-bytes", "checkpoint-of-another-depth", "checkpoint-unknown-arch",
+        "torchvision-weights-absent"]
 
 
 def data_config(case: str, tmp: Path) -> str:
@@ -165,6 +166,8 @@ def data_config(case: str, tmp: Path) -> str:
             discover().get("model", "cifar-resnet").params(depth=20)).module.net
         torch.save(net.state_dict(), checkpoint)
         return swap('plugin = "testing-cnn"', f'plugin = "cifar-resnet"\ndepth = 32\ncheckpoint = "{checkpoint}"')
+    if case == "torchvision-weights-absent":  # TORCH_HOME is an empty folder (the test sets it)
+        return swap('plugin = "testing-cnn"', 'plugin = "resnet18"')
     if case == "checkpoint-unknown-arch":
         return swap('plugin = "testing-cnn"', f'plugin = "checkpoint"\narch = "resnet99"\npath = "{checkpoint}"')
     return swap('plugin = "testing-cnn"', f'plugin = "cifar-resnet"\ncheckpoint = "{checkpoint}"')
@@ -226,7 +229,8 @@ def test_a_benchmark_file_that_is_not_text_or_not_there_is_refused_in_one_line(a
 
 
 @pytest.mark.parametrize("case", DATA)
-def test_data_and_checkpoint_errors_are_caught_by_validate_and_before_a_run(advbench, tmp_path, case):
+def test_data_and_checkpoint_errors_are_caught_by_validate_and_before_a_run(advbench, tmp_path, monkeypatch, case):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     config = tmp_path / "data.toml"
     config.write_text(data_config(case, tmp_path))
     for command in (["validate", config], ["run", config, "--store", tmp_path / "r.db"]):
