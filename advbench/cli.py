@@ -176,16 +176,16 @@ def validate(
     if estimate:
         _check_planned_machine(gpus, cpus)
     bench = load_benchmark(config, discover())
+    rates = _gpu_rates(bench, rate_gpu_fwd or [], rate_gpu_bwd or []) if estimate else {}
     runner_plan = Runner(bench, discover(), RunOptions(max_images=max_images)).plan
+    preflight(bench, discover(), runner_plan, files=not estimate)
     if estimate:  # planning for another machine: what this one lacks is said, and the estimate goes on
         for problem in plugin_checks(bench, discover()):
             err.print(f"warning: {config}: {problem} (on this machine)", highlight=False, markup=False, soft_wrap=True)
-    preflight(bench, discover(), runner_plan, files=not estimate)
     sizes = ", ".join(f"{len(runner_plan.stage(s))} {s}" for s in STAGES)
     out.print(f"{config}: ok — {sizes} cells", highlight=False, markup=False)
     if estimate:
-        _estimate(runner_plan, gpus, cpus, success_rate, gpu_tflops,
-                  _gpu_rates(bench, rate_gpu_fwd or [], rate_gpu_bwd or []))
+        _estimate(runner_plan, gpus, cpus, success_rate, gpu_tflops, rates)
     return 0
 
 
