@@ -112,14 +112,35 @@ def _sqlite_file(url: URL, create: bool) -> Path | None:
     return path
 
 
+def _switch_to_wal(cur, patience: float = 60.0) -> None:
+    """Put the file in WAL mode (a report reads while a run writes), however many open it at once.
+
+    The switch escalates a shared lock, and SQLite answers a busy escalation at once instead of
+    calling the busy handler (its deadlock rule), so processes that open a new store together retry.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + patience
+    pause = 0.01
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() not in ("wal", "memory"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
 def _sqlite_events(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # the driver's implicit BEGIN off: _on_begin chooses the kind
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=60000")  # first, so that the pragmas below wait too
-        if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() not in ("wal", "memory"):
-            cur.execute("PRAGMA journal_mode=WAL")  # WAL lets a report read while a run writes
+        _switch_to_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across a crashed process
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

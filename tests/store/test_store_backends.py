@@ -303,3 +303,35 @@ def test_a_0002_store_upgrades_and_keeps_its_rows(store_url):
 
 def _driver(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+class _RacingCursor:
+    """A cursor whose WAL switch loses the lock race ``losses`` times (SQLite skips the busy handler)."""
+
+    def __init__(self, losses: int, message: str = "database is locked"):
+        self.losses, self.message, self.mode, self.calls = losses, message, "delete", 0
+
+    def execute(self, sql: str):
+        import sqlite3
+
+        if sql == "PRAGMA journal_mode=WAL":
+            self.calls += 1
+            if self.calls <= self.losses:
+                raise sqlite3.OperationalError(self.message)
+            self.mode = "wal"
+        return self
+
+    def fetchone(self):
+        return (self.mode,)
+
+
+def test_a_store_opened_by_many_at_once_retries_the_wal_switch_it_lost():
+    from advbench.store.db import _switch_to_wal
+
+    cur = _RacingCursor(losses=3)
+    _switch_to_wal(cur)
+    assert (cur.mode, cur.calls) == ("wal", 4)
+    with pytest.raises(Exception, match="locked"):
+        _switch_to_wal(_RacingCursor(losses=10**6), patience=0.05)
+    with pytest.raises(Exception, match="disk I/O"):  # other errors are not retried
+        _switch_to_wal(_RacingCursor(losses=1, message="disk I/O error"))
