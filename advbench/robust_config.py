@@ -10,13 +10,15 @@ targets = [{ detector = "svm", feature = "differences", group = "All" }, "pipeli
 members = [
     { plugin = "eot-pgd", name = "eot-ce", steps = 20, eot_samples = 8 },
     { plugin = "rank-eot", steps = 50, per_budget = { rel_stepsize = [0.25, 0.2, 0.1, 0.05] } },
-    { plugin = "system-hsj", max_queries = 300, budgets = ["16/255"] },   # only at these budgets
+    # only at these budgets, and only against these defenses
+    { plugin = "system-hsj", max_queries = 300, budgets = ["16/255"], targets = ["pipeline"] },
 ]
 ```
 
 A member is an adaptive attack plugin with its parameters inline; ``per_budget`` gives a
 parameter one value per budget of the entry (per-budget step sizes), ``budgets`` the budgets the
-member runs at (default: all). The member's budget parameter is set to each budget; a member
+member runs at (default: all), ``targets`` the defenses it attacks (default: every one of the
+entry's that its plugin can attack). The member's budget parameter is set to each budget; a member
 without one (label-only HopSkipJump) has its images projected into each budget's ball.
 """
 
@@ -43,10 +45,15 @@ class Member:
     label: str
     plugin: str
     params: tuple[Params | None, ...]
+    targets: tuple[str, ...] = ()  # labels of the defenses it attacks; empty: every one it can
 
     def identity(self, index: int) -> dict[str, Any]:
         p = self.params[index]
-        return {"label": self.label, "plugin": self.plugin, "params": None if p is None else p.model_dump(mode="json")}
+        return {"label": self.label, "plugin": self.plugin, "params": None if p is None else p.model_dump(mode="json"),
+                "targets": list(self.targets)}
+
+    def attacks(self, target_label: str) -> bool:
+        return not self.targets or target_label in self.targets
 
 
 @dataclass(frozen=True)
@@ -126,9 +133,15 @@ def parse_robust(items: Any, registry: Registry, problems: list[str], parse_targ
             continue
         budgets = _budgets(item.get("budgets"), f"{where}.budgets", problems)
         targets = _targets(item.get("targets"), f"{where}.targets", problems, parse_target)
-        members = _members(item.get("members"), f"{where}.members", norm, budgets, registry, problems)
+        members = _members(item.get("members"), f"{where}.members", norm, budgets, registry, problems, parse_target)
+        for j, m in enumerate(members):
+            unknown_targets = [t for t in m.targets if t not in [x.label for x in targets]]
+            if unknown_targets:
+                problems.append(f"{where}.members[{m.label}].targets: {', '.join(map(repr, unknown_targets))} not among "
+                                f"the entry's targets; valid: {', '.join(t.label for t in targets)}")
         for t in targets:
-            able = [m.label for m in members if t.kind in registry.get("attack", m.plugin).adaptive]  # type: ignore[attr-defined]
+            able = [m.label for m in members if t.kind in registry.get("attack", m.plugin).adaptive  # type: ignore[attr-defined]
+                    and m.attacks(t.label)]
             if members and not able:
                 problems.append(f"{where}.targets: no member can attack {t.label!r} (a {t.kind} defense); add one "
                                 "whose plugin lists it in 'adaptive' (advbench plugins --kind attack)")
@@ -156,7 +169,7 @@ def _targets(raw: Any, where: str, problems: list[str], parse_target) -> tuple[A
 
 
 def _members(raw: Any, where: str, norm: str, budgets: tuple[float, ...], registry: Registry,
-             problems: list[str]) -> tuple[Member, ...]:
+             problems: list[str], parse_target) -> tuple[Member, ...]:
     if not isinstance(raw, list) or not raw:
         problems.append(f"{where}: required: a non-empty list of attacks, e.g. [{{ plugin = \"eot-pgd\" }}]")
         return ()
@@ -190,6 +203,7 @@ def _members(raw: Any, where: str, norm: str, budgets: tuple[float, ...], regist
             continue
         labels.add(label)
         runs_at = _budgets(item.pop("budgets"), f"{here}.budgets", problems) if "budgets" in item else budgets
+        aimed = _targets(item.pop("targets"), f"{here}.targets", problems, parse_target) if "targets" in item else ()
         missing = [b for b in runs_at if b not in budgets]
         if missing:
             problems.append(f"{here}.budgets: {', '.join(f'{b:g}' for b in missing)} not among the entry's budgets")
@@ -221,5 +235,5 @@ def _members(raw: Any, where: str, norm: str, budgets: tuple[float, ...], regist
                 params = []
                 break
         if params:
-            members.append(Member(label, plugin, tuple(params)))
+            members.append(Member(label, plugin, tuple(params), tuple(t.label for t in aimed)))
     return tuple(members)

@@ -49,6 +49,7 @@ from advbench.stages.per_image import SPLIT_NAMES
 from advbench.stages.score import system_undone
 
 STATE = "state"  # the worst case so far, for the cell of the next budget
+OUT_OF_SCOPE = "not configured at this budget or against this defense"
 #: parameters a member's search is described by (steps, samples, restarts), when it has them
 SEARCH_PARAMS = ("steps", "eot_samples", "restarts", "rounds", "rel_stepsize", "max_queries", "confidence",
                  "rank_margin", "detector_margin")
@@ -180,8 +181,8 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         logs.append(log)
         params = member.params[index]
         spec = ctx.registry.get("attack", member.plugin)
-        if params is None:
-            log.skipped = "not at this budget"
+        if params is None or not member.attacks(target.label):
+            log.skipped = OUT_OF_SCOPE
             continue
         if target.kind not in spec.adaptive:
             log.skipped = f"cannot attack a {target.kind} defense"
@@ -194,7 +195,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
             warm = to_tensor(state.starts[m_index, batch], ctx.device) \
                 if spec.warm_start and state.has_start[m_index] else None
             attack_ctx = AttackContext(cache_dir=base.cache_dir, device=base.device, defense=defense, start=warm,
-                                       seed=s.seed + 1000 * index + 100 * m_index + start)
+                                       seed=s.seed + 1_000_000 * index + 10_000 * m_index + start)
             torch.manual_seed(attack_ctx.seed)
             t0 = time.perf_counter()
             try:
@@ -222,7 +223,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
             log.attacked += len(batch)
             log.broken += len(keep_worst(state, batch, submitted, stored, fooled, flagged & fooled, fooled & ~undone,
                                          m_index, index))
-    _save(out, ctx, cell, state, sources, clean, entry, images)
+    _save(out, ctx, cell, state, sources, clean, entry, images, logs)
     return _metrics(state, entry, index, carried, logs)
 
 
@@ -237,7 +238,7 @@ def _save_and_check(model, submitted: np.ndarray, criterion, fmt: str, quality: 
 
 
 def _save(out: Path, ctx: CellContext, cell: Cell, state: WorstCase, sources: np.ndarray, clean: dict,
-          entry: RobustEntry, images: np.ndarray) -> None:
+          entry: RobustEntry, images: np.ndarray, logs: list[_MemberLog]) -> None:
     """The worst case for the next budget; the stored images that fool the classifier (an
     image set: images, source); a manifest per attacked image; per-image rows for the store."""
     save_columns(out, STATE, **state.arrays())
@@ -251,6 +252,10 @@ def _save(out: Path, ctx: CellContext, cell: Cell, state: WorstCase, sources: np
                  "member": None if state.member[i] < 0 else names[state.member[i]], entry.norm: float(sizes[i])}
                 for i, src in enumerate(sources)]
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out / "members.json").write_text(json.dumps([{"member": m.label, "plugin": m.plugin, "attacked": log.attacked,
+                                                   "broken": log.broken, "seconds": log.seconds,
+                                                   "skipped": log.skipped} for m, log in zip(entry.members, logs)],
+                                                 indent=1))
     save_columns(out, "per_image", source=clean["ids"][sources[fooled]].astype(str),
                  origin=np.full(len(fooled), cell.attack), split=np.full(len(fooled), SPLIT_NAMES[EVAL]),
                  y=np.ones(len(fooled), np.int64), truth=clean["labels"][sources[fooled]].astype(np.int64),
@@ -267,6 +272,8 @@ def _metrics(state: WorstCase, entry: RobustEntry, index: int, carried: int, log
         ("system_success", "", broken / n if n else float("nan")), ("carried", "", float(carried)),
         ("budget", "", float(entry.budgets[index])), ("budget_index", "", float(index))]
     for member, log in zip(entry.members, logs):
+        if log.skipped == OUT_OF_SCOPE:
+            continue
         sub = member.label
         rows += [("member_attacked", sub, float(log.attacked)), ("member_broken", sub, float(log.broken)),
                  ("member_seconds", sub, log.seconds), ("member_skipped", sub, float(bool(log.skipped)))]

@@ -61,6 +61,9 @@ def search_text(cell) -> str:
         if metric(cell, "member_skipped", name):
             parts.append(f"{name}: not applicable")
             continue
+        if not metric(cell, "member_attacked", name):
+            parts.append(f"{name}: nothing left to attack")
+            continue
         steps, samples = metric(cell, "steps", name), metric(cell, "eot_samples", name)
         runs = metric(cell, "restarts", name) or metric(cell, "rounds", name)
         queries = metric(cell, "max_queries", name)
