@@ -71,7 +71,7 @@ class Cell:
     @property
     def title(self) -> str:
         parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector, self.corrector]
-        if self.stage == "adaptive":  # its label names the defense already
+        if self.stage in ("adaptive", "robust"):  # its label names the defense already
             parts = [self.dataset, self.model, self.attack]
         title = f"{self.stage}:" + "/".join(p for p in parts if p)
         if self.holdout:
@@ -389,7 +389,8 @@ class _Builder:
             label = f"{entry.label}@{budget:g}>{target.label}"
             key = stable_hash({
                 "stage": "robust", "schema": ARTEFACT_SCHEMA, "clean": clean_key, "split": split_key,
-                "members": [m_.identity(index) | {"version": self.versions("attack", m_.plugin)} for m_ in entry.members],
+                "members": [m_.identity(index) | {"version": self.versions("attack", m_.plugin)}
+                            for m_ in entry.members_for(target.label)],
                 "norm": entry.norm, "budget": budget, "target": target.label, "trained": trained, "previous": previous,
                 "db": bench.database.model_dump(mode="json"), "prediction": bench.prediction.model_dump(mode="json"),
                 "top_k": bench.settings.top_k, "seed": bench.settings.seed,

@@ -71,6 +71,11 @@ class RobustEntry:
     def family(self) -> str:
         return self.label
 
+    def members_for(self, target_label: str) -> tuple[Member, ...]:
+        """The members that attack one defense, in order: what its cells depend on (their
+        keys), and whose warm starts they carry."""
+        return tuple(m for m in self.members if m.attacks(target_label))
+
     def identity(self) -> dict[str, Any]:
         return {"label": self.label, "norm": self.norm, "budgets": list(self.budgets),
                 "targets": [t.label for t in self.targets],

@@ -49,7 +49,7 @@ from advbench.stages.per_image import SPLIT_NAMES
 from advbench.stages.score import system_undone
 
 STATE = "state"  # the worst case so far, for the cell of the next budget
-OUT_OF_SCOPE = "not configured at this budget or against this defense"
+OUT_OF_SCOPE = "not configured at this budget"
 #: parameters a member's search is described by (steps, samples, restarts), when it has them
 SEARCH_PARAMS = ("steps", "eot_samples", "restarts", "rounds", "rel_stepsize", "max_queries", "confidence",
                  "rank_margin", "detector_margin")
@@ -163,8 +163,9 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     clean = ctx.clean_arrays(cell)
     sources = attacked_sources(ctx, cell)
     images = np.asarray(clean["images"])[sources]
+    members = entry.members_for(target.label)
     if index == 0:
-        state = WorstCase.fresh(images, len(entry.members))
+        state = WorstCase.fresh(images, len(members))
     else:
         previous = ctx.plan.key("robust", cell.dataset, cell.model, label_of(entry, index - 1, target))
         state = WorstCase.from_arrays(load_columns(ctx.dir_of(previous), STATE))
@@ -173,15 +174,15 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     judge = system_judge(ctx, cell, target, clean["labels"])
     defense = dataclasses.replace(adaptive.build_defense(ctx, cell, target),
                                   storage=adaptive.storage(db.image_format, db.jpeg_quality))
-    base = ctx.build_context("attack", entry.members[0].plugin)
+    base = ctx.build_context("attack", members[0].plugin)
     top1 = torch.from_numpy(clean["top1"][sources]).long()
     logs = []
-    for m_index, member in enumerate(entry.members):
+    for m_index, member in enumerate(members):
         log = _MemberLog()
         logs.append(log)
         params = member.params[index]
         spec = ctx.registry.get("attack", member.plugin)
-        if params is None or not member.attacks(target.label):
+        if params is None:
             log.skipped = OUT_OF_SCOPE
             continue
         if target.kind not in spec.adaptive:
@@ -223,8 +224,8 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
             log.attacked += len(batch)
             log.broken += len(keep_worst(state, batch, submitted, stored, fooled, flagged & fooled, fooled & ~undone,
                                          m_index, index))
-    _save(out, ctx, cell, state, sources, clean, entry, images, logs)
-    return _metrics(state, entry, index, carried, logs)
+    _save(out, ctx, cell, state, sources, clean, entry, members, images, logs)
+    return _metrics(state, entry, members, index, carried, logs)
 
 
 def _save_and_check(model, submitted: np.ndarray, criterion, fmt: str, quality: int,
@@ -238,14 +239,14 @@ def _save_and_check(model, submitted: np.ndarray, criterion, fmt: str, quality: 
 
 
 def _save(out: Path, ctx: CellContext, cell: Cell, state: WorstCase, sources: np.ndarray, clean: dict,
-          entry: RobustEntry, images: np.ndarray, logs: list[_MemberLog]) -> None:
+          entry: RobustEntry, members: tuple[Member, ...], images: np.ndarray, logs: list[_MemberLog]) -> None:
     """The worst case for the next budget; the stored images that fool the classifier (an
     image set: images, source); a manifest per attacked image; per-image rows for the store."""
     save_columns(out, STATE, **state.arrays())
     fooled = np.flatnonzero(state.fooled)
     save_arrays(out, images=state.stored[fooled], source=sources[fooled])
     sizes = perturbation(images, state.submitted, entry.norm)
-    names = [m.label for m in entry.members]
+    names = [m.label for m in members]
     manifest = [{"source": str(clean["ids"][src]), "fooled": bool(state.fooled[i]), "flagged": bool(state.flagged[i]),
                  "broken": bool(state.broken[i]),
                  "broken_at": None if state.broken_at[i] < 0 else entry.budgets[state.broken_at[i]],
@@ -254,7 +255,7 @@ def _save(out: Path, ctx: CellContext, cell: Cell, state: WorstCase, sources: np
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     (out / "members.json").write_text(json.dumps([{"member": m.label, "plugin": m.plugin, "attacked": log.attacked,
                                                    "broken": log.broken, "seconds": log.seconds,
-                                                   "skipped": log.skipped} for m, log in zip(entry.members, logs)],
+                                                   "skipped": log.skipped} for m, log in zip(members, logs)],
                                                  indent=1))
     save_columns(out, "per_image", source=clean["ids"][sources[fooled]].astype(str),
                  origin=np.full(len(fooled), cell.attack), split=np.full(len(fooled), SPLIT_NAMES[EVAL]),
@@ -262,7 +263,8 @@ def _save(out: Path, ctx: CellContext, cell: Cell, state: WorstCase, sources: np
                  decision=state.flagged[fooled].astype(np.int64))
 
 
-def _metrics(state: WorstCase, entry: RobustEntry, index: int, carried: int, logs: list[_MemberLog]) -> MetricRows:
+def _metrics(state: WorstCase, entry: RobustEntry, members: tuple[Member, ...], index: int, carried: int,
+             logs: list[_MemberLog]) -> MetricRows:
     n, fooled = len(state.broken), int(state.fooled.sum())
     detected, broken = int((state.fooled & state.flagged).sum()), int(state.broken.sum())
     rows: MetricRows = [
@@ -271,7 +273,7 @@ def _metrics(state: WorstCase, entry: RobustEntry, index: int, carried: int, log
         ("broken", "", float(broken)), ("fooled", "", float(broken)),
         ("system_success", "", broken / n if n else float("nan")), ("carried", "", float(carried)),
         ("budget", "", float(entry.budgets[index])), ("budget_index", "", float(index))]
-    for member, log in zip(entry.members, logs):
+    for member, log in zip(members, logs):
         if log.skipped == OUT_OF_SCOPE:
             continue
         sub = member.label

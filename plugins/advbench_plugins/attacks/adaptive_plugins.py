@@ -42,6 +42,8 @@ class EOTParams(_PGDParams):
     restarts: int = Field(1, ge=1, description="Runs from new random starts for rows not yet done.")
     eot_samples: int = Field(0, ge=0, description="Operations sampled per step besides the identity (0: all of "
                                                   "them every step).")
+    check_every: int = Field(1, ge=1, description="Steps between checks of the label under every operation (each "
+                                                  "costs a forward pass per operation not sampled).")
 
 
 class RankParams(_PGDParams):
@@ -138,7 +140,8 @@ def _eot(norm: str):
                          norm=norm, epsilon=params.epsilon,
                          steps=params.steps, rel_stepsize=params.rel_stepsize, restarts=params.restarts,
                          random_init=params.random_start, eot_samples=params.eot_samples, loss=params.loss,
-                         confidence=params.confidence, gen=seeded_generator(ctx), start=getattr(ctx, "start", None))
+                         confidence=params.confidence, gen=seeded_generator(ctx), start=getattr(ctx, "start", None),
+                         check_every=params.check_every)
         return AttackOutput(result.images, {"steps": result.steps, "stable_fraction": result.stable})
     return run
 
@@ -205,9 +208,12 @@ def _hsj(norm: str):
 def _eot_cost(p: EOTParams, inputs: CostInputs) -> tuple[float, float]:
     ops = inputs.operations
     sampled = ops if p.eot_samples <= 0 or p.eot_samples >= ops else p.eot_samples
-    # each iterate (steps and a last check, per restart): the image and every operation
-    # forward; the gradient flows back through the image and the sampled operations
-    return 1 + p.restarts * (p.steps + 1) * (1 + ops), p.restarts * p.steps * (1 + sampled)
+    # each iterate (steps and a last check, per restart): the image and the sampled operations
+    # forward, every operation at a check; the gradient flows back through the image and the
+    # sampled operations
+    checks = p.steps // p.check_every + 1
+    forward = p.steps * (1 + sampled) + checks * (1 + ops)
+    return 1 + p.restarts * min(forward, (p.steps + 1) * (1 + ops)), p.restarts * p.steps * (1 + sampled)
 
 
 def _rank_cost(p: RankParams, inputs: CostInputs) -> tuple[float, float]:
