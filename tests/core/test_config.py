@@ -119,7 +119,7 @@ def test_a_bad_detector_search_names_the_key(registry, search, message):
 
 
 SHIPPED = ["benchmarks.toml", "benchmarks/cifar10-resnet20.toml", "benchmarks/cifar10-resnet20-beyond.toml",
-           "benchmarks/imagenet-paper.toml"]
+           "benchmarks/cifar10-resnet20-robust-svm.toml", "benchmarks/imagenet-paper.toml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED)
@@ -132,14 +132,15 @@ def test_the_shipped_benchmark_files_are_valid(path):
     assert bench.attacks and bench.detectors and len(bench.transforms) == 38
 
 
-def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
-    # its paper leaderboard is quoted next to the base file's: the shared part must not drift
+@pytest.mark.parametrize("name", ["cifar10-resnet20-beyond.toml", "cifar10-resnet20-robust-svm.toml"])
+def test_the_beyond_benchmarks_contain_the_paper_benchmark_unchanged(name):
+    # their paper leaderboard is quoted next to the base file's: the shared part must not drift
     import tomllib
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "benchmarks"
     base = tomllib.loads((root / "cifar10-resnet20.toml").read_text())
-    beyond = tomllib.loads((root / "cifar10-resnet20-beyond.toml").read_text())
+    beyond = tomllib.loads((root / name).read_text())
     assert {**beyond["benchmark"], "name": base["benchmark"]["name"]} == base["benchmark"]
     for key, value in base.items():
         if key == "benchmark":
@@ -148,6 +149,19 @@ def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
             assert beyond[key][: len(value)] == value, key
         else:
             assert beyond[key] == value, key
+
+
+def test_the_robust_svm_benchmark_makes_the_beyond_benchmarks_robust_cells():
+    # its measured robust rows are the beyond benchmark's: the same members, parameters, keys
+    from pathlib import Path
+
+    from advbench.registry import discover
+    from advbench.stages.context import plan_for
+
+    registry, root = discover(), Path(__file__).resolve().parents[2] / "benchmarks"
+    keys = [{c.attack: c.key for c in plan_for(load_benchmark(root / name, registry), registry).cells
+             if c.stage == "robust"} for name in ("cifar10-resnet20-beyond.toml", "cifar10-resnet20-robust-svm.toml")]
+    assert keys[1] and all(keys[0][label] == key for label, key in keys[1].items())
 
 
 @pytest.mark.parametrize("correction, message", [
