@@ -35,6 +35,8 @@ from advbench.robust_config import RobustEntry
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
 ARTEFACT_SCHEMA = 5
+#: Bumped when a robust cell's members see the defense differently (what they stop on).
+ROBUST_JUDGE = 2
 
 STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "robust", "score", "correct", "subset")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
@@ -388,7 +390,7 @@ class _Builder:
         for index, budget in enumerate(entry.budgets):
             label = f"{entry.label}@{budget:g}>{target.label}"
             key = stable_hash({
-                "stage": "robust", "schema": ARTEFACT_SCHEMA, "clean": clean_key, "split": split_key,
+                "stage": "robust", "schema": ARTEFACT_SCHEMA, "judge": ROBUST_JUDGE, "clean": clean_key, "split": split_key,
                 "members": [m_.identity(index) | {"version": self.versions("attack", m_.plugin)}
                             for m_ in entry.members_for(target.label)],
                 "norm": entry.norm, "budget": budget, "target": target.label, "trained": trained, "previous": previous,

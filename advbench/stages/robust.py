@@ -35,10 +35,10 @@ from advbench.engine import predict
 from advbench.engine.detect import EVAL
 from advbench.engine.worst_case import WorstCase, into_ball, keep_worst, perturbation
 from advbench.errors import DataError, PluginError
-from advbench.imaging import jpeg_roundtrip, to_tensor
+from advbench.imaging import jpeg_roundtrip, to_tensor, to_uint8
 from advbench.plan import IMAGES, Cell
 from advbench.robust_config import Member, RobustEntry
-from advbench.specs import AttackContext, AttackOutput, Probabilities
+from advbench.specs import AttackContext, AttackOutput, Defense, Probabilities
 from advbench.stages import adaptive, detectors
 from advbench.stages.attack import attacked_sources
 from advbench.stages.context import CellContext, MetricRows
@@ -54,7 +54,6 @@ OUT_OF_SCOPE = "not configured at this budget"
 SEARCH_PARAMS = ("steps", "eot_samples", "restarts", "rounds", "rel_stepsize", "max_queries", "confidence",
                  "rank_margin", "detector_margin")
 
-Judge = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def entry_target_index(ctx: CellContext, cell: Cell) -> tuple[RobustEntry, Target, int]:
@@ -114,34 +113,49 @@ def _flags(ctx: CellContext, cell: Cell, det_cell: Cell) -> Callable[[np.ndarray
     return flags
 
 
-def system_judge(ctx: CellContext, cell: Cell, target: Target, truth: np.ndarray) -> Judge:
-    """``judge(stored, rows) -> (flagged, undone)`` for uint8 images that fool the classifier,
-    ``rows`` their clean-set indices: the score cells' rule (a detector undoes what it flags; the
-    pipeline what it flags and corrects to the true label)."""
+@dataclasses.dataclass(frozen=True)
+class SystemJudge:
+    """The defended system on uint8 images, exactly as the score cells judge them: ``flags``
+    (the detector), ``correct`` (the pipeline's corrected top-1, or None)."""
+
+    flags: Callable[[np.ndarray], np.ndarray]
+    correct: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __call__(self, stored: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flagged, undone) of stored images that fool the classifier, ``truth`` their labels:
+        a detector undoes what it flags, the pipeline what it flags and restores to the truth."""
+        flagged = self.flags(stored)
+        return flagged, system_undone(flagged, None if self.correct is None else self.correct(stored), truth)
+
+    def as_defense(self, defense: Defense) -> Defense:
+        """``defense`` whose decision callables are this judge's (float batches in, the 8-bit
+        image judged), so that a member stops where the core's verdict would."""
+        def flags(x):
+            return torch.from_numpy(self.flags(to_uint8(x))).to(x.device)
+
+        def correct(x):
+            return torch.from_numpy(np.asarray(self.correct(to_uint8(x)))).to(x.device)  # type: ignore[misc]
+
+        return dataclasses.replace(defense, flags=flags, correct=correct if self.correct is not None else None)
+
+
+def system_judge(ctx: CellContext, cell: Cell, target: Target) -> SystemJudge:
+    """The judge of a robust cell's defense (a detector cell, or the pipeline)."""
     if target.kind == "pipeline":
         key = ctx.plan.pipeline_key(cell.dataset, cell.model)
         if key is None:
             raise DataError("robust target 'pipeline': no [correction] pipeline detector cell in this world")
-        flags = _flags(ctx, cell, ctx.plan.by_key[key])
         group, corrector, k = ctx.bench.correction_groups()[0], ctx.bench.correctors[0].label, ctx.bench.settings.top_k
 
-        def pipeline(stored: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            flagged = flags(stored)
+        def correct(stored: np.ndarray) -> np.ndarray:
             _, transformed, _ = _labels_under(ctx, cell, stored, group, k)
-            corrected = corrected_labels(ctx, corrector, transformed, k)[:, 0]
-            return flagged, system_undone(flagged, corrected, truth[rows])
+            return corrected_labels(ctx, corrector, transformed, k)[:, 0]
 
-        return pipeline
+        return SystemJudge(_flags(ctx, cell, ctx.plan.by_key[key]), correct)
     key = ctx.plan.detect_key(cell.dataset, cell.model, target.detector, target.feature, target.group)
     if key is None:
         raise DataError(f"robust target {target.label!r}: no such detector cell in this world")
-    flags = _flags(ctx, cell, ctx.plan.by_key[key])
-
-    def detector(stored: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        flagged = flags(stored)
-        return flagged, flagged
-
-    return detector
+    return SystemJudge(_flags(ctx, cell, ctx.plan.by_key[key]))
 
 
 # --- the cell ------------------------------------------------------------------------------
@@ -171,9 +185,11 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         state = WorstCase.from_arrays(load_columns(ctx.dir_of(previous), STATE))
     carried = int(state.broken.sum())
     model = ctx.model(cell.model)
-    judge = system_judge(ctx, cell, target, clean["labels"])
-    defense = dataclasses.replace(adaptive.build_defense(ctx, cell, target),
-                                  storage=adaptive.storage(db.image_format, db.jpeg_quality))
+    judge = system_judge(ctx, cell, target)
+    # the members see the defense's decision as the core judges it (the configured prediction
+    # backend on the 8-bit image), so none stops on an image the verdict below would undo
+    defense = judge.as_defense(dataclasses.replace(adaptive.build_defense(ctx, cell, target),
+                                                   storage=adaptive.storage(db.image_format, db.jpeg_quality)))
     base = ctx.build_context("attack", members[0].plugin)
     top1 = torch.from_numpy(clean["top1"][sources]).long()
     logs = []
@@ -220,7 +236,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
             flagged, undone = np.zeros(len(batch), bool), np.zeros(len(batch), bool)
             if fooled.any():
                 hit = np.flatnonzero(fooled)
-                flagged[hit], undone[hit] = judge(stored[hit], sources[batch[hit]])
+                flagged[hit], undone[hit] = judge(stored[hit], clean["labels"][sources[batch[hit]]])
             log.attacked += len(batch)
             log.broken += len(keep_worst(state, batch, submitted, stored, fooled, flagged & fooled, fooled & ~undone,
                                          m_index, index))
