@@ -107,6 +107,11 @@ def _budgets(raw: Any, where: str, problems: list[str]) -> tuple[float, ...]:
     if bad:
         problems.append(f"{where}: expected positive numbers or fractions \"a/b\", found {', '.join(map(repr, bad))}")
         return ()
+    above = [b for b, v in zip(raw, values) if v > 1]  # type: ignore[operator]
+    if above:
+        problems.append(f"{where}: budget {above[0]!r} is above 1: budgets are per pixel value of images in [0, 1] "
+                        "(L2: the norm divided by sqrt(D))")
+        return ()
     return tuple(sorted(set(values)))  # type: ignore[arg-type]
 
 

@@ -212,6 +212,8 @@ def test_a_robust_entry_parses_budgets_members_and_per_budget_parameters(registr
      "robust[0].targets[0]: a robust evaluation needs a system that decides"),
     ('budgets = ["8/255", "x"]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
      '[[robust.members]]\nplugin = "eot-pgd"\n', "robust[0].budgets: expected positive numbers or fractions"),
+    ('budgets = [8]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd"\n', "robust[0].budgets: budget 8 is above 1"),
     ('budgets = ["8/255"]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
      '[[robust.members]]\nplugin = "eot-pgd"\nper_budget = { steps = [1, 2] }\n',
      "robust[0].members[0].per_budget: expected a table of lists with one value per budget (1)"),
