@@ -35,8 +35,8 @@ from advbench.robust_config import RobustEntry
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
 ARTEFACT_SCHEMA = 5
-#: Bumped when a robust cell's members see the defense differently (what they stop on).
-ROBUST_JUDGE = 2
+#: Bumped when a robust cell searches or judges differently (what its members stop on, where they start).
+ROBUST_JUDGE = 3
 
 STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "robust", "score", "correct", "subset")
 ORIGINAL = "original"  # the pseudo-operation "no operation"

@@ -163,7 +163,8 @@ def system_judge(ctx: CellContext, cell: Cell, target: Target) -> SystemJudge:
 
 @dataclasses.dataclass
 class _MemberLog:
-    attacked: int = 0
+    attacked: int = 0  # images it attacked at this budget
+    fresh: int = 0  # of those, attacked (again) from the clean image
     broken: int = 0
     seconds: float = 0.0
     skipped: str = ""
@@ -173,7 +174,7 @@ class _MemberLog:
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
     entry, target, index = entry_target_index(ctx, cell)
     budget = entry.budgets[index]
-    s, db = ctx.bench.settings, ctx.bench.database
+    db = ctx.bench.database
     clean = ctx.clean_arrays(cell)
     sources = attacked_sources(ctx, cell)
     images = np.asarray(clean["images"])[sources]
@@ -204,44 +205,64 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         if target.kind not in spec.adaptive:
             log.skipped = f"cannot attack a {target.kind} defense"
             continue
-        rows = state.pending()
-        for start in range(0, len(rows), db.batch_size):
-            batch = rows[start:start + db.batch_size]
-            x = to_tensor(images[batch], ctx.device)
-            criterion = PaperCriterion(False, top1[batch].to(ctx.device), None, k=s.top_k, threshold=db.target_threshold)
-            warm = to_tensor(state.starts[m_index, batch], ctx.device) \
-                if spec.warm_start and state.has_start[m_index] else None
-            attack_ctx = AttackContext(cache_dir=base.cache_dir, device=base.device, defense=defense, start=warm,
-                                       seed=s.seed + 1_000_000 * index + 10_000 * m_index + start)
-            torch.manual_seed(attack_ctx.seed)
-            t0 = time.perf_counter()
-            try:
-                output = spec.run(model.module, x, criterion, params, attack_ctx)
-            except PluginError as exc:  # the defense lacks what the member needs (e.g. differentiable scores)
-                if start > 0:
-                    raise
-                log.skipped = str(exc)
+        # from its own image of the budget below (warm start), then, on what still stands, from
+        # the clean image exactly as the member runs alone: never weaker than the member alone
+        warm = spec.warm_start and bool(state.has_start[m_index])
+        chain = state.starts[m_index].copy()
+        for from_start in (True, False) if warm else (False,):
+            rows = state.pending()
+            if not _run_member(ctx, cell, spec, params, model, defense, judge, state, rows, images, top1, clean,
+                               sources, entry, budget, index, m_index, from_start, base, log):
                 break
-            log.seconds += time.perf_counter() - t0
-            if isinstance(output, AttackOutput):
-                for name, values in output.per_image.items():
-                    log.per_image.setdefault(name, []).extend(
-                        torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
-                output = output.images
-            finite = torch.isfinite(output).flatten(1).all(1).view(-1, 1, 1, 1)
-            output = torch.where(finite, output, x)
-            candidate = output.detach().clamp(0, 1).mul(255).permute(0, 2, 3, 1).cpu().double().numpy()
-            submitted = into_ball(images[batch], candidate, entry.norm, budget)
-            stored, fooled = _save_and_check(model, submitted, criterion, db.image_format, db.jpeg_quality, ctx.device)
-            flagged, undone = np.zeros(len(batch), bool), np.zeros(len(batch), bool)
-            if fooled.any():
-                hit = np.flatnonzero(fooled)
-                flagged[hit], undone[hit] = judge(stored[hit], clean["labels"][sources[batch[hit]]])
-            log.attacked += len(batch)
-            log.broken += len(keep_worst(state, batch, submitted, stored, fooled, flagged & fooled, fooled & ~undone,
-                                         m_index, index))
+            log.attacked += 0 if warm and not from_start else len(rows)
+            log.fresh += 0 if from_start else len(rows)
+            chain[rows] = state.starts[m_index, rows] if from_start or not warm else chain[rows]
+        state.starts[m_index] = chain  # the next budget continues the warm chain, not the fresh run
     _save(out, ctx, cell, state, sources, clean, entry, members, images, logs)
     return _metrics(state, entry, members, index, carried, logs)
+
+
+def _run_member(ctx: CellContext, cell: Cell, spec, params, model, defense: Defense, judge: SystemJudge,
+                state: WorstCase, rows: np.ndarray, images: np.ndarray, top1: torch.Tensor, clean: dict,
+                sources: np.ndarray, entry: RobustEntry, budget: float, index: int, m_index: int, from_start: bool,
+                base, log: _MemberLog) -> bool:
+    """One run of a member on ``rows`` (from its warm starts, or from the clean images), each
+    candidate judged and folded into ``state``; False when the defense lacks what it needs."""
+    s, db = ctx.bench.settings, ctx.bench.database
+    for start in range(0, len(rows), db.batch_size):
+        batch = rows[start:start + db.batch_size]
+        x = to_tensor(images[batch], ctx.device)
+        criterion = PaperCriterion(False, top1[batch].to(ctx.device), None, k=s.top_k, threshold=db.target_threshold)
+        warm = to_tensor(state.starts[m_index, batch], ctx.device) if from_start else None
+        attack_ctx = AttackContext(cache_dir=base.cache_dir, device=base.device, defense=defense, start=warm,
+                                   seed=s.seed + 1_000_000 * index + 10_000 * m_index + start)
+        torch.manual_seed(attack_ctx.seed)
+        t0 = time.perf_counter()
+        try:
+            output = spec.run(model.module, x, criterion, params, attack_ctx)
+        except PluginError as exc:  # the defense lacks what the member needs (e.g. differentiable scores)
+            if start > 0:
+                raise
+            log.skipped = str(exc)
+            return False
+        log.seconds += time.perf_counter() - t0
+        if isinstance(output, AttackOutput):
+            for name, values in output.per_image.items():
+                log.per_image.setdefault(name, []).extend(
+                    torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
+            output = output.images
+        finite = torch.isfinite(output).flatten(1).all(1).view(-1, 1, 1, 1)
+        output = torch.where(finite, output, x)
+        candidate = output.detach().clamp(0, 1).mul(255).permute(0, 2, 3, 1).cpu().double().numpy()
+        submitted = into_ball(images[batch], candidate, entry.norm, budget)
+        stored, fooled = _save_and_check(model, submitted, criterion, db.image_format, db.jpeg_quality, ctx.device)
+        flagged, undone = np.zeros(len(batch), bool), np.zeros(len(batch), bool)
+        if fooled.any():
+            hit = np.flatnonzero(fooled)
+            flagged[hit], undone[hit] = judge(stored[hit], clean["labels"][sources[batch[hit]]])
+        log.broken += len(keep_worst(state, batch, submitted, stored, fooled, flagged & fooled, fooled & ~undone,
+                                     m_index, index))
+    return True
 
 
 def _save_and_check(model, submitted: np.ndarray, criterion, fmt: str, quality: int,
@@ -293,7 +314,8 @@ def _metrics(state: WorstCase, entry: RobustEntry, members: tuple[Member, ...], 
         if log.skipped == OUT_OF_SCOPE:
             continue
         sub = member.label
-        rows += [("member_attacked", sub, float(log.attacked)), ("member_broken", sub, float(log.broken)),
+        rows += [("member_attacked", sub, float(log.attacked)), ("member_fresh", sub, float(log.fresh)),
+                 ("member_broken", sub, float(log.broken)),
                  ("member_seconds", sub, log.seconds), ("member_skipped", sub, float(bool(log.skipped)))]
         rows += [(f"mean_{name}", sub, float(np.mean(v))) for name, v in log.per_image.items() if v]
         rows += [(f"max_{name}", sub, float(np.max(v))) for name, v in log.per_image.items() if v]
