@@ -75,7 +75,9 @@ def search_text(cell) -> str:
         if runs is not None:
             what.append(f"{runs:g} runs")
         attacked, spent = metric(cell, "member_attacked", name), metric(cell, "mean_steps", name)
-        what.append(f"on {attacked:g}" + (f", mean {spent:.0f} steps" if spent is not None else ""))
+        fresh = metric(cell, "member_fresh", name)
+        again = f" ({fresh:g} again from clean)" if fresh and fresh != attacked else ""
+        what.append(f"on {attacked:g}{again}" + (f", mean {spent:.0f} steps per run" if spent is not None else ""))
         parts.append(f"{name}: {', '.join(what)}")
     return "; ".join(parts) or "–"
 
@@ -111,9 +113,10 @@ def robust_table(cells) -> list[Table]:
              "the save); Det. robust: share of those the detector flags; System robust: share of attacked images "
              "that fool the classifier and are not undone by the defense (the score cells' rule)",
              "Broken: images newly broken at this budget per member (members run in order, each on the images "
-             "still standing, from its own image of the budget below), and those carried from smaller budgets",
-             "Search: steps per run, operations sampled per step, runs (restarts or rounds), images attacked and "
-             "mean steps spent; 'not applicable': the defense lacks what the member needs",
+             "still standing, from its own image of the budget below, then again from the clean image on what that "
+             "left standing, as the member runs alone), and those carried from smaller budgets",
+             "Search: steps per run, operations sampled per step, runs (restarts or rounds), images attacked (and of "
+             "those, attacked again from the clean image after the warm start) and mean steps spent per run; 'not applicable': the defense lacks what the member needs",
              "[lo, hi]: Wilson score 95 % intervals; " + DECIMALS_NOTE), key_columns=3))
     return tables
 
