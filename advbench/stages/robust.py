@@ -216,7 +216,8 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
                 break
             log.attacked += 0 if warm and not from_start else len(rows)
             log.fresh += 0 if from_start else len(rows)
-            chain[rows] = state.starts[m_index, rows] if from_start or not warm else chain[rows]
+            if from_start or not warm:
+                chain[rows] = state.starts[m_index, rows]
         state.starts[m_index] = chain  # the next budget continues the warm chain, not the fresh run
     _save(out, ctx, cell, state, sources, clean, entry, members, images, logs)
     return _metrics(state, entry, members, index, carried, logs)

@@ -116,7 +116,8 @@ def robust_table(cells) -> list[Table]:
              "still standing, from its own image of the budget below, then again from the clean image on what that "
              "left standing, as the member runs alone), and those carried from smaller budgets",
              "Search: steps per run, operations sampled per step, runs (restarts or rounds), images attacked (and of "
-             "those, attacked again from the clean image after the warm start) and mean steps spent per run; 'not applicable': the defense lacks what the member needs",
+             "those, attacked again from the clean image after the warm start) and mean steps spent per run; "
+             "'not applicable': the defense lacks what the member needs",
              "[lo, hi]: Wilson score 95 % intervals; " + DECIMALS_NOTE), key_columns=3))
     return tables
 
