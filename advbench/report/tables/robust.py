@@ -75,8 +75,8 @@ def search_text(cell) -> str:
         if runs is not None:
             what.append(f"{runs:g} runs")
         attacked, spent = metric(cell, "member_attacked", name), metric(cell, "mean_steps", name)
-        fresh = metric(cell, "member_fresh", name)
-        again = f" ({fresh:g} again from clean)" if fresh and fresh != attacked else ""
+        fresh = metric(cell, "member_fresh", name)  # past the first budget: after the warm start, if any
+        again = f" ({fresh:g} from clean)" if fresh is not None and metric(cell, "budget_index") else ""
         what.append(f"on {attacked:g}{again}" + (f", mean {spent:.0f} steps per run" if spent is not None else ""))
         parts.append(f"{name}: {', '.join(what)}")
     return "; ".join(parts) or "–"
@@ -115,8 +115,9 @@ def robust_table(cells) -> list[Table]:
              "Broken: images newly broken at this budget per member (members run in order, each on the images "
              "still standing, from its own image of the budget below, then again from the clean image on what that "
              "left standing, as the member runs alone), and those carried from smaller budgets",
-             "Search: steps per run, operations sampled per step, runs (restarts or rounds), images attacked (and of "
-             "those, attacked again from the clean image after the warm start) and mean steps spent per run; "
+             "Search: steps per run, operations sampled per step, runs (restarts or rounds), images attacked (past the "
+             "first budget: first from the member's warm start where it has one, and '(N from clean)': then from "
+             "the clean image) and mean steps spent per run; "
              "'not applicable': the defense lacks what the member needs",
              "[lo, hi]: Wilson score 95 % intervals; " + DECIMALS_NOTE), key_columns=3))
     return tables
