@@ -377,7 +377,7 @@ def report(
 
 
 #: Tables of the evaluation protocol on the whole-run HTML page (each empty without its cells).
-HTML_EXTRA_TABLES = ("detection", "adaptive", "security", "unseen", "subset")
+HTML_EXTRA_TABLES = ("detection", "adaptive", "robust", "security", "unseen", "subset")
 
 
 def _html_header(run_row, st) -> tuple[str, list[tuple[str, str]]]:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from advbench.errors import ConfigError
 from advbench.registry import Registry, unknown_plugin_message
+from advbench.robust_config import RobustEntry, parse_robust
 from advbench.specs import KINDS, NumbersAreNotBooleans, Params
 
 SECTION_FOR_KIND = {k: k + "s" for k in KINDS}  # dataset -> datasets, ...
@@ -138,6 +139,7 @@ class _Document(_Strict):
     detection: DetectionSettings = DetectionSettings()
     correction: CorrectionSettings = CorrectionSettings()
     adaptive: list[dict[str, Any]] | None = None
+    robust: list[dict[str, Any]] | None = None
     datasets: list[dict[str, Any]] | None = None
     models: list[dict[str, Any]] | None = None
     attacks: list[dict[str, Any]] | None = None
@@ -210,6 +212,7 @@ class Benchmark:
     detectors: tuple[Entry, ...]
     correctors: tuple[Entry, ...]
     adaptive: tuple[Entry, ...] = ()
+    robust: tuple[RobustEntry, ...] = ()
     config_hash: str = field(default="")
 
     @property
@@ -329,6 +332,7 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
     adaptive_items = raw.get("adaptive")
     adaptive = tuple(_entries("attack", adaptive_items, registry, problems, adaptive=True)) \
         if isinstance(adaptive_items, list) else ()
+    robust = parse_robust(raw.get("robust"), registry, problems, lambda t, where, probs: _target(t, where, None, probs))
     try:  # checked even when other sections are broken, so every problem shows at once
         detection = DetectionSettings.model_validate(raw.get("detection", {}))
     except ValidationError:
@@ -341,6 +345,7 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         _check_correction(doc.correction, detection.groups, entries, registry, problems)
         _check_protocol(detection, entries, problems)
         _check_targets(adaptive, detection.groups, doc.correction, entries, registry, problems)
+        _check_targets(robust, detection.groups, doc.correction, entries, registry, problems, section="robust")
     if problems:
         raise ConfigError(str(path), list(dict.fromkeys(problems)))  # a grid repeats its points' problems
     assert doc is not None
@@ -349,7 +354,7 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         prediction=doc.prediction, detection=doc.detection, correction=doc.correction,
         datasets=entries["dataset"], models=entries["model"], attacks=entries["attack"],
         transforms=entries["transform"], features=entries["feature"], detectors=entries["detector"],
-        correctors=entries["corrector"], adaptive=adaptive,
+        correctors=entries["corrector"], adaptive=adaptive, robust=robust,
     )
     return _with_hash(bench)
 
@@ -488,7 +493,7 @@ def _target(raw: Any, where: str, spec, problems: list[str]) -> Target | None:
     else:
         problems.append(f"{where}: expected \"pipeline\", {{ group = ... }} or {{ detector = ..., feature = ..., group = ... }}, found {raw!r}")
         return None
-    if target.kind not in spec.adaptive:
+    if spec is not None and target.kind not in spec.adaptive:
         problems.append(f"{where}: {spec.name!r} cannot attack a {target.kind} defense; it attacks: {', '.join(spec.adaptive)}")
         return None
     return target
@@ -616,8 +621,8 @@ def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[
                                 f"{', '.join(known[key])}")
 
 
-def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: CorrectionSettings, entries: dict,
-                   registry: Registry, problems: list[str]) -> None:
+def _check_targets(adaptive: tuple[Entry, ...] | tuple[RobustEntry, ...], groups: dict, correction: CorrectionSettings,
+                   entries: dict, registry: Registry, problems: list[str], section: str = "adaptive") -> None:
     detectors = {d.label: registry.get("detector", d.plugin) for d in entries.get("detector", ())}
     features = [f.label for f in entries.get("feature", ())]
     seen: set[int] = set()
@@ -625,7 +630,7 @@ def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: Correc
         if id(entry.targets) in seen:  # budgets share one targets tuple: check it once
             continue
         seen.add(id(entry.targets))
-        where = f"adaptive[{entry.family}].targets"
+        where = f"{section}[{entry.family}].targets"
         for t in entry.targets:
             if t.kind == "pipeline" and correction.pipeline is None:
                 problems.append(f"{where}: 'pipeline' needs a [correction] pipeline to attack")
@@ -672,5 +677,6 @@ def _with_hash(bench: Benchmark) -> Benchmark:
         **{SECTION_FOR_KIND[k]: [e.identity() | {"label": e.label, "group": e.group}
                                  for e in getattr(bench, SECTION_FOR_KIND[k])] for k in KINDS},
         "adaptive": [e.identity() | {"label": e.label, "targets": [t.label for t in e.targets]} for e in bench.adaptive],
+        **({"robust": [e.identity() for e in bench.robust]} if bench.robust else {}),
     }
     return replace(bench, config_hash=stable_hash(ident))

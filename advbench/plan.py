@@ -12,6 +12,7 @@ artefacts knows what to ship. Stages, in data-flow order:
     detect   (dataset, model, feature, group, detector[, holdout])   fit on train, metrics on eval
              (dataset, model, detector[, holdout])  detectors that see images (or the model)
     adaptive (dataset, model, attack@budget, target) adversarial images made against a trained defense
+    robust   (dataset, model, entry@budget, target)  the worst case of an attack ensemble (reads the budget below)
     score    (dataset, model, imageset, defense)    a trained detector or corrector on an evaluation set
     correct  (dataset, model, group, corrector)     labels restored by voting (§3.3)
     subset   (dataset, model, detector, feature, group)  greedy operation-subset search on dev
@@ -30,11 +31,14 @@ from dataclasses import dataclass, field
 
 from advbench import __version__
 from advbench.config import Benchmark, Entry, Target, stable_hash
+from advbench.robust_config import RobustEntry
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
 ARTEFACT_SCHEMA = 5
+#: Bumped when a robust cell searches or judges differently (what its members stop on, where they start).
+ROBUST_JUDGE = 3
 
-STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "score", "correct", "subset")
+STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "robust", "score", "correct", "subset")
 ORIGINAL = "original"  # the pseudo-operation "no operation"
 IMAGES = "images"  # the "feature group" of detectors that see the images themselves
 CLEAN = "clean"  # the imageset of normal images
@@ -69,7 +73,7 @@ class Cell:
     @property
     def title(self) -> str:
         parts = [self.dataset, self.model, self.attack, self.transform, self.feature, self.detector, self.corrector]
-        if self.stage == "adaptive":  # its label names the defense already
+        if self.stage in ("adaptive", "robust"):  # its label names the defense already
             parts = [self.dataset, self.model, self.attack]
         title = f"{self.stage}:" + "/".join(p for p in parts if p)
         if self.holdout:
@@ -238,6 +242,9 @@ class _Builder:
         for st in sets.values():
             if st.evaluation_only:
                 self.scores(d, m, clean_key, split_key, st, detect, corrects)
+        for robust in bench.robust:
+            for target in robust.targets:
+                self.robust(d, m, clean_key, split_key, robust, target)
         self.subsets(d, m, clean_key, split_key, sets)
 
     # --- stages ---------------------------------------------------------------------------
@@ -372,6 +379,30 @@ class _Builder:
                       budget=entry.budget, threat="adaptive", target=target.label, evaluation=True, norm=entry.norm),
                  ("adaptive", d, m, label, ""))
         return ImageSet(label, key, entry.label, entry.family, entry.budget, "adaptive", target.label, norm=entry.norm)
+
+    def robust(self, d: str, m: str, clean_key: str, split_key: str, entry: RobustEntry, target: Target) -> None:
+        """One cell per budget of a ``[[robust]]`` entry against one defense, each reading the
+        worst case of the budget below (stages/robust.py)."""
+        bench = self.bench
+        trained = self._defense_cells(d, m, target)
+        reads = sorted({dep for k in trained for dep in self._cell(k).deps} | set(trained))
+        previous = ""
+        for index, budget in enumerate(entry.budgets):
+            label = f"{entry.label}@{budget:g}>{target.label}"
+            key = stable_hash({
+                "stage": "robust", "schema": ARTEFACT_SCHEMA, "judge": ROBUST_JUDGE, "clean": clean_key, "split": split_key,
+                "members": [m_.identity(index) | {"version": self.versions("attack", m_.plugin)}
+                            for m_ in entry.members_for(target.label)],
+                "norm": entry.norm, "budget": budget, "target": target.label, "trained": trained, "previous": previous,
+                "db": bench.database.model_dump(mode="json"), "prediction": bench.prediction.model_dump(mode="json"),
+                "top_k": bench.settings.top_k, "seed": bench.settings.seed,
+            })
+            self.add(Cell("robust", key, d, m, attack=label, transform=target.group, feature=target.feature,
+                          detector=target.detector, deps=tuple(dict.fromkeys((clean_key, split_key, *reads,
+                                                                              *([previous] if previous else [])))),
+                          budget=budget, threat="adaptive", target=target.label, evaluation=True, norm=entry.norm),
+                     ("robust", d, m, label, ""))
+            previous = key
 
     def _cell(self, key: str) -> Cell:
         return next(c for c in reversed(self.cells) if c.key == key)

@@ -41,7 +41,7 @@ from advbench.stages.execute import CellOutcome, execute
 log = logging.getLogger("advbench")
 
 #: stages whose cells run a model on a batch of images: they ask Ray for a GPU when it has any
-GPU_STAGES = frozenset({"attack", "adaptive", "predict"})
+GPU_STAGES = frozenset({"attack", "adaptive", "robust", "predict"})
 NODE_CACHE_ENV = "ADVBENCH_RAY_NODE_CACHE"
 
 

@@ -33,7 +33,7 @@ log = logging.getLogger("advbench")
 
 #: stages whose cells may run in forked workers: CPU work on arrays, no model training on a GPU
 FORKABLE = {"predict", "detect", "score", "correct", "subset"}
-PER_IMAGE_STAGES = {"detect", "score", "correct"}
+PER_IMAGE_STAGES = {"detect", "score", "correct", "robust"}
 HEARTBEAT_SECONDS = 10.0
 
 

@@ -240,7 +240,9 @@ class Defense:
       database's save -> reload (8-bit rounding, JPEG q100 by default): exact on the forward
       pass, the identity on the backward pass (straight-through). An attacker who knows the
       system optimises ``storage(x)``; on 32x32 images the JPEG round trip alone moves pixels by
-      up to ~30/255 and undoes most small-budget evasions. None: no such step.
+      up to ~30/255 and undoes most small-budget evasions. None: no such step;
+    - ``top_k``: how many top-ranked labels the defense's feature compares under each operation
+      (the feature's k; 0 where the defense reads no ranking), for attacks on the ranking itself.
     """
 
     kind: str  # "operations", "detector" or "pipeline"
@@ -251,14 +253,19 @@ class Defense:
     flags: Callable[[Any], Any] | None = None
     correct: Callable[[Any], Any] | None = None
     storage: Callable[[Any], Any] | None = None
+    top_k: int = 0
 
 
 @dataclass(frozen=True)
 class AttackContext(BuildContext):
     """The context of an attack cell: a :class:`BuildContext` plus, for adaptive attacks, the
-    :class:`Defense` they target (None for oblivious ones)."""
+    :class:`Defense` they target (None for oblivious ones), and for an attack that declares
+    ``AttackSpec.warm_start`` the point each row starts from: a float (N, 3, H, W) batch inside
+    the budget ball of ``images`` (e.g. the row's adversarial image at a smaller budget), or
+    None (the attack's own start)."""
 
     defense: Defense | None = None
+    start: Any = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +281,8 @@ class AttackSpec(PluginSpec):
     it is measured in (``linf``, ``l2``, ``l1``, or ``""``), ``threat`` what the attacker sees
     (``white-box``, ``score-based`` or ``decision-based``). ``adaptive`` lists the kinds of
     :class:`Defense` the attack can target (``operations``, ``detector``, ``pipeline``); empty
-    for an oblivious attack.
+    for an oblivious attack. ``warm_start``: ``run`` begins from ``ctx.start`` when it is given
+    (the robust evaluation's warm start from a smaller budget's image).
 
     ``cost(params, inputs)`` (optional) returns ``(forward, backward)``: the passes through the
     classifier per attacked image, an upper bound (a forward pass followed by a backward pass
@@ -290,6 +298,7 @@ class AttackSpec(PluginSpec):
     norm: str = ""
     threat: str = "white-box"
     adaptive: tuple[str, ...] = ()
+    warm_start: bool = False
     kind: ClassVar[str] = "attack"
 
 

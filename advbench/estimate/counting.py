@@ -111,7 +111,12 @@ def _training_passes(plan: Plan, cell: Cell, det: DetectorFacts, facts: Facts, n
 
 
 def _entry_and_target(plan: Plan, cell: Cell):
-    entry = next(e for e in plan.benchmark.adaptive if e.label == cell.attack.rsplit(">", 1)[0])
+    if cell.stage == "robust":
+        entries = plan.benchmark.robust
+        label = cell.attack.split(">", 1)[0].rsplit("@", 1)[0]
+    else:
+        entries, label = plan.benchmark.adaptive, cell.attack.rsplit(">", 1)[0]
+    entry = next(e for e in entries if e.label == label)
     return entry, next(t for t in entry.targets if t.label == cell.target)
 
 
@@ -150,7 +155,7 @@ def count_work(plan: Plan, facts: Facts) -> list[CellWork]:
             images = float(known if known is not None else images_per_model(plan))
             work.append(CellWork(cell, (Passes(net, images, 0.0),) if net else (), unknown=why_model,
                                  at_least=known is None))
-        elif cell.stage in ("attack", "adaptive"):
+        elif cell.stage in ("attack", "adaptive", "robust"):
             work.append(_attack_work(plan, cell, facts, net, why_model))
         elif cell.stage == "predict":
             images = set_images(plan, plan.imageset(cell), facts.success_rate)
@@ -173,12 +178,12 @@ def _attack_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tupl
     if not net:
         return CellWork(cell, unknown=why_model)
     if per_image is None:
-        label = cell.attack.rsplit(">", 1)[0] if cell.stage == "adaptive" else cell.attack
+        label = cell.attack.rsplit(">", 1)[0] if cell.stage in ("adaptive", "robust") else cell.attack
         # the re-checks before and after saving are the core's, whatever the attack
         return CellWork(cell, (Passes(net, 2 * attacked, 0.0),),
                         unknown=(f"attack {label!r}: its plugin declares no cost",), at_least=True)
     forward, backward = per_image
-    uncounted = _uncounted_detector(plan, cell) if cell.stage == "adaptive" else ""
+    uncounted = _uncounted_detector(plan, cell) if cell.stage in ("adaptive", "robust") else ""
     unknown = (uncounted,) if uncounted else ()
     return CellWork(cell, (Passes(net, attacked * (forward + 2), attacked * backward),), unknown=unknown,
                     at_least=bool(unknown))

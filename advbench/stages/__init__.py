@@ -5,8 +5,8 @@ lock, completeness check and atomic write; the runner only schedules."""
 
 from __future__ import annotations
 
-from advbench.stages import adaptive, attack, clean, correct, detect, predict, score, split, subset
+from advbench.stages import adaptive, attack, clean, correct, detect, predict, robust, score, split, subset
 
 COMPUTE = {"clean": clean.compute, "attack": attack.compute, "split": split.compute, "predict": predict.compute,
-           "detect": detect.compute, "adaptive": adaptive.compute, "score": score.compute,
+           "detect": detect.compute, "adaptive": adaptive.compute, "robust": robust.compute, "score": score.compute,
            "correct": correct.compute, "subset": subset.compute}

@@ -119,7 +119,7 @@ def test_a_bad_detector_search_names_the_key(registry, search, message):
 
 
 SHIPPED = ["benchmarks.toml", "benchmarks/cifar10-resnet20.toml", "benchmarks/cifar10-resnet20-beyond.toml",
-           "benchmarks/imagenet-paper.toml"]
+           "benchmarks/cifar10-resnet20-robust.toml", "benchmarks/imagenet-paper.toml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED)
@@ -132,14 +132,15 @@ def test_the_shipped_benchmark_files_are_valid(path):
     assert bench.attacks and bench.detectors and len(bench.transforms) == 38
 
 
-def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
-    # its paper leaderboard is quoted next to the base file's: the shared part must not drift
+@pytest.mark.parametrize("name", ["cifar10-resnet20-beyond.toml", "cifar10-resnet20-robust.toml"])
+def test_the_beyond_benchmarks_contain_the_paper_benchmark_unchanged(name):
+    # their paper leaderboard is quoted next to the base file's: the shared part must not drift
     import tomllib
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "benchmarks"
     base = tomllib.loads((root / "cifar10-resnet20.toml").read_text())
-    beyond = tomllib.loads((root / "cifar10-resnet20-beyond.toml").read_text())
+    beyond = tomllib.loads((root / name).read_text())
     assert {**beyond["benchmark"], "name": base["benchmark"]["name"]} == base["benchmark"]
     for key, value in base.items():
         if key == "benchmark":
@@ -148,6 +149,19 @@ def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
             assert beyond[key][: len(value)] == value, key
         else:
             assert beyond[key] == value, key
+
+
+def test_the_robust_benchmark_makes_every_robust_cell_of_the_beyond_benchmark():
+    # its measured robust rows are the beyond benchmark's: the same members, parameters, keys
+    from pathlib import Path
+
+    from advbench.registry import discover
+    from advbench.stages.context import plan_for
+
+    registry, root = discover(), Path(__file__).resolve().parents[2] / "benchmarks"
+    keys = [{c.attack: c.key for c in plan_for(load_benchmark(root / name, registry), registry).cells
+             if c.stage == "robust"} for name in ("cifar10-resnet20-beyond.toml", "cifar10-resnet20-robust.toml")]
+    assert keys[1] and keys[0] == keys[1]
 
 
 @pytest.mark.parametrize("correction, message", [
@@ -164,3 +178,57 @@ def test_an_adaptive_attack_on_the_pipeline_needs_one_to_attack(registry, correc
 def test_default_operations_takes_a_boolean_only(registry):
     found = problems(tiny_benchmark(extra="[prediction]\ndefault_operations = 1\n"), registry)
     assert any(p.startswith("prediction.default_operations") for p in found), found
+
+
+ROBUST_OK = """
+[[robust]]
+budgets = ["8/255", 0.0078431372549, "16/255"]
+targets = [{ detector = "lda", feature = "counting", group = "All" }]
+[[robust.members]]
+plugin = "eot-pgd"
+steps = 5
+per_budget = { rel_stepsize = [0.2, 0.1, 0.05] }
+[[robust.members]]
+plugin = "rank-eot"
+name = "late"
+budgets = ["16/255"]
+"""
+
+
+def test_a_robust_entry_parses_budgets_members_and_per_budget_parameters(registry):
+    (entry,) = parse_benchmark(tiny_benchmark(extra=ROBUST_OK), registry).robust
+    assert entry.label == "robust" and entry.norm == "linf"
+    assert entry.budgets == (0.0078431372549, 8 / 255, 16 / 255)  # sorted; "a/b" read as a fraction
+    eot, late = entry.members
+    assert [p.rel_stepsize for p in eot.params] == [0.2, 0.1, 0.05] and [p.epsilon for p in eot.params] == list(entry.budgets)
+    assert late.params[:2] == (None, None) and late.params[2].epsilon == 16 / 255
+    assert [t.label for t in entry.targets] == ["lda/counting/All"]
+
+
+@pytest.mark.parametrize("body,expected", [
+    ('budgets = ["8/255"]\ntargets = ["pipeline"]\n[[robust.members]]\nplugin = "fgsm"\n',
+     "robust[0].members[0].plugin: 'fgsm' is not an adaptive attack"),
+    ('budgets = ["8/255"]\ntargets = [{ group = "All" }]\n[[robust.members]]\nplugin = "eot-pgd"\n',
+     "robust[0].targets[0]: a robust evaluation needs a system that decides"),
+    ('budgets = ["8/255", "x"]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd"\n', "robust[0].budgets: expected positive numbers or fractions"),
+    ('budgets = [8]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd"\n', "robust[0].budgets: budget 8 is above 1"),
+    ('budgets = ["8/255"]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd"\nper_budget = { steps = [1, 2] }\n',
+     "robust[0].members[0].per_budget: expected a table of lists with one value per budget (1)"),
+    ('budgets = ["8/255"]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd"\nepsilon = 0.1\n', "robust[0].members[0]: 'epsilon' is set by the entry's budgets"),
+    ('budgets = ["8/255"]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd-l2"\n', "robust[0].members[0].plugin: 'eot-pgd-l2' measures its budget in l2"),
+    ('budgets = ["8/255"]\ntargets = ["pipeline"]\n[[robust.members]]\nplugin = "opgd"\n'
+     '[correction]\npipeline = { detector = "lda", feature = "counting", group = "All" }\n',
+     "robust[0].targets: no member can attack 'pipeline'"),
+    ('budgets = ["8/255"]\ntargets = [{ detector = "nope", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd"\n', "robust[robust].targets: unknown detector 'nope'"),
+    ('budgets = ["8/255"]\ntargets = [{ detector = "lda", feature = "counting", group = "All" }]\n'
+     '[[robust.members]]\nplugin = "eot-pgd"\nstepz = 3\n', "robust[0].members[0].stepz: unknown parameter of 'eot-pgd'"),
+])
+def test_robust_entry_problems_are_one_line_each_with_their_key(registry, body, expected):
+    found = problems(tiny_benchmark(extra="[[robust]]\n" + body), registry)
+    assert any(p.startswith(expected) for p in found), found

@@ -29,6 +29,7 @@ from advbench.report.tables.labels import (budget, closest, defense, evaluation_
 from advbench.report.tables.leaderboards import (BOARD_RATES, LEADERBOARD_METRICS, LOWER_IS_BETTER, METRIC_TITLES,
                                                  compare, cross_run_leaderboard, failures, leaderboard)
 from advbench.report.tables.paper import table1, table2, table3, table4, table5, table6
+from advbench.report.tables.robust import robust_curves, robust_table
 
 __all__ = [
     "BOARD_RATES", "CONFIDENCE", "DECIMALS_NOTE", "EXTRA_TABLES", "INTERVAL_NOTE", "LEADERBOARD_METRICS",
@@ -36,7 +37,7 @@ __all__ = [
     "Table", "adaptive_tables", "attack_estimate", "budget", "closest", "compare", "cross_run_leaderboard",
     "decimals_for", "defense", "detection_by_attack", "detection_estimate", "detection_rate_overall", "estimate",
     "evaluation_sets", "failures", "family", "leaderboard", "metric", "security", "security_curves",
-    "smallest_succeeding_budget", "standard", "subset", "subset_steps", "system_estimate", "table1", "table2",
+    "robust_curves", "robust_table", "smallest_succeeding_budget", "standard", "subset", "subset_steps", "system_estimate", "table1", "table2",
     "table3", "table4", "table5", "table6", "table_named", "target", "targeted", "threat", "unseen", "wilson",
 ]
 
@@ -44,7 +45,7 @@ TABLES: dict[int, Callable[[Sequence], list[Table]]] = {1: table1, 2: table2, 3:
 """The paper's tables by number (``report --table N``)."""
 EXTRA_TABLES: dict[str, Callable[[Sequence], list[Table]]] = {
     "detection": detection_by_attack, "adaptive": adaptive_tables, "security": security, "unseen": unseen,
-    "subset": subset}
+    "subset": subset, "robust": robust_table}
 """Tables by name beyond the paper's (``report --table detection``)."""
 
 
@@ -53,7 +54,8 @@ TABLE_NEEDS = {"detection": "finished detector cells",
                "adaptive": "[[adaptive]] attacks",
                "security": "attacks with 'budgets' or [[adaptive]] attacks (evaluation sets)",
                "unseen": "held-out detector cells: detection.protocol = \"leave-one-attack-out\" or detection.partitions",
-               "subset": "detection.subset_search"}
+               "subset": "detection.subset_search",
+               "robust": "[[robust]] entries (an attack ensemble's worst case per defense and budget)"}
 
 
 def table_named(name: str) -> Callable[[Sequence], list[Table]]:

@@ -8,8 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from advbench.errors import AdvbenchError
+from advbench.plan import IMAGES
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Estimate, Rank, Table, by_world,
                                          counted, estimate, metric, span, standard)
+from advbench.report.tables.robust import budget_text, robust_lookup
+from advbench.report.tables.robust import detection_estimate as robust_detection
+from advbench.report.tables.robust import system_estimate as robust_system
 
 LEADERBOARD_METRICS = ("accuracy", "balanced_accuracy", "eer", "auroc", "tpr_at_5fpr")
 METRIC_TITLES = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. acc.", "eer": "EER", "auroc": "AUROC",
@@ -76,21 +80,43 @@ def leaderboard(cells, sort: str = "accuracy", top: int | None = None) -> list[T
     cells whose ``sort`` interval overlaps the leader's are ranked ``=1`` with it."""
     _check_sort(sort)
     tables = []
+    robust = robust_lookup(cells)
     for (dataset, model), group in by_world(c for c in cells if standard(c)).items():
         ok = [c for c in group if c.status == "ok"]
         ranked = _rank(ok, lambda c: metric(c, sort), lambda c: estimate(c, sort), sort in LOWER_IS_BETTER,
                        lambda c: (c.detector, c.feature, c.transform))
-        rows = [(rank, c.detector, c.feature, c.transform, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES), "ok")
-                for rank, c in ranked[:top]]
-        rows += [("-", c.detector, c.feature, c.transform, None, *([None] * len(BOARD_RATES)),
+        worst = robust_columns(robust, dataset, model) if any(k[:2] == (dataset, model) for k in robust) else None
+        extra = () if worst is None else ("Robust det.", "Robust sys.", "Robust @")
+        rows = [(rank, c.detector, c.feature, c.transform, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES),
+                 *(() if worst is None else worst(c)), "ok") for rank, c in ranked[:top]]
+        rows += [("-", c.detector, c.feature, c.transform, None, *([None] * (len(BOARD_RATES) + len(extra))),
                   f"{c.status}: {c.error}") for c in group if c.status != "ok"]
         shown = f", best {top} of {len(ok)}" if top is not None and top < len(ok) else ""
         leader = estimate(ranked[0][1], sort) if ranked else None
+        notes = _board_notes(sort, ranked[:top], leader, ok) + ((ROBUST_NOTE,) if extra else ())
         tables.append(Table(f"Leaderboard — {dataset} / {model} (eval set, ranked by {sort}{shown})",
                             ("Rank", "Detector", "Feature", "Group", "n", *(METRIC_TITLES[m] for m in BOARD_RATES),
-                             "Status"),
-                            tuple(rows), _board_notes(sort, ranked[:top], leader, ok), key_columns=4))
+                             *extra, "Status"),
+                            tuple(rows), notes, key_columns=4))
     return tables
+
+
+ROBUST_NOTE = ("Robust det./sys.: the [[robust]] worst case against this cell at its largest budget (Robust @): the "
+               "share of images fooling the classifier that it flags, and of attacked eval images that fool the "
+               "defended system (--table robust: every budget, members, steps/samples/restarts); –: no robust entry "
+               "targets it")
+
+
+def robust_columns(robust: dict, dataset: str, model: str):
+    """A detector cell -> (robust detection rate, robust system success, budget) of the robust
+    cell targeting it, Nones where none does."""
+    def columns(c) -> tuple:
+        label = "/".join(p for p in (c.detector, c.feature, "" if c.transform == IMAGES else c.transform) if p)
+        cell = robust.get((dataset, model, label))
+        if cell is None:
+            return (None, None, "–")
+        return (robust_detection(cell), robust_system(cell), budget_text(cell.budget))
+    return columns
 
 
 def cross_run_leaderboard(runs_and_cells, sort: str = "accuracy", best: int = 3) -> list[Table]:
