@@ -22,7 +22,7 @@ from advbench.config import load_benchmark
 from advbench.errors import AdvbenchError
 from advbench.plan import STAGES
 from advbench.registry import discover
-from advbench.report import formats, tables
+from advbench.report import coverage, formats, tables
 from advbench.estimate.progress import TimeLeft, expected_seconds
 from advbench.runner import FORKABLE, RunOptions, Runner
 from advbench.specs import KINDS
@@ -91,6 +91,9 @@ def run(
     err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
               f"{len(result.failed)} failed) in {time.monotonic() - started:.1f} s, {runner.thread_choice.describe()} "
               f"-> {result.store_url} (run {result.run_id})", highlight=False, soft_wrap=True)
+    warning = coverage.few_adversarial_warning(coverage.from_outcomes(result.outcomes))
+    if warning:
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
     if result.failed:
         for o in result.failed[:10]:
             err.print(f"failed: {o.cell.title}: {o.error}", highlight=False, markup=False, soft_wrap=True)
@@ -289,6 +292,7 @@ def report(
         raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(tables.LEADERBOARD_METRICS)}")
     st = open_store(store, create=False)
     images: list[tuple[str, bytes]] = []
+    warning = ""  # a run's image sets with few adversarial eval images
     if runs:
         result = [tables.Table("Runs", ("Run", "Benchmark", "Config hash", "Started", "Status"),
                                tuple((r.id, r.benchmark, r.config_hash, f"{r.started_at:%Y-%m-%d %H:%M}", r.status)
@@ -302,6 +306,7 @@ def report(
     else:
         run_row = _pick_run(st, run_id, benchmark)
         cells = st.cells(run_row.id)
+        warning = coverage.few_adversarial_warning(coverage.from_store(cells))
         if table:
             result = tables.table_named(table)(cells)
         elif fmt == Format.html:  # the whole run on one page: the evaluation tables where the run has their cells
@@ -317,6 +322,8 @@ def report(
         if table in tables.TABLE_NEEDS:
             raise AdvbenchError(f"--table {table}: this run has nothing for it; it needs {tables.TABLE_NEEDS[table]}")
         raise AdvbenchError("nothing to report for this selection (no matching cells)")
+    if warning:
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
     if fmt == Format.rich and out_file is None:
         formats.render_rich(result, out)
         return 0

@@ -367,7 +367,8 @@ def test_run_without_a_terminal_prints_one_plain_line_per_cell(world, tmp_path, 
     assert sorted(m[4] for m in done) == sorted(o.cell.title for o in result.outcomes)  # one line per cell
     assert [m[4] for m in done if m[3] == "computed"] == [cell_of(result, "split").cell.title]
     others = [line for line, m in zip(lines(err), progress) if not m]
-    assert len(others) == 2 and others[0].startswith("tiny: ") and others[1].startswith("next: advbench report")
+    assert len(others) == 3 and others[0].startswith("tiny: ") and others[2].startswith("next: advbench report")
+    assert others[1].startswith("warning: few adversarial eval images")  # a tiny world: a handful per set
 
 
 def test_plain_progress_prints_a_progress_line_now_and_then():
