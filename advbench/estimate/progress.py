@@ -3,8 +3,8 @@ estimate (what ``advbench validate --estimate`` prints), calibrated by the cells
 
 A stage's cells differ by orders of magnitude from another's (an attack is not a score), so a
 stage none of whose cells has finished cannot be priced at the mean of the others: it is priced
-by the estimate (passes through its networks at the rates measured here, and its image
-operations), scaled by how the computed cells compared with their own estimates. Cells the
+by the estimate (the FLOPs of its passes through each network, and its image operations), scaled
+by how the computed cells compared with their own estimates. Cells the
 estimate does not price (statistical fits, array work) count at the mean of such cells computed
 so far. Each settled cell's share of the run's other time (the store, scheduling) is added
 per remaining cell. Without the estimate (a model that cannot be built here), a stage counts
@@ -26,25 +26,32 @@ from advbench.registry import Registry
 Expected = Mapping[str, "tuple[str, float | None]"]
 
 
+#: Nominal speed that turns the estimate's FLOPs into seconds until the run's own cells calibrate
+#: it (one core of a 2020s CPU on small convolutions; the digits CNN ran at ~31 GFLOP/s here).
+NOMINAL_CPU_FLOPS = 2e10
+
+
 def expected_seconds(plan: Plan, registry: Registry, cache_dir: Path | None = None,
                      ) -> dict[str, tuple[str, float | None]]:
-    """Each cell's expected seconds on this machine, one process, one torch thread (the estimate's
-    passes at the rates it measures here, plus its image operations on one core)."""
+    """Each cell's expected seconds: the estimate's FLOPs (its passes through each network; counted,
+    not timed: timing the networks took 4 s of a 35 s run) at a nominal speed, plus its image
+    operations on one core (timed here). The calibration by computed cells corrects the speed."""
     import torch
 
     from advbench.estimate.counting import count_work
     from advbench.estimate.gathering import Options, gather
-    from advbench.estimate.summary import Hardware, price
+    from advbench.estimate.summary import DEFAULT_GPU_TFLOPS, Hardware, price
 
     device = plan.benchmark.settings.device
     gpus = 1 if device != "cpu" and torch.cuda.is_available() else 0
-    facts, networks = gather(plan, registry, Options(gpus=gpus, cpus=1, cache_dir=cache_dir))
+    facts, networks = gather(plan, registry, Options(gpus=gpus, cpus=1, cache_dir=cache_dir, measure=False))
     hw = Hardware(gpus, 1, 1)
+    speed = DEFAULT_GPU_TFLOPS * 1e12 if gpus else NOMINAL_CPU_FLOPS
     expected: dict[str, tuple[str, float | None]] = {}
     for work in count_work(plan, facts):
-        seconds = sum(price(p, networks, hw)[1] for p in work.passes) + work.cpu_seconds
-        priced = (work.passes or work.cpu_seconds) and math.isfinite(seconds)
-        expected[work.cell.key] = (work.cell.stage, float(seconds) if priced else None)
+        flops = sum(price(p, networks, hw)[0] for p in work.passes)
+        priced = (flops > 0 or work.cpu_seconds > 0) and math.isfinite(flops)
+        expected[work.cell.key] = (work.cell.stage, flops / speed + work.cpu_seconds if priced else None)
     return expected
 
 
@@ -96,8 +103,9 @@ class TimeLeft:
     def seconds(self) -> float:
         """The estimate of the seconds left (wall time)."""
         self._price()
-        priced_rate = _ratio(sum(s.observed for s in self._stages.values()),
-                             sum(s.observed_expected for s in self._stages.values()))
+        # the clean cell also loads the dataset and builds (or trains) the model: no guide to the rest
+        calibrating = [s for name, s in self._stages.items() if name != "clean"]
+        priced_rate = _ratio(sum(s.observed for s in calibrating), sum(s.observed_expected for s in calibrating))
         unpriced_done = sum(s.unpriced_done for s in self._stages.values())
         # with the plan's estimate, the unpriced cells are array work, alike across stages; without
         # it they include attacks, and a stage borrows from none

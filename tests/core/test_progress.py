@@ -123,3 +123,13 @@ def test_the_plan_estimate_prices_model_cells_and_leaves_array_work_unpriced(reg
         assert all(s is not None and s > 0 for s in by_stage[stage]), stage
     for stage in ("split", "detect", "correct"):
         assert all(s is None for s in by_stage.get(stage, [])), stage
+
+
+def test_the_clean_cell_does_not_calibrate_the_other_stages():
+    clock = Clock()  # the clean cell trained the model on first use: 2 s against an estimate of 0.05 s
+    left = TimeLeft({"clean": 1, "predict": 10}, lambda: {"c": ("clean", 0.05),
+                                                          **{f"p{i}": ("predict", 0.1) for i in range(10)}},
+                    clock=clock)
+    clock.now = 2.0
+    left.observe("c", "clean", 2.0, computed=True)
+    assert left.seconds() == pytest.approx(10 * 0.1)  # not 10 x 0.1 x 40
