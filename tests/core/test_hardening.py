@@ -143,6 +143,7 @@ def _read_only_runner(tmp_path: Path, how: str):
 
 
 @pytest.mark.parametrize("how", ["chmod", "bind"])
+@pytest.mark.slow  # advbench in subprocesses
 def test_a_read_only_cache_serves_a_cached_run_and_names_itself_otherwise(world, tmp_path, advbench, how):
     runner = _read_only_runner(tmp_path, how)
     config, cache, store = copy_world(world, tmp_path)
@@ -298,6 +299,7 @@ def test_scratch_folders_of_killed_runs_are_swept_and_locks_do_not_pile_up(world
     assert c.state("split", kept.cell.key).complete  # artefacts untouched
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_a_run_killed_with_sigkill_is_completed_by_the_next_with_identical_results(world, tmp_path, registry):
     result, _ = world
     config = tmp_path / "benchmark.toml"
