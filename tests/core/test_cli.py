@@ -75,6 +75,7 @@ def test_run_writes_results_db_in_the_working_directory(small_run):
     assert "0 failed" in proc.stderr
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     (tmp_path / "bad.toml").write_text('[benchmark]\nname = "bad"\n[[attacks]]\nplugin = "no-such-attack"\n')
     proc = advbench("run", "bad.toml", cwd=tmp_path)
@@ -113,6 +114,7 @@ def test_report_formats_parse_back(small_run):
         assert proc.returncode == 0 and json.loads(proc.stdout)[0]["rows"], (table, proc.stderr)
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_report_without_a_store_is_a_user_error(tmp_path):
     proc = advbench("report", cwd=tmp_path)
     assert proc.returncode == 2 and "no results store" in proc.stderr and "Traceback" not in proc.stderr
