@@ -101,12 +101,15 @@ def test_the_runner_computes_its_cells_with_the_chosen_count(tmp_path, registry,
     assert seen == [1, 3] and torch.get_num_threads() == before
 
 
-def test_a_forked_worker_takes_the_runs_count():
+def test_a_forked_worker_takes_the_runs_count(monkeypatch):
+    import advbench.lifetime
+
+    monkeypatch.setattr(advbench.lifetime, "die_with_parent", lambda parent: "test")  # not this process
     before = torch.get_num_threads()
     try:
-        _init_worker(3)
+        _init_worker(0, 3)
         assert torch.get_num_threads() == 3
-        _init_worker(None)  # the user's OMP_NUM_THREADS: what the worker inherited
+        _init_worker(0, None)  # the user's OMP_NUM_THREADS: what the worker inherited
         assert torch.get_num_threads() == 3
     finally:
         threads.apply(before)
