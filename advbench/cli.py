@@ -27,10 +27,12 @@ from advbench.redact import mask_passwords
 from advbench.plan import STAGES
 from advbench.preflight import plugin_checks, preflight
 from advbench.registry import discover
-from advbench.report import formats, tables
-from advbench.runner import RunOptions, Runner
+from advbench.report import coverage, formats, tables
+from advbench.estimate.progress import TimeLeft, expected_seconds
+from advbench.runner import FORKABLE, RunOptions, Runner
 from advbench.specs import KINDS
 from advbench.store import open_store
+from advbench.threads import apply_interop
 
 # plain help (no rich markup): "[parquet]" stays literal, flags show no "<bool>" type, and wrapped
 # docstrings read as paragraphs
@@ -75,14 +77,18 @@ def run(
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")] = None,
     executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".[ray]\").")] = ExecutorKind.local,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default: a local Ray instance.")] = None,
+    threads: Annotated[Optional[str], typer.Option("--threads", metavar="N|auto", help="torch (and BLAS) threads per process: N, or auto (idle cores: cores less the load average). Default: $ADVBENCH_THREADS, else $OMP_NUM_THREADS, else 1 (fast on a shared machine; the same numbers on every machine).")] = None,
 ) -> int:
     """Plan the benchmark matrix and execute it; results go to the store."""
     if address is not None and executor != ExecutorKind.ray:
         raise AdvbenchError("--address is the address of a Ray cluster; add --executor ray")
     bench = load_benchmark(config, discover())
     runner = Runner(bench, discover(), RunOptions(store=store, max_images=max_images, workers=workers, fresh=fresh,
-                                                  cache_dir=cache_dir, executor=executor.value, address=address))
+                                                  cache_dir=cache_dir, executor=executor.value, address=address,
+                                                  threads=threads))
     preflight(bench, discover(), runner.plan)  # files, k and labels: before the store is opened
+    apply_interop(runner.thread_choice.threads)
+    started = time.monotonic()
     counts = {s: len(runner.plan.stage(s)) for s in STAGES}
     counts = {s: n for s, n in counts.items() if n}
     if err.is_terminal:
@@ -99,12 +105,17 @@ def run(
 
             result = runner.run_with(on_cell)
     else:  # nohup, SLURM, CI: one plain line per finished cell and a progress line now and then
-        result = runner.run_with(PlainProgress(counts, err))
+        left = TimeLeft(counts, lambda: expected_seconds(runner.plan, runner.registry, runner.cache.root),
+                        parallel={s: workers for s in FORKABLE} if workers > 1 and executor == ExecutorKind.local else {})
+        result = runner.run_with(PlainProgress(counts, err, left=left))
     n_cached = sum(o.cached for o in result.outcomes)
     # names are printed, not parsed as markup ("bench[/]"); a store URL's password is masked
     err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
-              f"{len(result.failed)} failed) -> {mask_passwords(result.store_url)} (run {result.run_id})",
-              highlight=False, markup=False, soft_wrap=True)
+              f"{len(result.failed)} failed) in {time.monotonic() - started:.1f} s, {runner.thread_choice.describe()} "
+              f"-> {mask_passwords(result.store_url)} (run {result.run_id})", highlight=False, markup=False, soft_wrap=True)
+    warning = coverage.few_adversarial_warning(coverage.from_outcomes(result.outcomes))
+    if warning:
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
     if result.failed:
         for o in result.failed[:10]:
             err.print(mask_passwords(f"failed: {o.cell.title}: {o.error}"), highlight=False, markup=False, soft_wrap=True)
@@ -118,39 +129,36 @@ def run(
 
 
 class PlainProgress:
-    """Progress for logs: a line per finished cell, and every ``every`` seconds the count and an
-    estimate of the time left: each stage's remaining cells at the mean time of its computed
-    cells so far (the stages differ by orders of magnitude; an attack is not a score)."""
+    """Progress for logs: a line per finished cell, and every ``every`` seconds the count and the
+    time left, from the plan's cost estimate calibrated by the cells computed so far
+    (:mod:`advbench.estimate.progress`)."""
 
-    def __init__(self, counts: dict[str, int], console: Console, every: float = 30.0):
-        self.remaining, self.console, self.every = dict(counts), console, every
+    def __init__(self, counts: dict[str, int], console: Console, every: float = 30.0, left: TimeLeft | None = None,
+                 clock=time.monotonic):
+        self.console, self.every, self.clock = console, every, clock
         self.total, self.done = sum(counts.values()), 0
-        self.spent: dict[str, float] = {}
-        self.computed: dict[str, int] = {}
-        self.start = self.last = time.monotonic()
+        self.time_left = left or TimeLeft(counts, clock=clock)
+        self.start = self.last = clock()
 
     def __call__(self, outcome) -> None:
         self.done += 1
-        stage = outcome.cell.stage
-        self.remaining[stage] = self.remaining.get(stage, 1) - 1
-        if outcome.status == "ok" and not outcome.cached:
-            self.spent[stage] = self.spent.get(stage, 0.0) + outcome.seconds
-            self.computed[stage] = self.computed.get(stage, 0) + 1
+        computed = outcome.status == "ok" and not outcome.cached
+        self.time_left.observe(outcome.cell.key, outcome.cell.stage, outcome.seconds, computed)
         how = "cached" if outcome.cached else outcome.status if outcome.status != "ok" else "computed"
         line = f"[{self.done}/{self.total}] {how} {outcome.cell.title} {outcome.seconds:.1f}s"
         if outcome.note or outcome.error:
             line += f" ({outcome.note or outcome.error})"
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last >= self.every and self.done < self.total:
-            self.last = now
+            left = self.left()
+            self.last = self.clock()  # pricing the plan the first time takes a few seconds
             self.console.print(f"progress: {self.done}/{self.total} cells, {(now - self.start) / 60:.1f} min elapsed, "
-                               f"~{self.left() / 60:.1f} min left", highlight=False, soft_wrap=True)
+                               f"~{left / 60:.1f} min left", highlight=False, soft_wrap=True)
 
     def left(self) -> float:
-        overall = sum(self.spent.values()) / max(1, sum(self.computed.values()))
-        return sum(n * (self.spent[s] / self.computed[s] if self.computed.get(s) else overall)
-                   for s, n in self.remaining.items() if n > 0)
+        """Seconds left, estimated."""
+        return self.time_left.seconds()
 
 
 @app.command()
@@ -331,6 +339,7 @@ def report(
         raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(tables.LEADERBOARD_METRICS)}")
     st = open_store(store, create=False)
     images: list[tuple[str, bytes]] = []
+    warning = ""  # a run's image sets with few adversarial eval images
     run_row = None
     if runs:
         result = [tables.Table("Runs", ("Run", "Benchmark", "Config hash", "Started", "Status"),
@@ -345,6 +354,7 @@ def report(
     else:
         run_row = _pick_run(st, run_id, benchmark)
         cells = _cells(st, run_row)
+        warning = coverage.few_adversarial_warning(coverage.from_store(cells))
         if table:
             result = tables.table_named(table)(cells)
         elif fmt == Format.html:  # the whole run on one page: the evaluation tables where the run has their cells
@@ -360,6 +370,8 @@ def report(
         if table in tables.TABLE_NEEDS:
             raise AdvbenchError(f"--table {table}: this run has nothing for it; it needs {tables.TABLE_NEEDS[table]}")
         raise AdvbenchError("nothing to report for this selection (no matching cells)")
+    if warning:
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
     if fmt == Format.rich and out_file is None:
         formats.render_rich(result, out)
         return 0

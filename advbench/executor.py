@@ -63,13 +63,12 @@ _registry: Registry | None = None  # the driver's registry, inherited by forked 
 _contexts: dict[Job, CellContext] = {}
 
 
-def _init_worker(parent: int) -> None:
-    import torch
-
+def _init_worker(parent: int, threads: int | None) -> None:
+    from advbench import threads as thread_settings
     from advbench.lifetime import die_with_parent
 
     die_with_parent(parent)  # a killed driver must not leave its workers waiting forever
-    torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
+    thread_settings.apply(threads)  # the run's count per process (None: the user's OMP_NUM_THREADS)
 
 
 def worker_context(job: Job) -> CellContext:
@@ -88,10 +87,11 @@ def _work(job: Job, key: str) -> CellOutcome:
 class ForkPool:
     """Runs cells in ``workers`` forked processes; outcomes in completion order."""
 
-    def __init__(self, workers: int, registry: Registry, context: Callable[[Job], CellContext] | None = None):
+    def __init__(self, workers: int, registry: Registry, context: Callable[[Job], CellContext] | None = None,
+                 threads: int | None = 1):
         global _registry
         _registry = registry
-        self.workers = workers
+        self.workers, self.threads = workers, threads
         self.context = context  # the driver's: forked workers inherit it with its loaded models
         self.pool: ProcessPoolExecutor | None = None
         self.futures: set[Future] = set()
@@ -106,7 +106,7 @@ class ForkPool:
                 _contexts.clear()
                 _contexts[job] = self.context(job)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_init_worker, initargs=(os.getpid(),))
+                                            initializer=_init_worker, initargs=(os.getpid(), self.threads))
         self.futures.add(self.pool.submit(_work, job, cell.key))
 
     def collect(self) -> list[CellOutcome]:

@@ -254,3 +254,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_thread_count():
+    """The suite computes with a run's thread count (advbench.threads: one unless
+    $ADVBENCH_THREADS or $OMP_NUM_THREADS say otherwise): torch's default, every core, made it
+    several times slower on a busy machine, and a run's numbers depend on the count."""
+    from advbench import threads
+
+    with threads.limited(threads.choose().threads):
+        yield

@@ -71,6 +71,7 @@ class CellContext:
     fresh: bool = False
     _models: dict[str, LoadedModel] = field(default_factory=dict)
     _datasets: dict[str, Any] = field(default_factory=dict)
+    _fitted: dict[str, Any] = field(default_factory=dict)  # feature detectors loaded, by detect cell key
 
     @classmethod
     def from_job(cls, job: Job, registry: Registry | None = None) -> CellContext:

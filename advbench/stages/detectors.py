@@ -72,6 +72,8 @@ def trained(ctx: CellContext, detect_cell: Cell) -> Any:
     """The fitted detector of a finished detect cell: reloaded from its artefact when the
     plugin can save itself, else fitted again on the same data with the same seed (and the
     candidate the dev-set search chose)."""
+    if detect_cell.key in ctx._fitted:
+        return ctx._fitted[detect_cell.key]
     directory = ctx.cache.path("detect", detect_cell.key)
     entry = ctx.entry("detector", detect_cell.detector)
     params = entry.params
@@ -82,6 +84,10 @@ def trained(ctx: CellContext, detect_cell: Cell) -> Any:
         detector = build(ctx, detect_cell, params)
         if hasattr(detector, "load"):
             detector.load(directory / SAVED)
+            # kept for the cell's other evaluation sets: a random forest's skops file took 66 ms to
+            # load, once per set; a feature detector is small (an image detector is not kept)
+            if ctx.registry.get("detector", entry.plugin).inputs == "features":
+                ctx._fitted[detect_cell.key] = detector
             return detector
     data, inputs = training_data(ctx, detect_cell)
     detector = build(ctx, detect_cell, params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
 from sqlalchemy import func, select
 
 from advbench.store import open_store
@@ -12,6 +13,7 @@ from advbench.store.models import Cell, Run
 from concurrent_runs import run_once
 
 
+@pytest.mark.slow  # four processes, each a run
 def test_four_runs_at_once_compute_each_cell_once(tmp_path, store_url):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Manager().Barrier(4)

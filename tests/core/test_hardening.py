@@ -129,6 +129,7 @@ def _read_only_runner(tmp_path: Path, how: str):
 
 
 @pytest.mark.parametrize("how", ["chmod", "bind"])
+@pytest.mark.slow  # advbench in subprocesses
 def test_a_read_only_cache_serves_a_cached_run_and_names_itself_otherwise(world, tmp_path, advbench, how):
     runner = _read_only_runner(tmp_path, how)
     config, cache, store = copy_world(world, tmp_path)
@@ -284,6 +285,7 @@ def test_scratch_folders_of_killed_runs_are_swept_and_locks_do_not_pile_up(world
     assert c.state("split", kept.cell.key).complete  # artefacts untouched
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_a_run_killed_with_sigkill_is_completed_by_the_next_with_identical_results(world, tmp_path, registry):
     result, _ = world
     config = tmp_path / "benchmark.toml"
@@ -353,7 +355,8 @@ def test_run_without_a_terminal_prints_one_plain_line_per_cell(world, tmp_path, 
     assert sorted(m[4] for m in done) == sorted(o.cell.title for o in result.outcomes)  # one line per cell
     assert [m[4] for m in done if m[3] == "computed"] == [cell_of(result, "split").cell.title]
     others = [line for line, m in zip(lines(err), progress) if not m]
-    assert len(others) == 2 and others[0].startswith("tiny: ") and others[1].startswith("next: advbench report")
+    assert len(others) == 3 and others[0].startswith("tiny: ") and others[2].startswith("next: advbench report")
+    assert others[1].startswith("warning: few adversarial eval images")  # a tiny world: a handful per set
 
 
 def test_plain_progress_prints_a_progress_line_now_and_then():

@@ -90,6 +90,7 @@ def test_a_finished_run_drops_the_cells_its_plan_no_longer_has(store_url):
         store.finish_run(999, "ok")
 
 
+@pytest.mark.slow  # four processes
 def test_four_processes_opening_a_fresh_store_migrate_it_once(store_url):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
@@ -101,6 +102,7 @@ def test_four_processes_opening_a_fresh_store_migrate_it_once(store_url):
 
 
 @pytest.mark.parametrize("upsert", ["on-conflict", "fallback"])
+@pytest.mark.slow  # four processes
 def test_four_identical_runs_at_once_write_one_run_and_no_duplicates(store_url, upsert):
     ctx = multiprocessing.get_context("spawn")
     barriers = (ctx.Barrier(4), ctx.Barrier(4))
