@@ -328,7 +328,7 @@ def report(
 
 
 #: Tables of the evaluation protocol on the whole-run HTML page (each empty without its cells).
-HTML_EXTRA_TABLES = ("detection", "adaptive", "security", "unseen", "subset")
+HTML_EXTRA_TABLES = ("detection", "matched", "adaptive", "security", "unseen", "subset")
 
 
 def _pick_run(st, run_id: int | None, benchmark: str | None):

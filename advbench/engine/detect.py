@@ -115,7 +115,26 @@ def detection_metrics(data: LabelledSet, pred: np.ndarray, scores: np.ndarray) -
                 # the count beside each rate, so a report can put an interval on it
                 rows += [(name, origin, float(pred[mask][sub].mean())), ("n", origin, float(sub.sum()))]
             rows += top1_fpr_rows(data.rows(mask & (data.y == 0)), pred[mask & (data.y == 0)])
+            rows += per_attack_rows(data, scores, mask)
     rows += matched_rows(data, scores)
+    return rows
+
+
+def per_attack_rows(data: LabelledSet, scores: np.ndarray, mask: np.ndarray) -> list[tuple[str, str, float]]:
+    """AUROC and TNR at 95 % TPR (with bootstrap intervals) of each attack's eval images against
+    the normal ones, when the cell is scored on more than one attack: how a mixture-trained
+    detector compares with a per-attack one on the same images."""
+    attacks = sorted(set(data.origin[mask & (data.y == 1)].tolist()))
+    if len(attacks) < 2:
+        return []
+    rows = []
+    for origin in attacks:
+        sub = mask & ((data.y == 0) | (data.origin == origin))
+        y, s = data.y[sub], scores[sub]
+        rows += [("auroc", origin, M.auroc(y, s)), ("tnr_at_95tpr", origin, M.tnr_at_tpr(y, s, MATCHED_TPR))]
+        for stat in ("auroc", "tnr_at_95tpr"):
+            lo, hi = M.bootstrap_interval(y, s, stat, n_boot=1000, seed=0)
+            rows += [(f"{stat}_lo", origin, lo), (f"{stat}_hi", origin, hi)]
     return rows
 
 
