@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from advbench.engine import detect
-from advbench.engine.detect import LabelledSet
-from advbench.plan import Cell
+from advbench.engine.detect import UNUSED, LabelledSet
+from advbench.plan import PER_ATTACK, Cell
 from advbench.specs import DetectorContext, FitInfo, Params
 from advbench.stages.context import CellContext, MetricRows
 from advbench.stages.inputs import detector_inputs, held_out
@@ -41,6 +41,8 @@ def training_data(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray
     if cell.holdout:
         data = held_out(data, *ctx.plan.holdout_sets(cell.holdout))
     keep = protocol_rows(ctx, cell, data)
+    if cell.holdout.startswith(PER_ATTACK):  # other attacks' rows: neither trained nor scored on
+        keep &= data.split != UNUSED
     if not keep.all():
         data, inputs = data.rows(keep), inputs[keep]
     return data, inputs

@@ -141,6 +141,11 @@ def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
     base = tomllib.loads((root / "cifar10-resnet20.toml").read_text())
     beyond = tomllib.loads((root / "cifar10-resnet20-beyond.toml").read_text())
     assert {**beyond["benchmark"], "name": base["benchmark"]["name"]} == base["benchmark"]
+    # the fair protocol's departures, and nothing else: normal images stored as adversarial ones,
+    # the detection images a file range, the rest of each class a reference set
+    assert beyond["database"].pop("fair_storage") is True
+    assert beyond["datasets"][0].pop("limit_per_class") == 70 and beyond["datasets"][1]["skip_per_class"] == 70
+    assert beyond["detection"]["references"] == {beyond["datasets"][0]["name"]: beyond["datasets"][1]["name"]}
     for key, value in base.items():
         if key == "benchmark":
             continue
@@ -164,3 +169,22 @@ def test_an_adaptive_attack_on_the_pipeline_needs_one_to_attack(registry, correc
 def test_default_operations_takes_a_boolean_only(registry):
     found = problems(tiny_benchmark(extra="[prediction]\ndefault_operations = 1\n"), registry)
     assert any(p.startswith("prediction.default_operations") for p in found), found
+
+
+@pytest.mark.parametrize("detection, message", [
+    ('protocol = "per-attack"\nper_attack_cells = { attacks = ["nope"] }', "detection.per_attack_cells.attacks[0]: unknown attack 'nope'"),
+    ('protocol = "per-attack"\nper_attack_cells = { detectors = ["nope"] }', "detection.per_attack_cells.detectors[0]: unknown detector 'nope'"),
+    ('references = { testing-digits = "nope" }', "detection.references.testing-digits: unknown dataset 'nope'"),
+    ('references = { testing-digits = "testing-digits" }', "a dataset cannot be its own reference set"),
+])
+def test_per_attack_cells_and_references_name_what_exists(registry, detection, message):
+    found = problems(tiny_benchmark(detection=detection), registry)
+    assert any(message in p for p in found), found
+
+
+def test_new_settings_left_at_their_defaults_keep_the_config_hash(registry):
+    plain = parse_benchmark(tiny_benchmark(), registry)
+    spelled = parse_benchmark(tiny_benchmark(detection='model_normals = "top-1"').replace(
+        "[database]\n", "[database]\nfair_storage = false\n"), registry)
+    fair = parse_benchmark(tiny_benchmark().replace("[database]\n", "[database]\nfair_storage = true\n"), registry)
+    assert plain.config_hash == spelled.config_hash != fair.config_hash

@@ -98,16 +98,15 @@ class Mahalanobis(ModelDetector):
         """(N, layers) Mahalanobis confidence scores, after pre-processing when noise > 0."""
         if self.params.noise == 0:
             return torch.stack([self._confidence(i, v) for i, v in enumerate(self._layer_vectors(x))], 1)
-        columns = []
-        for i in range(len(self.gaussians)):
-            with torch.enable_grad():
-                probe_x = x.detach().requires_grad_(True)
-                closest = -self._confidence(i, self._layer_vectors(probe_x)[i])
-                (grad,) = torch.autograd.grad(closest.sum(), probe_x)
-            # the step direction is piecewise constant in x: gradients flow through the second pass only
-            shifted = x - self.params.noise * grad.sign()
-            columns.append(self._confidence(i, self._layer_vectors(shifted)[i]))
-        return torch.stack(columns, 1)
+        with torch.enable_grad():  # one forward pass, one backward pass per layer
+            probe_x = x.detach().requires_grad_(True)
+            vectors = self._layer_vectors(probe_x)
+            last = len(vectors) - 1
+            signs = [torch.autograd.grad(-self._confidence(i, v).sum(), probe_x, retain_graph=i < last)[0].sign()
+                     for i, v in enumerate(vectors)]
+        # the step direction is piecewise constant in x: gradients flow through the second pass only
+        return torch.stack([self._confidence(i, self._layer_vectors(x - self.params.noise * sign)[i])
+                            for i, sign in enumerate(signs)], 1)
 
     def _fit(self, images: np.ndarray, labels, info) -> None:
         y = check_labels(labels, len(images), self.name)
