@@ -10,6 +10,7 @@ candidates chosen on the dev set). A section left out means the plugins flagged 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -19,34 +20,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from advbench.errors import ConfigError
 from advbench.registry import Registry, unknown_plugin_message
-from advbench.specs import KINDS, Params
+from advbench.specs import KINDS, NumbersAreNotBooleans, Params
 
 SECTION_FOR_KIND = {k: k + "s" for k in KINDS}  # dataset -> datasets, ...
+#: the longest label (benchmark name, entry name, group name) the store keeps: its String(200) columns
+LABEL_MAX = 200
+#: norms whose budgets are per pixel value of [0, 1] images (L2 divided by sqrt(D), L1 by D): at most 1
+PER_VALUE_NORMS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(NumbersAreNotBooleans):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BenchmarkSettings(_Strict):
-    name: str = Field(min_length=1, description="Benchmark name, the key of its results in the store.")
-    seed: int = Field(0, description="Seed for selection, attacks, splits and detectors.")
+    name: str = Field(min_length=1, max_length=LABEL_MAX, description="Benchmark name, the key of its results in the store.")
+    seed: StrictInt = Field(0, ge=0, le=2**32 - 1, description="Seed for selection, attacks, splits and detectors "
+                                                                "(0 to 2**32 - 1, numpy's range).")
     store: str | None = Field(None, description="SQLAlchemy URL or SQLite path of the results store.")
-    top_k: int = Field(5, ge=1, description="k of the top-k labels (selection, criteria, features).")
-    images_per_model: int = Field(1000, ge=1, description="Clean images picked per model (N).")
+    top_k: StrictInt = Field(5, ge=1, description="k of the top-k labels (selection, criteria, features); below the "
+                                                  "number of classes.")
+    images_per_model: StrictInt = Field(1000, ge=1, description="Clean images picked per model (N).")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'...")
 
 
 class DatabaseSettings(_Strict):
-    target_shift: int = Field(100, ge=1, description="Target label = (top-1 + shift) mod C.")
+    target_shift: StrictInt = Field(100, ge=1, description="Target label = (top-1 + shift) mod C.")
     target_threshold: float = Field(0.99, gt=0, le=1, description="Targeted success: P(target) >= this.")
     image_format: Literal["jpeg", "png"] = Field("jpeg", description="File format of saved adversarial images.")
-    jpeg_quality: int = Field(100, ge=1, le=100, description="JPEG quality of saved adversarial images.")
-    batch_size: int = Field(32, ge=1, description="Images per attack batch.")
+    jpeg_quality: StrictInt = Field(100, ge=1, le=100, description="JPEG quality of saved adversarial images.")
+    batch_size: StrictInt = Field(32, ge=1, description="Images per attack batch.")
     split: tuple[float, float, float] = Field((0.70, 0.15, 0.15), description="train/dev/eval shares.")
     fair_storage: StrictBool = Field(
         False, description="Normal images go through the same save -> reload (image_format, jpeg_quality) as "
@@ -68,7 +75,7 @@ class DatabaseSettings(_Strict):
 
 class PredictionSettings(_Strict):
     backend: Literal["pillow", "tensor"] = Field("pillow", description="How operations are applied.")
-    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    batch_size: StrictInt = Field(128, ge=1, description="Images per forward pass.")
     default_operations: StrictBool | None = Field(
         None, description="Keep the default operations (the paper's 38) beside the listed [[transforms]]: "
                           "true adds the listed ones to them; null (the default) keeps them only when no "
@@ -108,7 +115,7 @@ class SubsetSearchSettings(_Strict):
     detector: str = Field(description="Detector label whose operation subsets are searched.")
     feature: str = Field(description="Feature label it is fitted on.")
     group: str = Field("All", description="Feature group whose operations are the candidates.")
-    max_operations: int = Field(8, ge=1, description="Largest subset size the greedy search reaches.")
+    max_operations: StrictInt = Field(8, ge=1, description="Largest subset size the greedy search reaches.")
 
 
 class DetectionSettings(_Strict):
@@ -289,15 +296,38 @@ def _loc(loc: tuple) -> str:
 
 def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
     problems = []
-    for e in err.errors():
-        where = _loc(tuple(prefix.split(".")) + tuple(e["loc"]) if prefix else tuple(e["loc"]))
-        if e["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown key (found {e['input']!r})")
+    errors = err.errors()
+    lead = tuple(prefix.split(".")) if prefix else ()
+    missing = {tuple(e["loc"]): e for e in errors if e["type"] == "missing"}
+    misspelt = {}  # a required key given under a close name: one problem, not two
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden" and isinstance(loc[-1], str):
+            siblings = [m[-1] for m in missing if m[:-1] == loc[:-1] and isinstance(m[-1], str)]
+            close = difflib.get_close_matches(loc[-1], siblings, n=1, cutoff=0.6)
+            if close:
+                misspelt[loc] = close[0]
+                missing.pop(loc[:-1] + (close[0],))
+    for e in errors:
+        loc = tuple(e["loc"])
+        where = _loc(lead + loc)
+        if loc in misspelt:
+            problems.append(f"{where}: unknown key; did you mean {misspelt[loc]!r}? (a required key)")
+        elif e["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key (found {_shown(e['input'])})")
         elif e["type"] == "missing":
-            problems.append(f"{where}: required key is missing")
+            if loc in missing:
+                problems.append(f"{where}: required key is missing")
         else:
-            problems.append(f"{where}: {e['msg']} (found {e.get('input')!r})")
+            message = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message} (found {_shown(e.get('input'))})")
     return problems
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A found value for a one-line message: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(value) if hasattr(value, '__len__') else len(text)} long)"
 
 
 def load_benchmark(path: str | Path, registry: Registry) -> Benchmark:
@@ -309,6 +339,9 @@ def load_benchmark(path: str | Path, registry: Registry) -> Benchmark:
         raise ConfigError(str(path), ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                                      f"{exc.start}); a benchmark file is TOML text"]) from None
     return parse_benchmark(text, registry, path=path)
 
 
@@ -357,7 +390,7 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         _check_protocol(detection, entries, problems)
         _check_targets(adaptive, detection.groups, doc.correction, entries, registry, problems)
     if problems:
-        raise ConfigError(str(path), problems)
+        raise ConfigError(str(path), list(dict.fromkeys(problems)))  # a grid repeats its points' problems
     assert doc is not None
     bench = Benchmark(
         path=path, text=text, settings=doc.benchmark, database=doc.database,
@@ -380,8 +413,7 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
     labels: set[str] = set()
     for i, item in enumerate(items):
         where = f"{section}[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: expected a table, found {item!r}")
+        if not isinstance(item, dict):  # the document's schema says so: "Input should be a valid dictionary"
             continue
         item = dict(item)
         plugin = item.pop("plugin", None)
@@ -432,6 +464,12 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
                     continue
                 family = label + suffix
                 entry_label = family + ("" if budget is None else f"@{budget:g}")
+                if len(entry_label) > LABEL_MAX:
+                    problems.append(f"{where}.name: label {entry_label[:30] + '...'!r} has {len(entry_label)} characters; "
+                                    f"the store keeps at most {LABEL_MAX}: give the entry a shorter 'name'")
+                    continue
+                if kind == "attack":
+                    problems += _budget_problems(spec, validated, f"{where}.budgets" if budget is not None else where)
                 if entry_label in labels:
                     problems.append(f"{where}.name: duplicate {kind} name {entry_label!r}; give each entry a distinct 'name'")
                     continue
@@ -441,6 +479,23 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
                             budget=budget, family=family if kind == "attack" else "", targets=parsed_targets, k=k,
                             evaluation=kind == "attack" and (evaluation or budget is not None or adaptive),
                             norm=getattr(spec, "norm", "") if kind == "attack" else "")
+
+
+def _budget_problems(spec, params: Params, where: str) -> list[str]:
+    """Budgets of an attack's ``budget_param`` outside what its norm allows: per pixel value of
+    [0, 1] images a budget above 1 allows any image (and 1e308 overflows inside the attack)."""
+    name, norm = getattr(spec, "budget_param", ""), getattr(spec, "norm", "")
+    value = getattr(params, name, None) if name else None
+    if norm not in PER_VALUE_NORMS or value is None:
+        return []
+    values = value if isinstance(value, (list, tuple)) else [value]
+    bad = [v for v in values if isinstance(v, (int, float)) and not 0 < v <= 1]
+    if not bad:
+        return []
+    key = where if where.endswith(".budgets") else f"{where}.{name}"
+    return [f"{key}: budget {bad[0]:g} is outside (0, 1]: {PER_VALUE_NORMS[norm]} budgets are per pixel value of "
+            f"images in [0, 1]" + ("" if norm == "linf" else f" (the {PER_VALUE_NORMS[norm]} norm divided by "
+                                   f"{'sqrt(D)' if norm == 'l2' else 'D'}, D values per image)")]
 
 
 def _expand_budgets(spec, params: dict, budgets: Any, where: str, problems: list[str]):
@@ -453,8 +508,8 @@ def _expand_budgets(spec, params: dict, budgets: Any, where: str, problems: list
         problems.append(f"{where}: attack {spec.name!r} has no budget parameter, so it cannot take budgets")
         return
     if not (isinstance(budgets, list) and budgets and all(isinstance(b, (int, float)) and not isinstance(b, bool)
-                                                          and b > 0 for b in budgets)):
-        problems.append(f"{where}: expected a non-empty list of positive numbers, found {budgets!r}")
+                                                          and 0 < b < float("inf") for b in budgets)):
+        problems.append(f"{where}: expected a non-empty list of positive, finite numbers, found {budgets!r}")
         return
     if name in params:
         problems.append(f"{where}: set either budgets or {name!r}, not both (budgets sets {name!r})")

@@ -9,6 +9,7 @@ key and a :class:`~advbench.stages.context.Job`; a worker builds its own context
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -62,9 +63,12 @@ _registry: Registry | None = None  # the driver's registry, inherited by forked 
 _contexts: dict[Job, CellContext] = {}
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     import torch
 
+    from advbench.lifetime import die_with_parent
+
+    die_with_parent(parent)  # a killed driver must not leave its workers waiting forever
     torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
 
 
@@ -102,7 +106,7 @@ class ForkPool:
                 _contexts.clear()
                 _contexts[job] = self.context(job)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_init_worker)
+                                            initializer=_init_worker, initargs=(os.getpid(),))
         self.futures.add(self.pool.submit(_work, job, cell.key))
 
     def collect(self) -> list[CellOutcome]:

@@ -12,16 +12,64 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from types import UnionType
+from typing import Any, ClassVar, Protocol, Union, get_args, get_origin
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
-class Params(BaseModel):
-    """Base class for plugin parameter models: unknown keys are errors, values are frozen."""
+_UNIONS = (Union, UnionType)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union (``X | None``), else the annotation alone."""
+    return get_args(annotation) if get_origin(annotation) in _UNIONS else (annotation,)
+
+
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return get_origin(annotation) in _UNIONS and any(_admits_bool(a) for a in get_args(annotation))
+
+
+def _item_type(annotation: Any) -> Any:
+    """The element type of ``list[X]``/``tuple[X, ...]``/``X | None`` of those, else None."""
+    for option in _options(annotation):
+        if get_origin(option) in (list, tuple, set, frozenset) and get_args(option):
+            return get_args(option)[0]
+    return None
+
+
+class NumbersAreNotBooleans(BaseModel):
+    """pydantic's lax mode reads ``true`` as 1 for a number (``seed = true`` ran with seed 1):
+    a boolean is taken only where the field's type admits one."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        if isinstance(value, bool) and not _admits_bool(field.annotation):
+            raise ValueError(f"expected {_expected(field.annotation)}, not a boolean")
+        item = _item_type(field.annotation)
+        if isinstance(value, (list, tuple)) and item is not None and not _admits_bool(item) \
+                and any(isinstance(v, bool) for v in value):
+            raise ValueError(f"expected a list of {_expected(item).removeprefix('a ')}s, not booleans")
+        return value
+
+
+def _expected(annotation: Any) -> str:
+    names = {int: "a whole number", float: "a number", str: "a string"}
+    return next((names[o] for o in _options(annotation) if o in names), "value of another type")
+
+
+class Params(NumbersAreNotBooleans):
+    """Base class for plugin parameter models: unknown keys are errors, values are frozen,
+    numbers are finite and never booleans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(Params):
@@ -37,6 +85,10 @@ class PluginSpec:
     #: Bump when the plugin's results change within one package version: cached cells that it
     #: determines are then recomputed.
     version: str = "1"
+    #: Optional cheap checks of what ``params`` point at (a file exists, opens, fits the network),
+    #: run by ``advbench validate`` and by ``advbench run`` before any work; raises a one-line
+    #: :class:`~advbench.errors.DataError` naming the file and what would be valid.
+    check: Callable[[Any], None] | None = None
     kind: ClassVar[str] = ""
 
 
@@ -79,6 +131,9 @@ class ImageSource(Protocol):
 @dataclass(frozen=True)
 class DatasetSpec(PluginSpec):
     load: Callable[[Any, BuildContext], ImageSource] = None  # type: ignore[assignment]
+    #: Optional: the number of classes, known without reading an image, so that validation
+    #: catches a ``top_k`` no attack could meet before any work (else the clean cell does).
+    class_count: Callable[[Any], int] | None = None
     kind: ClassVar[str] = "dataset"
 
 

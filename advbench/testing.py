@@ -112,7 +112,8 @@ tiny_world_plugins = _TinyWorld("advbench.testing.tiny_world_plugins")
 
 @hookimpl
 def _register_datasets(register):
-    register(DatasetSpec(name="testing-digits", summary="Digits at 16x16 (advbench.testing).", load=lambda p, ctx: _TinySource()))
+    register(DatasetSpec(name="testing-digits", summary="Digits at 16x16 (advbench.testing).", load=lambda p, ctx: _TinySource(),
+                         class_count=lambda p: len(_TinySource.class_names)))
 
 
 @hookimpl

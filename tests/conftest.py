@@ -53,6 +53,22 @@ def evaluation_run(tmp_path_factory, registry):
     return result, root
 
 
+@pytest.fixture
+def advbench(monkeypatch, capsys, registry):
+    """``advbench ARGS`` run in this process with the tiny world: (exit code, stdout, stderr)."""
+    import advbench.cli as cli
+
+    monkeypatch.setattr(cli, "discover", lambda: registry)
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return rc, captured.out, captured.err
+
+    return run
+
+
 def requires_shared(path: str = "") -> Path:
     target = SHARED / path
     if not target.exists():

@@ -3,7 +3,8 @@
 The rows come from the store's per-image table (``Store.images(run_id)``: column name -> list):
 each cell's columns (stage, dataset, model, attack, transform, feature, detector, corrector,
 budget, threat, target, holdout) beside each image's (cell_key, idx, source, origin, split, y,
-truth, score, decision, label, logit_0, logit_1; empty where a cell has none). CSV needs nothing beyond Python; Parquet needs pyarrow
+truth, score, decision, label, logit_0, logit_1; empty where a cell has none). CSV needs nothing beyond
+Python (a label that a spreadsheet would run as a formula gets a leading ``'``); Parquet needs pyarrow
 (``pip install 'advbench[parquet]'``).
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from advbench.errors import AdvbenchError
+from advbench.report.safe_text import csv_cell
 
 FORMATS = ("csv", "parquet")
 PARQUET_EXTRA = "pip install 'advbench[parquet]'"
@@ -62,9 +64,9 @@ def _csv(columns: Mapping[str, Sequence], path: Path) -> None:
     names = list(columns)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(names)
-        for row in zip(*(columns[name] for name in names)):
-            writer.writerow(["" if v is None else v for v in row])  # None (SQL NULL): an empty field
+        writer.writerow([csv_cell(n) for n in names])
+        for row in zip(*(columns[name] for name in names)):  # None (SQL NULL): an empty field
+            writer.writerow(["" if v is None else csv_cell(v) for v in row])
 
 
 def _parquet(columns: Mapping[str, Sequence], path: Path) -> None:

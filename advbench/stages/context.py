@@ -40,10 +40,15 @@ class Job:
 
 
 def plugin_version(registry: Registry, kind: str, plugin: str) -> str:
+    """The package version, the spec's version and a hash of the plugin's code (an edited
+    editable plugin must not be served its old results: :mod:`advbench.plugin_source`)."""
     import importlib.metadata as md
 
+    from advbench.plugin_source import fingerprint
+
     package = registry.package_of(kind, plugin)
-    spec_version = registry.get(kind, plugin).version
+    entry = registry.find(kind, plugin)
+    spec_version = registry.get(kind, plugin).version + (f"+{fingerprint(entry.spec, entry.module)}" if entry else "")
     try:
         return f"{md.version(package)}/{spec_version}"
     except (md.PackageNotFoundError, ValueError):

@@ -158,7 +158,7 @@ def test_a_failed_cell_gives_exit_1_and_names_the_log(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(cli.Runner, "run_with", fake_run)
     monkeypatch.setenv("ADVBENCH_CACHE_DIR", str(tmp_path))
-    (tmp_path / "ok.toml").write_text('[benchmark]\nname = "x"\n')
+    (tmp_path / "ok.toml").write_text('[benchmark]\nname = "x"\n\n[database]\ntarget_shift = 3\n')
     assert main(["run", str(tmp_path / "ok.toml")]) == 1
     err = capsys.readouterr().err
     assert "failed: attack:d/m/a: RuntimeError: x" in err and "run.log" in err

@@ -31,4 +31,8 @@ def test_four_runs_at_once_compute_each_cell_once(tmp_path, store_url):
         assert s.scalar(select(func.count()).select_from(Run)) == 1
         n_cells = s.scalar(select(func.count()).select_from(Cell))
         assert n_cells == len(results[0]["metrics"])  # no duplicate rows
+        # each cell was computed by one of the run's invocations: none is recorded as cached,
+        # whichever invocation (the computing one or one that found it cached) recorded it last
+        assert s.scalars(select(Cell.key).where(Cell.cached)).all() == []
+        assert s.scalar(select(func.min(Cell.seconds))) > 0
     assert {store.run_status(r) for r in store.runs()} == {"ok"}

@@ -293,6 +293,11 @@ def test_validate_estimate_prints_every_stage_and_its_assumptions(small, capsys)
 
 
 def test_validate_without_estimate_prints_one_line(small, capsys):
+    # without --estimate the files are checked: the absent checkpoint is an error, in one line
+    assert main(["validate", str(small)]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out and captured.err.count("\n") == 1 and "absent.th" in captured.err
+    small.write_text(small.read_text().replace('checkpoint = "absent.th"\n', ""))
     assert main(["validate", str(small)]) == 0
     assert capsys.readouterr().out.strip().count("\n") == 0
 

@@ -47,20 +47,6 @@ def world(tmp_path_factory, registry):
     return result, root
 
 
-@pytest.fixture
-def advbench(monkeypatch, capsys, registry):
-    """``advbench ARGS`` in this process with the tiny world: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "discover", lambda: registry)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return rc, captured.out, captured.err
-
-    return run
-
-
 def copy_world(world, tmp_path: Path, toml: str = WORLD) -> tuple[Path, Path, Path]:
     """A private copy of the world's cache, its config and a fresh store: (config, cache, store)."""
     _, root = world
@@ -173,7 +159,9 @@ def test_a_read_only_cache_serves_a_cached_run_and_names_itself_otherwise(world,
 # --- 4. an image folder without a readable image ---------------------------------------------
 
 
-def test_an_image_folder_of_junk_fails_its_clean_cell_naming_the_folder(advbench, tmp_path):
+def test_an_image_folder_of_junk_is_refused_before_any_work_naming_the_folder(advbench, tmp_path):
+    """It failed the clean cell (after 20 warnings, one per file); the dataset's check finds it
+    before the store or the cache is touched."""
     root = tmp_path / "junk"
     for digit in range(10):
         (root / str(digit)).mkdir(parents=True)
@@ -181,12 +169,10 @@ def test_an_image_folder_of_junk_fails_its_clean_cell_naming_the_folder(advbench
         (root / str(digit) / "b.png").write_text("not an image")
     config = tmp_path / "junk.toml"
     config.write_text(WORLD.replace('plugin = "testing-digits"', f'plugin = "image-folder"\nroot = "{root}"'))
-    with pytest.warns(UserWarning, match="skipping"):  # one warning per skipped file, as before
-        rc, _, err = advbench("run", config, "--cache-dir", tmp_path / "cache", "--store", tmp_path / "r.db")
-    line = assert_one_line_error(rc, err, "failed: clean:image-folder/testing-cnn:", f"image folder {root}")
-    assert "holds no readable image: all 20 files were skipped" in line
-    done = [m for m in map(PROGRESS_LINE.match, lines(err)) if m]
-    assert [m[3] for m in done if m[4].startswith(("attack", "detect"))] == ["skipped"] * 3  # nothing ran on nothing
+    rc, out, err = advbench("run", config, "--cache-dir", tmp_path / "cache", "--store", tmp_path / "r.db")
+    line = assert_one_line_error(rc, err, "datasets[image-folder]:", f"image folder {root}")
+    assert "holds no readable image: all 20 files were skipped" in line and len(lines(out + err)) == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "r.db").exists()
 
 
 # --- 5. an unreadable checkpoint --------------------------------------------------------------
@@ -293,7 +279,7 @@ def test_scratch_folders_of_killed_runs_are_swept_and_locks_do_not_pile_up(world
 
     (cache / "locks" / f"split-{kept.cell.key}.lock").touch()  # as a killed run leaves one
     rc, out, _ = advbench("cache", "prune", "--cache-dir", cache)
-    assert rc == 0 and "removed 2 stale scratch folders and 1 lock files" in out
+    assert rc == 0 and "removed 2 stale scratch folders, 1 lock files and 0 temporary files" in out
     assert not any(p.exists() for p in stale) and not list((cache / "locks").glob("*.lock"))
     assert c.state("split", kept.cell.key).complete  # artefacts untouched
 

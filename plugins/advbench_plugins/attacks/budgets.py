@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import torch
 from advbench.specs import AttackOutput, AttackSpec, Params
+from advbench.verified import discard, file_state, verified_file
 
 
 def positive_budgets(values: list[float]) -> list[float]:
@@ -110,24 +109,12 @@ def memo_key(attack: str, version: str, model: torch.nn.Module, images: torch.Te
 # --- the memo ------------------------------------------------------------------------------------
 
 
-def _save_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load(path: Path, device: torch.device) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
+    if not file_state(path).ok:  # missing, or damaged: recomputed (and rewritten), never trusted
         return None
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged entry is recomputed (and rewritten), never trusted
+    except Exception:
         return None
     return {k: v.to(device) for k, v in stored.items()}
 
@@ -146,7 +133,10 @@ def memoised(attack: str, version: str, model, images: torch.Tensor, criterion, 
         adversarial = stored.pop("images")
         return adversarial, stored
     adversarial, per_image = unbounded()
-    _save_atomic(path, {"images": adversarial, **per_image})
+    tensors = {k: v.detach().cpu() for k, v in {"images": adversarial, **per_image}.items()}
+    if stored is not None:  # intact but of another shape: replaced
+        discard(path)
+    verified_file(path, lambda tmp: torch.save(tensors, tmp), what=f"the {attack} memo")
     return adversarial, per_image
 
 

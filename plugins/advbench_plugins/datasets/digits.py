@@ -60,5 +60,5 @@ def load(params: DigitsParams, ctx: BuildContext) -> DigitsSource:
 def advbench_register_datasets(register):
     register(DatasetSpec(
         name="sklearn-digits", summary="scikit-learn's 8x8 digits upscaled to RGB (embedded, offline).",
-        params=DigitsParams, default=True, load=load,
+        params=DigitsParams, default=True, load=load, class_count=lambda p: len(DigitsSource.class_names),
     ))

@@ -33,18 +33,25 @@ class ImageNetValParams(Params):
     label_base: int = Field(0, ge=0, le=1, description="Subtracted from integer labels (1 for 1-based IDs).")
 
 
+def _folder(p: ImageFolderParams) -> ImageFolderSource:
+    return ImageFolderSource(p.root, limit_per_class=p.limit_per_class, skip_per_class=p.skip_per_class)
+
+
+def _imagenet(p: ImageNetValParams) -> ImageNetValSource:
+    return ImageNetValSource(p.root, p.labels_file, p.class_index_file, label_base=p.label_base)
+
+
 @hookimpl
 def advbench_register_datasets(register):
     register(DatasetSpec(
         name="image-folder", summary="Images in <root>/<class>/<file>; class index = sorted folder order.",
-        params=ImageFolderParams,
-        load=lambda p, ctx: ImageFolderSource(p.root, limit_per_class=p.limit_per_class,
-                                             skip_per_class=p.skip_per_class),
+        params=ImageFolderParams, load=lambda p, ctx: _folder(p),
+        check=lambda p: _folder(p).check(), class_count=lambda p: len(_folder(p).class_names),
     ))
     register(DatasetSpec(
         name="imagenet-val", summary="ILSVRC2012 validation layout: flat folder + label file (+ class index).",
-        params=ImageNetValParams,
-        load=lambda p, ctx: ImageNetValSource(p.root, p.labels_file, p.class_index_file, label_base=p.label_base),
+        params=ImageNetValParams, load=lambda p, ctx: _imagenet(p),
+        check=_imagenet, class_count=lambda p: len(_imagenet(p).class_names),
     ))
 
 

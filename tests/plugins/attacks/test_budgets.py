@@ -167,6 +167,7 @@ def test_a_damaged_memo_is_recomputed(registry, batch, tmp_path):
     (entry,) = (tmp_path / "unbounded").glob("*.pt")
     entry.write_bytes(b"not a checkpoint")
     model.calls = 0
-    again = _attack(spec, spec.params(max_norm=0.5), model, x, criterion, tmp_path)
+    with pytest.warns(UserWarning, match=f"rebuilding the deepfool memo: {entry} is damaged"):
+        again = _attack(spec, spec.params(max_norm=0.5), model, x, criterion, tmp_path)
     assert model.calls > 0 and torch.allclose(first, again)
     assert Path(entry).stat().st_size > 100  # rewritten
