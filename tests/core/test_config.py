@@ -119,7 +119,7 @@ def test_a_bad_detector_search_names_the_key(registry, search, message):
 
 
 SHIPPED = ["benchmarks.toml", "benchmarks/cifar10-resnet20.toml", "benchmarks/cifar10-resnet20-beyond.toml",
-           "benchmarks/imagenet-paper.toml"]
+           "benchmarks/cifar10-resnet20-fair.toml", "benchmarks/imagenet-paper.toml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED)
@@ -153,6 +153,30 @@ def test_the_beyond_benchmark_contains_the_paper_benchmark_unchanged():
             assert beyond[key][: len(value)] == value, key
         else:
             assert beyond[key] == value, key
+
+
+def test_the_baselines_benchmark_is_valid_and_asks_for_the_per_attack_protocol():
+    from pathlib import Path
+
+    from advbench.registry import discover
+
+    bench = load_benchmark(Path(__file__).resolve().parents[2] / "benchmarks/cifar10-resnet20-baselines.toml",
+                           discover())
+    assert "per-attack" in bench.protocols() and bench.database.fair_storage
+    assert bench.reference_for(bench.datasets[0].label) is not None
+
+
+def test_the_fair_storage_benchmark_is_the_paper_benchmark_with_fair_storage_only():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    base = tomllib.loads((root / "cifar10-resnet20.toml").read_text())
+    fair = tomllib.loads((root / "cifar10-resnet20-fair.toml").read_text())
+    assert fair["database"].pop("fair_storage") is True
+    assert fair["benchmark"].pop("name") == "cifar10-resnet20-fair"
+    base["benchmark"].pop("name")
+    assert fair == base
 
 
 @pytest.mark.parametrize("correction, message", [
