@@ -36,15 +36,20 @@ def build(ctx: CellContext, cell: Cell, params: Params) -> Any:
 def training_data(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray]:
     """The labelled set a detect cell fits on (a held-out cell's split remapped; a model-aware
     detector's rows from top-1-correct sources only, with ``model_normals = "top-1"``) and its input."""
-    sets = [st.label for st in ctx.plan.training_sets(cell)]
-    data, inputs = detector_inputs(ctx, cell, sets)
-    if cell.holdout:
-        data = held_out(data, *ctx.plan.holdout_sets(cell.holdout))
+    data, inputs = _all_rows(ctx, cell)
     keep = protocol_rows(ctx, cell, data)
     if cell.holdout.startswith(PER_ATTACK):  # other attacks' rows: neither trained nor scored on
         keep &= data.split != UNUSED
     if not keep.all():
         data, inputs = data.rows(keep), inputs[keep]
+    return data, inputs
+
+
+def _all_rows(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray]:
+    """Every row of the cell's training sets and its input, a held-out cell's split remapped."""
+    data, inputs = detector_inputs(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)])
+    if cell.holdout:
+        data = held_out(data, *ctx.plan.holdout_sets(cell.holdout))
     return data, inputs
 
 
@@ -66,10 +71,7 @@ def set_aside_normals(ctx: CellContext, cell: Cell, detector: Any) -> MetricRows
     wrong), with their count: what a deployed detector meets beside the papers' protocol."""
     if not selects_top1(ctx, cell):
         return []
-    sets = [st.label for st in ctx.plan.training_sets(cell)]
-    data, inputs = detector_inputs(ctx, cell, sets)
-    if cell.holdout:
-        data = held_out(data, *ctx.plan.holdout_sets(cell.holdout))
+    data, inputs = _all_rows(ctx, cell)
     aside = ~protocol_rows(ctx, cell, data) & (data.split == detect.EVAL) & (data.y == 0)
     if not aside.any():
         return []
