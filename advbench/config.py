@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import tomllib
-from typing import get_origin
+from typing import get_args, get_origin
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,6 +93,7 @@ DEFAULT_GROUPS = {
 
 
 Protocol = Literal["standard", "leave-one-attack-out", "per-attack"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 
 class PartitionSettings(_Strict):
@@ -129,6 +130,18 @@ class DetectionSettings(_Strict):
                                 "on it alone (unseen attacks); 'per-attack' adds, per attack, cells trained on normal "
                                 "images and that attack alone and scored on it (the baselines' papers' protocol); a "
                                 "list takes several.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _known_protocols(cls, value: Any):
+        # one message for a bad name (the union would report one per branch)
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, (list, tuple)):
+            bad = [n for n in names if n not in PROTOCOLS]
+            if bad:
+                raise ValueError(f"unknown protocol {bad[0]!r}; valid: {', '.join(PROTOCOLS)} (or a list of them)")
+        return value
+
     per_attack_cells: PerAttackCells = Field(PerAttackCells(), description="Which attacks, groups, features and "
                                                                            "detectors get per-attack cells.")
     model_normals: Literal["top-1", "top-k"] = Field(
