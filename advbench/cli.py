@@ -326,7 +326,7 @@ def report(
     run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
     table: Annotated[Optional[str], typer.Option("--table", help="Paper table 1-6, or: " + ", ".join(tables.EXTRA_TABLES) + "; instead of the leaderboard.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
-    sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, balanced_accuracy, eer, auroc, tpr_at_5fpr.")] = "accuracy",
+    sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, balanced_accuracy, eer, auroc, tpr_at_5fpr, tnr_at_95tpr, tpr_at_dev_5fpr.")] = "accuracy",
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="Leaderboard: show the best N cells per dataset/model (--leaderboard: default 3).")] = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="List the stored runs.")] = False,
@@ -389,7 +389,7 @@ def report(
 
 
 #: Tables of the evaluation protocol on the whole-run HTML page (each empty without its cells).
-HTML_EXTRA_TABLES = ("detection", "adaptive", "robust", "security", "unseen", "subset")
+HTML_EXTRA_TABLES = ("detection", "matched", "adaptive", "robust", "security", "unseen", "subset")
 
 
 def _html_header(run_row, st) -> tuple[str, list[tuple[str, str]]]:

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import tomllib
-from typing import get_origin
+from typing import get_args, get_origin
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +56,10 @@ class DatabaseSettings(_Strict):
     jpeg_quality: StrictInt = Field(100, ge=1, le=100, description="JPEG quality of saved adversarial images.")
     batch_size: StrictInt = Field(32, ge=1, description="Images per attack batch.")
     split: tuple[float, float, float] = Field((0.70, 0.15, 0.15), description="train/dev/eval shares.")
+    fair_storage: StrictBool = Field(
+        False, description="Normal images go through the same save -> reload (image_format, jpeg_quality) as "
+                           "adversarial ones before anything sees them, so a detector cannot flag the re-encoding "
+                           "itself; false (the paper's protocol): only adversarial images are re-encoded.")
 
     @field_validator("split")
     @classmethod
@@ -63,6 +67,11 @@ class DatabaseSettings(_Strict):
         if abs(sum(split) - 1.0) > 1e-6 or min(split) <= 0:
             raise ValueError("split shares must be positive and sum to 1")
         return split
+
+    def identity(self) -> dict[str, Any]:
+        """What of these settings determines an adversarial image (attack and adaptive cell
+        keys): everything but ``fair_storage``, which acts on normal images only."""
+        return self.model_dump(mode="json", exclude={"fair_storage"})
 
 
 class PredictionSettings(_Strict):
@@ -84,6 +93,10 @@ DEFAULT_GROUPS = {
 }
 
 
+Protocol = Literal["standard", "leave-one-attack-out", "per-attack"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+
+
 class PartitionSettings(_Strict):
     train: list[str] = Field(min_length=1, description="Attack labels the detectors train on.")
     test: list[str] = Field(min_length=1, description="Attack labels they are then scored on (never trained on).")
@@ -93,6 +106,11 @@ class HoldoutCells(_Strict):
     groups: list[str] | None = Field(None, description="Feature groups that get held-out cells (default: all).")
     features: list[str] | None = Field(None, description="Features that get held-out cells (default: all).")
     detectors: list[str] | None = Field(None, description="Detectors that get held-out cells (default: all).")
+
+
+class PerAttackCells(HoldoutCells):
+    attacks: list[str] | None = Field(None, description="Primary attacks that get a per-attack detector cell "
+                                                        "(default: all).")
 
 
 class SubsetSearchSettings(_Strict):
@@ -107,9 +125,37 @@ class DetectionSettings(_Strict):
         default_factory=lambda: dict(DEFAULT_GROUPS),
         description="Feature groups: name -> transform groups ('*' = all operations).",
     )
-    protocol: Literal["standard", "leave-one-attack-out"] = Field(
-        "standard", description="'leave-one-attack-out' adds, per attack, detector cells trained without it "
-                                "and scored on it alone (unseen attacks).")
+    protocol: Protocol | tuple[Protocol, ...] = Field(
+        "standard", description="Detector cells beside the standard ones (trained on the mixture of every primary "
+                                "attack): 'leave-one-attack-out' adds, per attack, cells trained without it and scored "
+                                "on it alone (unseen attacks); 'per-attack' adds, per attack, cells trained on normal "
+                                "images and that attack alone and scored on it (the baselines' papers' protocol); a "
+                                "list takes several.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _known_protocols(cls, value: Any):
+        # one message for a bad name (the union would report one per branch)
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, (list, tuple)):
+            bad = [n for n in names if n not in PROTOCOLS]
+            if bad:
+                raise ValueError(f"unknown protocol {bad[0]!r}; valid: {', '.join(PROTOCOLS)} (or a list of them)")
+        return value
+
+    per_attack_cells: PerAttackCells = Field(PerAttackCells(), description="Which attacks, groups, features and "
+                                                                           "detectors get per-attack cells.")
+    model_normals: Literal["top-1", "top-k"] = Field(
+        "top-1", description="Images the model-aware detectors (inputs = 'model') fit and are scored on: 'top-1' those "
+                             "whose source the classifier gets right at top-1 (the baselines' papers), normal and "
+                             "adversarial; 'top-k' every image of the benchmark. The FPR on top-1-wrong normal eval "
+                             "images is reported beside, either way.")
+    references: dict[str, str] = Field(
+        default_factory=dict, description="Dataset label -> label of another [[datasets]] entry whose images, with "
+                                          "their true labels, are the labelled reference set of the model-aware "
+                                          "detectors' class statistics (kernel densities, Mahalanobis means). A "
+                                          "reference dataset gets no cells of its own and must share no image "
+                                          "with the one it serves (checked).")
     partitions: dict[str, PartitionSettings] = Field(
         default_factory=dict, description="Named train/test partitions of the attacks: detector cells trained "
                                           "on 'train' and scored on 'test' (e.g. L∞ → L2).")
@@ -233,6 +279,21 @@ class Benchmark:
 
     def models_for(self, dataset: Entry) -> list[Entry]:
         return [m for m in self.models if not m.datasets or dataset.label in m.datasets]
+
+    @property
+    def benchmarked_datasets(self) -> tuple[Entry, ...]:
+        """Datasets that get cells: all but those named as another's reference set."""
+        references = set(self.detection.references.values())
+        return tuple(d for d in self.datasets if d.label not in references)
+
+    def reference_for(self, dataset: str) -> Entry | None:
+        """The labelled reference dataset of ``dataset`` ([detection] references), or None."""
+        label = self.detection.references.get(dataset)
+        return next((d for d in self.datasets if d.label == label), None) if label else None
+
+    def protocols(self) -> tuple[str, ...]:
+        p = self.detection.protocol
+        return (p,) if isinstance(p, str) else tuple(p)
 
 
 def correction_groups(correction: CorrectionSettings, groups: dict) -> list[str]:
@@ -605,7 +666,8 @@ def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[
         if set(part.train) & set(part.test):
             problems.append(f"detection.partitions.{name}: {', '.join(sorted(set(part.train) & set(part.test)))} "
                             f"in both train and test; an unseen attack must not be trained on")
-    if detection.protocol == "leave-one-attack-out" and len(attacks) < 2:
+    protocols = (detection.protocol,) if isinstance(detection.protocol, str) else detection.protocol
+    if "leave-one-attack-out" in protocols and len(attacks) < 2:
         problems.append("detection.protocol: leave-one-attack-out needs at least two attacks without budgets; "
                         f"found {len(attacks)}")
     known = {"groups": list(detection.groups), "features": [f.label for f in entries.get("feature", ())],
@@ -614,6 +676,25 @@ def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[
         for i, label in enumerate(getattr(detection.holdout_cells, key) or []):
             if label not in valid:
                 problems.append(f"detection.holdout_cells.{key}[{i}]: unknown {key[:-1]} {label!r}; valid: {', '.join(valid)}")
+    for i, label in enumerate(detection.per_attack_cells.attacks or []):
+        if label not in attacks:
+            problems.append(f"detection.per_attack_cells.attacks[{i}]: unknown attack {label!r}; valid: "
+                            f"{', '.join(attacks)} (attacks without budgets)")
+    for key, valid in known.items():
+        for i, label in enumerate(getattr(detection.per_attack_cells, key) or []):
+            if label not in valid:
+                problems.append(f"detection.per_attack_cells.{key}[{i}]: unknown {key[:-1]} {label!r}; valid: "
+                                f"{', '.join(valid)}")
+    datasets = [d.label for d in entries.get("dataset", ())]
+    for served, reference in detection.references.items():
+        for side, label in (("", served), (f".{served}", reference)):
+            if label not in datasets:
+                problems.append(f"detection.references{side}: unknown dataset {label!r}; valid: {', '.join(datasets)}")
+        if served == reference:
+            problems.append(f"detection.references.{served}: a dataset cannot be its own reference set")
+        elif reference in detection.references:
+            problems.append(f"detection.references.{served}: {reference!r} is itself served by a reference set; "
+                            "a reference dataset gets no cells")
     for i, search in enumerate(detection.subset_search):
         for key, value in (("detectors", search.detector), ("features", search.feature), ("groups", search.group)):
             if value not in known[key]:
@@ -665,14 +746,25 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _without_defaults(settings: BaseModel, newer: tuple[str, ...]) -> dict[str, Any]:
+    """``settings`` as JSON less the fields of ``newer`` left at their defaults: settings added
+    later keep the hash of a benchmark that does not use them."""
+    dump = settings.model_dump(mode="json")
+    for name in newer:
+        default = type(settings).model_fields[name].get_default(call_default_factory=True)
+        if dump[name] == (default.model_dump(mode="json") if isinstance(default, BaseModel) else default):
+            dump.pop(name)
+    return dump
+
+
 def _with_hash(bench: Benchmark) -> Benchmark:
     from dataclasses import replace
 
     ident = {
         "settings": bench.settings.model_dump(mode="json"),
-        "database": bench.database.model_dump(mode="json"),
+        "database": _without_defaults(bench.database, ("fair_storage",)),
         "prediction": bench.prediction.model_dump(mode="json"),
-        "detection": bench.detection.model_dump(mode="json"),
+        "detection": _without_defaults(bench.detection, ("per_attack_cells", "model_normals", "references")),
         "correction": bench.correction.model_dump(mode="json"),
         **{SECTION_FOR_KIND[k]: [e.identity() | {"label": e.label, "group": e.group}
                                  for e in getattr(bench, SECTION_FOR_KIND[k])] for k in KINDS},

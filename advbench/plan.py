@@ -10,6 +10,7 @@ artefacts knows what to ship. Stages, in data-flow order:
     split    (dataset, model)                       train/dev/eval by source image
     predict  (dataset, model, imageset, op)         top-k labels and probabilities under one op
     detect   (dataset, model, feature, group, detector[, holdout])   fit on train, metrics on eval
+             (a holdout variant: leave-one-attack-out, a partition, or per-attack)
              (dataset, model, detector[, holdout])  detectors that see images (or the model)
     adaptive (dataset, model, attack@budget, target) adversarial images made against a trained defense
     robust   (dataset, model, entry@budget, target)  the worst case of an attack ensemble (reads the budget below)
@@ -42,6 +43,7 @@ STAGES = ("clean", "attack", "split", "predict", "detect", "adaptive", "robust",
 ORIGINAL = "original"  # the pseudo-operation "no operation"
 IMAGES = "images"  # the "feature group" of detectors that see the images themselves
 CLEAN = "clean"  # the imageset of normal images
+PER_ATTACK = "per-attack:"  # holdout of a detector cell trained on one attack alone (and scored on it)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class Cell:
     deps: tuple[str, ...] = ()
     group: str = ""  # predict: the transform group of the op
     corrector: str = ""
-    holdout: str = ""  # detect: the attack (or partition) kept out of training and scored alone
+    holdout: str = ""  # detect: the attack (or partition) kept out of training and scored alone, or
+    # "per-attack:<attack>": trained on that attack alone and scored on it
     budget: float | None = None  # attack, adaptive, score: the budget of the imageset
     threat: str = ""  # attack, adaptive, score: "oblivious" or "adaptive"
     target: str = ""  # adaptive, score: label of the defense the imageset was made against
@@ -76,7 +79,9 @@ class Cell:
         if self.stage in ("adaptive", "robust"):  # its label names the defense already
             parts = [self.dataset, self.model, self.attack]
         title = f"{self.stage}:" + "/".join(p for p in parts if p)
-        if self.holdout:
+        if self.holdout.startswith(PER_ATTACK):
+            title += f" (trained on {self.holdout.removeprefix(PER_ATTACK)} alone)"
+        elif self.holdout:
             title += f" (unseen {self.holdout})"
         return title
 
@@ -149,6 +154,9 @@ def group_ops(bench: Benchmark, group: str) -> list[Entry]:
 
 def holdout_sets(bench: Benchmark, holdout: str) -> tuple[list[str], list[str]]:
     primary = [a.label for a in bench.primary_attacks]
+    if holdout.startswith(PER_ATTACK):
+        attack = holdout.removeprefix(PER_ATTACK)
+        return [attack], [attack]
     part = bench.detection.partitions.get(holdout)
     if part is not None:
         return list(part.train), list(part.test)
@@ -156,10 +164,22 @@ def holdout_sets(bench: Benchmark, holdout: str) -> tuple[list[str], list[str]]:
 
 
 def holdouts(bench: Benchmark) -> list[str]:
-    """Held-out variants of the detector cells: one per attack (leave-one-attack-out) and one
-    per named partition."""
-    out = [a.label for a in bench.primary_attacks] if bench.detection.protocol == "leave-one-attack-out" else []
-    return out + [name for name in bench.detection.partitions if name not in out]
+    """Variants of the detector cells beside the standard one: one per attack
+    (leave-one-attack-out), one per named partition, and one per attack trained on it alone
+    (per-attack, named ``per-attack:<attack>``)."""
+    protocols = bench.protocols()
+    out = [a.label for a in bench.primary_attacks] if "leave-one-attack-out" in protocols else []
+    out += [name for name in bench.detection.partitions if name not in out]
+    if "per-attack" in protocols:
+        wanted = bench.detection.per_attack_cells.attacks
+        out += [PER_ATTACK + a.label for a in bench.primary_attacks if _wanted(wanted, a.label)]
+    return out
+
+
+def variant_cells(bench: Benchmark, holdout: str):
+    """Which groups, features and detectors get cells of a variant (``holdout``)."""
+    d = bench.detection
+    return d.per_attack_cells if holdout.startswith(PER_ATTACK) else d.holdout_cells
 
 
 def _wanted(selection: list[str] | None, label: str) -> bool:
@@ -176,7 +196,7 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
     predictions and detectors of that dataset/model then go on without that attack.
     ``detector_inputs(plugin)`` says whether a detector sees "features", "images" or "model"."""
     builder = _Builder(bench, versions, max_images, failed_attacks, detector_inputs)
-    for ds in bench.datasets:
+    for ds in bench.benchmarked_datasets:
         for mdl in bench.models_for(ds):
             builder.world(ds, mdl)
     cells = tuple(builder.cells)
@@ -252,7 +272,7 @@ class _Builder:
     def attack_cell(self, d: str, m: str, atk: Entry, clean_key: str, split_key: str = "") -> str:
         s, db = self.bench.settings, self.bench.database
         key = stable_hash({
-            "stage": "attack", "clean": clean_key, "attack": self.ident(atk), "db": db.model_dump(mode="json"),
+            "stage": "attack", "clean": clean_key, "attack": self.ident(atk), "db": db.identity(),
             "top_k": s.top_k, "seed": s.seed, **({"split": split_key} if split_key else {}),
         })
         deps = (clean_key, split_key) if split_key else (clean_key,)
@@ -269,6 +289,7 @@ class _Builder:
             key = stable_hash({
                 "stage": "predict", "schema": ARTEFACT_SCHEMA, "set": st.key, "op": self.ident(op) if op else ORIGINAL,
                 "k": bench.labels_k, "backend": bench.prediction.backend if op else "",
+                **({"stored": bench.database.identity()} if st.label == CLEAN and bench.database.fair_storage else {}),
             })
             # every op cell reads the original top-k of its imageset (probabilities of it)
             deps = tuple(dict.fromkeys((st.key, clean_key) if op is None else
@@ -289,9 +310,9 @@ class _Builder:
         training = [st for st in sets.values() if st.training]
         variants = [""] + [h for h in holdouts(bench)
                            if all(a in sets for a in holdout_sets(bench, h)[1])]  # a failed held-out attack: none
-        hold = bench.detection.holdout_cells
         made: list[Cell] = []
         for holdout in variants:
+            hold = variant_cells(bench, holdout)
             used = training if not holdout else [st for st in training if st.threat == "clean" or st.label in
                                                    sum(holdout_sets(bench, holdout), [])]
             for group in bench.detection.groups:
@@ -322,7 +343,7 @@ class _Builder:
                 originals = self._predict_keys(d, m, used, [])
                 key = stable_hash({"stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key,
                                    "sets": self._set_keys(used), "inputs": originals, "detector": self.ident(det),
-                                   "seed": seed, "holdout": holdout})
+                                   "seed": seed, "holdout": holdout, **self._model_protocol(d, inputs)})
                 made.append(self.add(
                     Cell("detect", key, d, m, transform=IMAGES, detector=det.label,
                          deps=(split_key, clean_key, *self._set_keys(used), *originals), holdout=holdout),
@@ -333,6 +354,18 @@ class _Builder:
             if key:
                 self.pipelines[(d, m)] = key
         return [c for c in made if not c.holdout]
+
+    def _model_protocol(self, d: str, inputs: str) -> dict:
+        """What else determines a model-aware detector cell: which images it sees and its
+        reference dataset (fair storage reaches its key through the clean set's predictions)."""
+        if inputs != "model":
+            return {}
+        bench = self.bench
+        reference = bench.reference_for(d)
+        out = {"normals": bench.detection.model_normals}
+        if reference is not None:
+            out["reference"] = self.ident(reference)
+        return out
 
     def correctors(self, d: str, m: str, clean_key: str, split_key: str, sets: dict[str, ImageSet]) -> list[Cell]:
         bench = self.bench
@@ -372,7 +405,7 @@ class _Builder:
         key = stable_hash({
             "stage": "adaptive", "schema": ARTEFACT_SCHEMA, "clean": clean_key, "attack": self.ident(entry),
             "target": target.label, "ops": [self.ident(t) for t in group_ops(bench, target.group)] if target.group else [],
-            "trained": trained, "db": db.model_dump(mode="json"), "top_k": s.top_k, "seed": s.seed,
+            "trained": trained, "db": db.identity(), "top_k": s.top_k, "seed": s.seed,
         })
         self.add(Cell("adaptive", key, d, m, attack=label, transform=target.group, feature=target.feature,
                       detector=target.detector, deps=tuple(dict.fromkeys((clean_key, split_key, *reads))),

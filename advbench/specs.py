@@ -373,6 +373,27 @@ class DetectorContext(BuildContext):
 
 
 @dataclass(frozen=True)
+class ReferenceSet:
+    """Labelled images for a detector's class statistics (kernel densities, Gaussian means):
+    uint8 (N, H, W, 3) ``images`` with their TRUE ``labels`` (N,), disjoint from the images the
+    detector is fitted and scored on (``[detection] references``)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What the core tells a detector with ``DetectorSpec.fit_info`` about the rows it fits on:
+    ``sources`` (N,) the id of each row's source image, the same id for a normal image and every
+    adversarial image made from it (its index in the benchmark's clean set); ``reference`` the
+    labelled reference set, or None where the benchmark names none."""
+
+    sources: np.ndarray
+    reference: ReferenceSet | None = None
+
+
+@dataclass(frozen=True)
 class DetectorSpec(PluginSpec):
     """``build(params, seed)`` returns an unfitted :class:`Detector`.
 
@@ -394,11 +415,18 @@ class DetectorSpec(PluginSpec):
     ``cost(params, inputs)`` (optional, for detectors that see images or the model) returns a
     :class:`TrainingCost` (``inputs``: a :class:`CostInputs`) for ``advbench validate
     --estimate``; without it their cost is reported as "unknown". Feature detectors need none.
+
+    ``fit_info = True``: ``fit`` also takes ``info=``:class:`FitInfo` (each row's source image,
+    the labelled reference set). ``select_by``: what the core's dev-set search over the
+    detector's parameters maximises: ``"accuracy"`` (the paper's rule: the detector's own
+    decision) or ``"auroc"`` (a score-based detector, whose threshold is a separate choice).
     """
 
     build: Callable[[Any, Any], Detector] = None  # type: ignore[assignment]
     cost: Callable[[Any, CostInputs], TrainingCost] | None = None
     inputs: str = "features"
+    fit_info: bool = False
+    select_by: str = "accuracy"
     kind: ClassVar[str] = "detector"
 
     @property

@@ -270,7 +270,7 @@ import inspect  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 from advbench.imaging import to_tensor, to_uint8  # noqa: E402
-from advbench.specs import DetectorContext, FeatureSpec, Probabilities, TransformSpec  # noqa: E402
+from advbench.specs import DetectorContext, FeatureSpec, FitInfo, Probabilities, TransformSpec  # noqa: E402
 
 
 def check_transform(spec: TransformSpec, params: Params | None = None, n: int = 6,
@@ -353,6 +353,7 @@ class DetectionSplit:
 
     images: np.ndarray
     labels: np.ndarray
+    sources: np.ndarray | None = None  # source id of each row: a normal image and its adversarial share one
 
 
 @cache
@@ -387,8 +388,8 @@ def tiny_detection_splits(n: int = 300) -> dict[str, DetectionSplit]:
     normal, adversarial = normal[order], adversarial[order]
     m = len(normal)
     cuts = {"train": (0, m // 2), "dev": (m // 2, m // 2 + m // 5), "eval": (m // 2 + m // 5, m)}
-    return {name: DetectionSplit(np.concatenate([normal[a:b], adversarial[a:b]]),
-                                 np.repeat([0, 1], b - a)) for name, (a, b) in cuts.items()}
+    return {name: DetectionSplit(np.concatenate([normal[a:b], adversarial[a:b]]), np.repeat([0, 1], b - a),
+                                 np.tile(order[a:b], 2)) for name, (a, b) in cuts.items()}
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -397,18 +398,20 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(auroc(labels, scores))
 
 
-def _fit(detector, split: DetectionSplit, dev: DetectionSplit) -> None:
+def _fit(detector, split: DetectionSplit, dev: DetectionSplit, fit_info: bool = False) -> None:
+    kwargs = {"info": FitInfo(sources=split.sources)} if fit_info else {}
     if "dev" in inspect.signature(detector.fit).parameters:
-        detector.fit(split.images, split.labels, dev=(dev.images, dev.labels))
+        detector.fit(split.images, split.labels, dev=(dev.images, dev.labels), **kwargs)
     else:
-        detector.fit(split.images, split.labels)
+        detector.fit(split.images, split.labels, **kwargs)
 
 
 def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_auroc: float = 0.65,
                          atol: float = 1e-4) -> float:
     """Build a model-aware detector (``inputs = "model"``) around the tiny model, fit it on
-    tiny-world digits against their adversarials (train split; dev given when ``fit`` takes it),
-    and assert the contract on the eval split. Returns the eval AUROC.
+    tiny-world digits against their adversarials (train split; dev given when ``fit`` takes it;
+    ``info=FitInfo(sources)`` when the spec declares ``fit_info``), and assert the contract on the
+    eval split. Returns the eval AUROC.
 
     Asserts: predict (N,) of 0/1 and scores (N,) finite; scores separate the classes (AUROC >=
     ``min_auroc``); a second detector built and fit alike gives the same scores; the classifier
@@ -431,7 +434,7 @@ def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_a
         detector = spec.build(params, ctx)
         for method in ("fit", "predict", "scores"):
             assert callable(getattr(detector, method, None)), f"{spec.name}: the detector has no {method}()"
-        _fit(detector, train, dev)
+        _fit(detector, train, dev, spec.fit_info)
         pred, scores = np.asarray(detector.predict(test.images)), np.asarray(detector.scores(test.images))
         n = len(test.labels)
         assert pred.shape == (n,) and scores.shape == (n,), f"{spec.name}: predict/scores must give one value per image"
@@ -441,7 +444,7 @@ def check_model_detector(spec: DetectorSpec, params: Params | None = None, min_a
         assert auroc >= min_auroc, f"{spec.name}: eval AUROC {auroc:.3f} on the tiny world (< {min_auroc})"
 
         twin = spec.build(params, ctx)
-        _fit(twin, train, dev)
+        _fit(twin, train, dev, spec.fit_info)
         assert np.allclose(np.asarray(twin.scores(test.images)), scores, rtol=1e-5, atol=1e-6), \
             f"{spec.name}: two fits with the same seed gave different scores"
 

@@ -19,6 +19,7 @@ import numpy as np
 from advbench.cache import Cache, load_array
 from advbench.config import Benchmark, Entry, parse_benchmark
 from advbench.devices import resolve_device
+from advbench.engine import database
 from advbench.plan import CLEAN, Cell, Plan, make_plan
 from advbench.registry import Registry, discover
 from advbench.specs import BuildContext, LoadedModel
@@ -72,6 +73,7 @@ class CellContext:
     _models: dict[str, LoadedModel] = field(default_factory=dict)
     _datasets: dict[str, Any] = field(default_factory=dict)
     _fitted: dict[str, Any] = field(default_factory=dict)  # feature detectors loaded, by detect cell key
+    _stored: dict[str, np.ndarray] = field(default_factory=dict)  # clean key -> normal images after storage
 
     @classmethod
     def from_job(cls, job: Job, registry: Registry | None = None) -> CellContext:
@@ -136,9 +138,21 @@ class CellContext:
         """(images, source indices into the clean set) of one image set of ``cell``'s world."""
         if label == CLEAN:
             clean = self.clean_arrays(cell, mmap=mmap)
-            return clean["images"], np.arange(len(clean["labels"]))
+            return self._normal_images(cell, clean["images"]), np.arange(len(clean["labels"]))
         directory = self.dir_of(self.plan.imageset(cell, label).key)
         return load_array(directory, "images", mmap), load_array(directory, "source")
+
+    def _normal_images(self, cell: Cell, images: np.ndarray) -> np.ndarray:
+        """The clean set's images as detectors and predictions see them: the dataset's pixels, or
+        with ``[database] fair_storage`` after the save -> reload adversarial images go through
+        (attacks still start from the dataset's pixels)."""
+        db = self.bench.database
+        if not db.fair_storage:
+            return images
+        key = self.plan.key("clean", cell.dataset, cell.model)
+        if key not in self._stored:
+            self._stored[key] = database.stored(np.asarray(images), db.image_format, db.jpeg_quality)
+        return self._stored[key]
 
     def predictions(self, cell: Cell, label: str, op: str, name: str = "labels") -> np.ndarray:
         return load_array(self.dir("predict", cell, label, op), name)

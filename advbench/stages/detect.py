@@ -31,5 +31,5 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         save_arrays(out, logits=logits)
     detectors.save(model, out)
     save_columns(out, "per_image", **detector_columns(ctx, cell, data, pred, scores, logits=logits))
-    return detect.detection_metrics(data, pred, scores) + extra
+    return detect.detection_metrics(data, pred, scores) + extra + detectors.set_aside_normals(ctx, cell, model)
 

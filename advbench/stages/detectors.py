@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from advbench.engine import detect
-from advbench.engine.detect import LabelledSet
-from advbench.plan import Cell
-from advbench.specs import DetectorContext, Params
+from advbench.engine.detect import UNUSED, LabelledSet
+from advbench.plan import PER_ATTACK, Cell
+from advbench.specs import DetectorContext, FitInfo, Params
 from advbench.stages.context import CellContext, MetricRows
 from advbench.stages.inputs import detector_inputs, held_out
+from advbench.stages.reference import reference_set
 
 SAVED = "detector"  # folder of a fitted detector's own files (Detector.save)
 SEARCH = "search.json"
@@ -33,12 +34,61 @@ def build(ctx: CellContext, cell: Cell, params: Params) -> Any:
 
 
 def training_data(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray]:
-    """The labelled set a detect cell fits on (a held-out cell's split remapped) and its input."""
-    sets = [st.label for st in ctx.plan.training_sets(cell)]
-    data, inputs = detector_inputs(ctx, cell, sets)
+    """The labelled set a detect cell fits on (a held-out cell's split remapped; a model-aware
+    detector's rows from top-1-correct sources only, with ``model_normals = "top-1"``) and its input."""
+    data, inputs = _all_rows(ctx, cell)
+    keep = protocol_rows(ctx, cell, data)
+    if cell.holdout.startswith(PER_ATTACK):  # other attacks' rows: neither trained nor scored on
+        keep &= data.split != UNUSED
+    if not keep.all():
+        data, inputs = data.rows(keep), inputs[keep]
+    return data, inputs
+
+
+def _all_rows(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray]:
+    """Every row of the cell's training sets and its input, a held-out cell's split remapped."""
+    data, inputs = detector_inputs(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)])
     if cell.holdout:
         data = held_out(data, *ctx.plan.holdout_sets(cell.holdout))
     return data, inputs
+
+
+def protocol_rows(ctx: CellContext, cell: Cell, data: LabelledSet) -> np.ndarray:
+    """Rows a detect cell uses: all, or for a model-aware detector under ``[detection]
+    model_normals = "top-1"`` the rows whose source image the classifier gets right at top-1
+    (as the detector sees the normal image), normal and adversarial alike."""
+    if not selects_top1(ctx, cell):
+        return np.ones(len(data.y), dtype=bool)
+    return np.isin(data.source, top1_correct_sources(data))
+
+
+def selects_top1(ctx: CellContext, cell: Cell) -> bool:
+    return ctx.spec("detector", cell.detector).inputs == "model" and ctx.bench.detection.model_normals == "top-1"
+
+
+def set_aside_normals(ctx: CellContext, cell: Cell, detector: Any) -> MetricRows:
+    """The FPR on the normal eval images a top-1 cell leaves out (their classifier's top-1 is
+    wrong), with their count: what a deployed detector meets beside the papers' protocol."""
+    if not selects_top1(ctx, cell):
+        return []
+    data, inputs = _all_rows(ctx, cell)
+    aside = ~protocol_rows(ctx, cell, data) & (data.split == detect.EVAL) & (data.y == 0)
+    if not aside.any():
+        return []
+    return detect.top1_fpr_rows(data.rows(aside), np.asarray(detector.predict(inputs[aside])))
+
+
+def top1_correct_sources(data: LabelledSet) -> np.ndarray:
+    normal = data.y == 0
+    return data.source[normal][data.original[normal, 0] == data.truth[normal]]
+
+
+def fit_info(ctx: CellContext, cell: Cell, data: LabelledSet) -> FitInfo | None:
+    """What a detector whose spec declares ``fit_info`` is told: each row's source and the
+    labelled reference set."""
+    if not ctx.spec("detector", cell.detector).fit_info:
+        return None
+    return FitInfo(sources=np.asarray(data.source), reference=reference_set(ctx, cell))
 
 
 def fit(ctx: CellContext, cell: Cell, data: LabelledSet, inputs: np.ndarray,
@@ -46,17 +96,19 @@ def fit(ctx: CellContext, cell: Cell, data: LabelledSet, inputs: np.ndarray,
     """Fit the cell's detector (with the dev-set search when configured); returns the fitted
     detector, the parameters it was built with, and rows describing the search."""
     entry = ctx.entry("detector", cell.detector)
+    info = fit_info(ctx, cell, data)
     if not entry.candidates:
         detector = build(ctx, cell, entry.params)
-        detect.fit_detector(detector, inputs, data)
+        detect.fit_detector(detector, inputs, data, info)
         return detector, entry.params, []
-    chosen, detector, dev_accuracies = detect.select_on_dev(
-        [partial(build, ctx, cell, c) for c in entry.candidates], inputs, data)
+    by = ctx.spec("detector", cell.detector).select_by
+    chosen, detector, dev_values = detect.select_on_dev(
+        [partial(build, ctx, cell, c) for c in entry.candidates], inputs, data, by=by, info=info)
     if out is not None:
         (out / SEARCH).write_text(json.dumps(
-            [{"params": c.model_dump(mode="json"), "dev_accuracy": a, "chosen": i == chosen}
-             for i, (c, a) in enumerate(zip(entry.candidates, dev_accuracies))], indent=1))
-    rows = [("search_candidates", "", float(len(dev_accuracies)))]
+            [{"params": c.model_dump(mode="json"), f"dev_{by}": a, "chosen": i == chosen}
+             for i, (c, a) in enumerate(zip(entry.candidates, dev_values))], indent=1))
+    rows = [("search_candidates", "", float(len(dev_values)))]
     rows += [(f"chosen_{k}", "", float(v)) for k, v in entry.candidates[chosen].model_dump().items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return detector, entry.candidates[chosen], rows
@@ -91,5 +143,5 @@ def trained(ctx: CellContext, detect_cell: Cell) -> Any:
             return detector
     data, inputs = training_data(ctx, detect_cell)
     detector = build(ctx, detect_cell, params)
-    detect.fit_detector(detector, inputs, data)
+    detect.fit_detector(detector, inputs, data, fit_info(ctx, detect_cell, data))
     return detector

@@ -119,7 +119,8 @@ def test_a_bad_detector_search_names_the_key(registry, search, message):
 
 
 SHIPPED = ["benchmarks.toml", "benchmarks/cifar10-resnet20.toml", "benchmarks/cifar10-resnet20-beyond.toml",
-           "benchmarks/cifar10-resnet20-robust.toml", "benchmarks/imagenet-paper.toml"]
+           "benchmarks/cifar10-resnet20-fair.toml", "benchmarks/cifar10-resnet20-robust.toml",
+           "benchmarks/imagenet-paper.toml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED)
@@ -142,6 +143,12 @@ def test_the_beyond_benchmarks_contain_the_paper_benchmark_unchanged(name):
     base = tomllib.loads((root / "cifar10-resnet20.toml").read_text())
     beyond = tomllib.loads((root / name).read_text())
     assert {**beyond["benchmark"], "name": base["benchmark"]["name"]} == base["benchmark"]
+    if name == "cifar10-resnet20-beyond.toml":
+        # the fair protocol's departures, and nothing else: normal images stored as adversarial ones,
+        # the detection images a file range, the rest of each class a reference set
+        assert beyond["database"].pop("fair_storage") is True
+        assert beyond["datasets"][0].pop("limit_per_class") == 70 and beyond["datasets"][1]["skip_per_class"] == 70
+        assert beyond["detection"]["references"] == {beyond["datasets"][0]["name"]: beyond["datasets"][1]["name"]}
     for key, value in base.items():
         if key == "benchmark":
             continue
@@ -151,17 +158,38 @@ def test_the_beyond_benchmarks_contain_the_paper_benchmark_unchanged(name):
             assert beyond[key] == value, key
 
 
-def test_the_robust_benchmark_makes_every_robust_cell_of_the_beyond_benchmark():
-    # its measured robust rows are the beyond benchmark's: the same members, parameters, keys
+def test_the_robust_benchmark_has_the_beyond_benchmarks_robust_entries_verbatim():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    beyond, robust = (tomllib.loads((root / name).read_text())
+                      for name in ("cifar10-resnet20-beyond.toml", "cifar10-resnet20-robust.toml"))
+    assert robust["robust"] and robust["robust"] == beyond["robust"]
+
+
+def test_the_baselines_benchmark_is_valid_and_asks_for_the_per_attack_protocol():
     from pathlib import Path
 
     from advbench.registry import discover
-    from advbench.stages.context import plan_for
 
-    registry, root = discover(), Path(__file__).resolve().parents[2] / "benchmarks"
-    keys = [{c.attack: c.key for c in plan_for(load_benchmark(root / name, registry), registry).cells
-             if c.stage == "robust"} for name in ("cifar10-resnet20-beyond.toml", "cifar10-resnet20-robust.toml")]
-    assert keys[1] and keys[0] == keys[1]
+    bench = load_benchmark(Path(__file__).resolve().parents[2] / "benchmarks/cifar10-resnet20-baselines.toml",
+                           discover())
+    assert "per-attack" in bench.protocols() and bench.database.fair_storage
+    assert bench.reference_for(bench.datasets[0].label) is not None
+
+
+def test_the_fair_storage_benchmark_is_the_paper_benchmark_with_fair_storage_only():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    base = tomllib.loads((root / "cifar10-resnet20.toml").read_text())
+    fair = tomllib.loads((root / "cifar10-resnet20-fair.toml").read_text())
+    assert fair["database"].pop("fair_storage") is True
+    assert fair["benchmark"].pop("name") == "cifar10-resnet20-fair"
+    base["benchmark"].pop("name")
+    assert fair == base
 
 
 @pytest.mark.parametrize("correction, message", [
@@ -232,3 +260,21 @@ def test_a_robust_entry_parses_budgets_members_and_per_budget_parameters(registr
 def test_robust_entry_problems_are_one_line_each_with_their_key(registry, body, expected):
     found = problems(tiny_benchmark(extra="[[robust]]\n" + body), registry)
     assert any(p.startswith(expected) for p in found), found
+
+@pytest.mark.parametrize("detection, message", [
+    ('protocol = "per-attack"\nper_attack_cells = { attacks = ["nope"] }', "detection.per_attack_cells.attacks[0]: unknown attack 'nope'"),
+    ('protocol = "per-attack"\nper_attack_cells = { detectors = ["nope"] }', "detection.per_attack_cells.detectors[0]: unknown detector 'nope'"),
+    ('references = { testing-digits = "nope" }', "detection.references.testing-digits: unknown dataset 'nope'"),
+    ('references = { testing-digits = "testing-digits" }', "a dataset cannot be its own reference set"),
+])
+def test_per_attack_cells_and_references_name_what_exists(registry, detection, message):
+    found = problems(tiny_benchmark(detection=detection), registry)
+    assert any(message in p for p in found), found
+
+
+def test_new_settings_left_at_their_defaults_keep_the_config_hash(registry):
+    plain = parse_benchmark(tiny_benchmark(), registry)
+    spelled = parse_benchmark(tiny_benchmark(detection='model_normals = "top-1"').replace(
+        "[database]\n", "[database]\nfair_storage = false\n"), registry)
+    fair = parse_benchmark(tiny_benchmark().replace("[database]\n", "[database]\nfair_storage = true\n"), registry)
+    assert plain.config_hash == spelled.config_hash != fair.config_hash

@@ -8,6 +8,7 @@ print it as ``0.91 [0.88, 0.94]``, machine formats (CSV, JSON) as separate value
 - ``leaderboards``: the leaderboard, the leaderboard across runs, two runs compared, failed cells;
 - ``paper``: the paper's Tables 1–6;
 - ``detection``: each detector's detection rate per attack;
+- ``matched``: detectors at matched operating points per attack, mixture and per-attack protocols;
 - ``labels``: what a cell's labels say (budget, threat, target, family, defense) and pairing;
 - ``evaluation``: adaptive attacks, security curves, unseen attacks, operation subsets.
 """
@@ -26,6 +27,7 @@ from advbench.report.tables.evaluation import (SUCCEEDS_AT, SecurityCurve, adapt
                                                unseen)
 from advbench.report.tables.labels import (budget, closest, defense, evaluation_sets, family, target, targeted,
                                            threat)
+from advbench.report.tables.matched import matched, protocol
 from advbench.report.tables.leaderboards import (BOARD_RATES, LEADERBOARD_METRICS, LOWER_IS_BETTER, METRIC_TITLES,
                                                  compare, cross_run_leaderboard, failures, leaderboard)
 from advbench.report.tables.paper import table1, table2, table3, table4, table5, table6
@@ -36,8 +38,9 @@ __all__ = [
     "LOWER_IS_BETTER", "METRIC_TITLES", "SUCCEEDS_AT", "TABLES", "TABLE_NEEDS", "Estimate", "Rank", "SecurityCurve",
     "Table", "adaptive_tables", "attack_estimate", "budget", "closest", "compare", "cross_run_leaderboard",
     "decimals_for", "defense", "detection_by_attack", "detection_estimate", "detection_rate_overall", "estimate",
-    "evaluation_sets", "failures", "family", "leaderboard", "metric", "security", "security_curves",
-    "robust_curves", "robust_table", "smallest_succeeding_budget", "standard", "subset", "subset_steps", "system_estimate", "table1", "table2",
+    "evaluation_sets", "failures", "family", "leaderboard", "matched", "metric", "protocol", "robust_curves",
+    "robust_table", "security", "security_curves", "smallest_succeeding_budget", "standard", "subset",
+    "subset_steps", "system_estimate", "table1", "table2",
     "table3", "table4", "table5", "table6", "table_named", "target", "targeted", "threat", "unseen", "wilson",
 ]
 
@@ -45,7 +48,7 @@ TABLES: dict[int, Callable[[Sequence], list[Table]]] = {1: table1, 2: table2, 3:
 """The paper's tables by number (``report --table N``)."""
 EXTRA_TABLES: dict[str, Callable[[Sequence], list[Table]]] = {
     "detection": detection_by_attack, "adaptive": adaptive_tables, "security": security, "unseen": unseen,
-    "subset": subset, "robust": robust_table}
+    "subset": subset, "robust": robust_table, "matched": matched}
 """Tables by name beyond the paper's (``report --table detection``)."""
 
 
@@ -55,7 +58,8 @@ TABLE_NEEDS = {"detection": "finished detector cells",
                "security": "attacks with 'budgets' or [[adaptive]] attacks (evaluation sets)",
                "unseen": "held-out detector cells: detection.protocol = \"leave-one-attack-out\" or detection.partitions",
                "subset": "detection.subset_search",
-               "robust": "[[robust]] entries (an attack ensemble's worst case per defense and budget)"}
+               "robust": "[[robust]] entries (an attack ensemble's worst case per defense and budget)",
+               "matched": "finished detector cells (per-attack ones: detection.protocol = \"per-attack\")"}
 
 
 def table_named(name: str) -> Callable[[Sequence], list[Table]]:

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from advbench.plan import IMAGES
+from advbench.plan import IMAGES, PER_ATTACK
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Estimate, Table, by_world,
                                          detection_rate_on, estimate, metric, standard, wilson)
 from advbench.report.tables.robust import budget_text as budget_label
@@ -233,7 +233,8 @@ def unseen(cells) -> list[Table]:
     scored on that unseen attack, beside the standard cell that saw it in training."""
     tables = []
     detects = _detect_lookup(cells)
-    held = [c for c in cells if c.stage == "detect" and (getattr(c, "holdout", "") or "")]
+    held = [c for c in cells if c.stage == "detect" and (getattr(c, "holdout", "") or "")
+            and not c.holdout.startswith(PER_ATTACK)]  # per-attack cells: the matched table
     for (dataset, model), group in by_world(held).items():
         rows = []
         for c in group:

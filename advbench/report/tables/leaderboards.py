@@ -15,12 +15,16 @@ from advbench.report.tables.robust import budget_text, robust_lookup
 from advbench.report.tables.robust import detection_estimate as robust_detection
 from advbench.report.tables.robust import system_estimate as robust_system
 
-LEADERBOARD_METRICS = ("accuracy", "balanced_accuracy", "eer", "auroc", "tpr_at_5fpr")
+LEADERBOARD_METRICS = ("accuracy", "balanced_accuracy", "eer", "auroc", "tpr_at_5fpr", "tnr_at_95tpr",
+                       "tpr_at_dev_5fpr")
 METRIC_TITLES = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. acc.", "eer": "EER", "auroc": "AUROC",
-                 "tpr_at_5fpr": "TPR@5%FPR", "detection_rate": "Det. rate", "fpr": "FPR"}
-LOWER_IS_BETTER = {"eer", "fpr"}
-# the leaderboard's rate columns, in order: the sortable ones plus the detector's operating point
-BOARD_RATES = ("accuracy", "balanced_accuracy", "detection_rate", "fpr", "eer", "auroc", "tpr_at_5fpr")
+                 "tpr_at_5fpr": "TPR@5%FPR", "detection_rate": "Det. rate", "fpr": "FPR",
+                 "tnr_at_95tpr": "TNR@95%TPR", "tpr_at_dev_5fpr": "TPR@dev 5%", "fpr_at_dev_5fpr": "FPR@dev 5%"}
+LOWER_IS_BETTER = {"eer", "fpr", "fpr_at_dev_5fpr"}
+# the leaderboard's rate columns, in order: the sortable ones, the detector's own operating point and
+# the matched one (threshold flagging 5 % of normal dev images)
+BOARD_RATES = ("accuracy", "balanced_accuracy", "detection_rate", "fpr", "eer", "auroc", "tpr_at_5fpr",
+               "tnr_at_95tpr", "tpr_at_dev_5fpr", "fpr_at_dev_5fpr")
 
 
 def _rank(items: list, value: Callable[[Any], float | None], interval: Callable[[Any], Estimate],
@@ -59,6 +63,8 @@ def _board_notes(sort: str, ranked: list[tuple[Rank, Any]], leader_interval: Est
     if leader_interval is not None and not leader_interval.has_interval:
         notes.append(f"no {sort} interval stored for the leader: only equal values tie")
     notes += [INTERVAL_NOTE, DECIMALS_NOTE,
+              "TPR@5%FPR: read off the eval ROC; TPR@dev 5% / FPR@dev 5%: on eval, at the threshold that flags 5 % of "
+              "the normal DEV images (matched across detectors); TNR@95%TPR: 1 - FPR where the eval TPR reaches 0.95",
               "n: eval images; Det. rate: share of adversarial eval images flagged (TPR), FPR: of normal ones"
               + _span_note("normal", [metric(c, "n_normal") for c in counts])
               + _span_note("adversarial", [metric(c, "n_adversarial") for c in counts])]
@@ -94,7 +100,7 @@ def leaderboard(cells, sort: str = "accuracy", top: int | None = None) -> list[T
         shown = f", best {top} of {len(ok)}" if top is not None and top < len(ok) else ""
         leader = estimate(ranked[0][1], sort) if ranked else None
         notes = _board_notes(sort, ranked[:top], leader, ok) + ((ROBUST_NOTE,) if extra else ())
-        tables.append(Table(f"Leaderboard — {dataset} / {model} (eval set, ranked by {sort}{shown})",
+        tables.append(Table(f"Leaderboard — {dataset} / {model} (mixture protocol, eval set, ranked by {sort}{shown})",
                             ("Rank", "Detector", "Feature", "Group", "n", *(METRIC_TITLES[m] for m in BOARD_RATES),
                              *extra, "Status"),
                             tuple(rows), notes, key_columns=4))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from advbench import hookimpl
 from advbench.specs import DatasetSpec, Params
@@ -13,6 +13,17 @@ from advbench_plugins.datasets.folders import ImageFolderSource, ImageNetValSour
 class ImageFolderParams(Params):
     root: str = Field(description="Folder holding <class name>/<image> files.")
     limit_per_class: int | None = Field(None, ge=1, description="Read at most this many images per class.")
+    skip_per_class: int = Field(0, ge=0, description="Pass over the first this many readable images of each class "
+                                                     "(file-name order): with limit_per_class, a file range per class, "
+                                                     "e.g. a reference set disjoint from the benchmarked images.")
+
+    @model_serializer(mode="wrap")
+    def _without_zero_skip(self, handler):
+        # added later: left at 0 it stays out of the dump, so existing cache keys still hold
+        data = handler(self)
+        if data.get("skip_per_class") == 0:
+            data.pop("skip_per_class")
+        return data
 
 
 class ImageNetValParams(Params):
@@ -23,7 +34,7 @@ class ImageNetValParams(Params):
 
 
 def _folder(p: ImageFolderParams) -> ImageFolderSource:
-    return ImageFolderSource(p.root, limit_per_class=p.limit_per_class)
+    return ImageFolderSource(p.root, limit_per_class=p.limit_per_class, skip_per_class=p.skip_per_class)
 
 
 def _imagenet(p: ImageNetValParams) -> ImageNetValSource:

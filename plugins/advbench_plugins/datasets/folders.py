@@ -115,8 +115,10 @@ class ImageFolderSource:
     """Images in ``root/<class name>/<file>``; class index = rank of the folder name.
 
     Only files directly inside class folders with one of ``extensions`` (any case) are read;
-    hidden files and folders are ignored. ``limit_per_class`` caps the number of *readable*
-    images per class (skipped files do not count). ``skipped`` counts the unreadable files of
+    hidden files and folders are ignored. ``skip_per_class`` passes over the first readable
+    images of each class (in file-name order), then ``limit_per_class`` caps the number of
+    *readable* images per class (unreadable files count for neither): two entries with
+    complementary ranges split one folder into disjoint parts (a detection set and a reference set). ``skipped`` counts the unreadable files of
     the current (latest) pass.
     """
 
@@ -126,11 +128,13 @@ class ImageFolderSource:
         *,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         limit_per_class: int | None = None,
+        skip_per_class: int = 0,
     ):
         self.root = Path(root)
         _require_dir(self.root, "image folder")
         self.extensions = tuple(e.lower() for e in extensions)
         self.limit_per_class = limit_per_class
+        self.skip_per_class = skip_per_class
         self.class_names: list[str] = sorted(
             e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
         )
@@ -150,13 +154,16 @@ class ImageFolderSource:
         unreadable, read = _Unreadable(), 0
         try:
             for label, cls in enumerate(self.class_names):
-                taken = 0
+                taken = passed = 0
                 for name in self._files(cls):
                     if self.limit_per_class is not None and taken >= self.limit_per_class:
                         break
                     img = unreadable.open(self.root / cls / name)
                     self.skipped = unreadable.count
                     if img is None:
+                        continue
+                    if passed < self.skip_per_class:
+                        passed += 1
                         continue
                     taken += 1
                     read += 1
