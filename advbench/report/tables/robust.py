@@ -104,13 +104,13 @@ def robust_table(cells) -> list[Table]:
                          f"{broken_text(c)}", search_text(c), "ok"))
         tables.append(Table(
             f"Robust evaluation: the worst case over an attack ensemble — {dataset} / {model} (eval images)",
-            ("Entry", "Defense", "Budget", "Attacked", "Attack success", "Det. robust", "System robust",
+            ("Entry", "Defense", "Budget", "Attacked", "Attack success", "Detected", "System fooled",
              "Broken (by member)", "Search (per member)", "Status"), tuple(rows),
             ("per attacked eval image, the worst case for the defender over every member and every budget up to "
              "this one: an image that fooled the defended system at a smaller budget counts here too (its image is "
-             "inside this ball), so System robust never falls with the budget",
+             "inside this ball), so System fooled never falls with the budget",
              "Attack success: attacked images whose kept image satisfies the success rule on the classifier (after "
-             "the save); Det. robust: share of those the detector flags; System robust: share of attacked images "
+             "the save); Detected: share of those the detector flags; System fooled: share of attacked images "
              "that fool the classifier and are not undone by the defense (the score cells' rule)",
              "Broken: images newly broken at this budget per member (members run in order, each on the images "
              "still standing, from its own image of the budget below, then again from the clean image on what that "
