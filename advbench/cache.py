@@ -4,9 +4,11 @@ A cell writes into a private scratch directory that is renamed into place only w
 complete, so a crash never leaves a half-written artefact that a later run would trust. The
 completion record (``_complete.json``, written last) lists every file with its size and BLAKE2
 digest, and an artefact is trusted only while they match: a truncated or damaged file makes the
-cell "damaged", and it is recomputed. A file lock per key keeps processes sharing the cache from
-computing the same cell twice: whoever takes it checks again for a finished artefact first, and
-sweeps scratch folders that a killed process left for that key.
+cell "damaged", and it is recomputed. The record carries a checksum of itself too, so a metric
+edited in it (an accuracy typed over) is damage as well, never served as cached. A file lock per
+key keeps processes sharing the cache from computing the same cell twice: whoever takes it
+checks again for a finished artefact first, and sweeps scratch folders that a killed process left
+for that key.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,20 +29,16 @@ import numpy as np
 import platformdirs
 from filelock import FileLock, Timeout
 
+from advbench import verified
+
 COMPLETE = "_complete.json"
 SCRATCH_SUFFIX = ".tmp"
+#: the completion record's own checksum: BLAKE2 of the record's other keys as canonical JSON
+RECORD_CHECKSUM = "record_blake2b"
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ADVBENCH_CACHE_DIR") or platformdirs.user_cache_dir("advbench"))
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(directory: Path) -> Iterator[Path]:
@@ -83,6 +82,10 @@ class Cache:
             files = record["files"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return ArtefactState("damaged", f"unreadable {COMPLETE} ({type(exc).__name__})")
+        if RECORD_CHECKSUM not in record:
+            return ArtefactState("damaged", f"{COMPLETE} has no checksum of its metrics (an older advbench wrote it)")
+        if record[RECORD_CHECKSUM] != _record_digest(record):
+            return ArtefactState("damaged", f"{COMPLETE} does not match its checksum (its metrics were edited)")
         for name, (size, digest) in files.items():
             path = directory / name
             try:
@@ -91,7 +94,7 @@ class Cache:
                 return ArtefactState("damaged", f"{name} is missing")
             if actual != size:
                 return ArtefactState("damaged", f"{name} has {actual} bytes, its record says {size}")
-            if _digest(path) != digest:
+            if verified.digest(path) != digest:
                 return ArtefactState("damaged", f"{name} does not match its checksum")
         self._verified[directory] = (stat.st_mtime, stat.st_size)
         return ArtefactState("complete")
@@ -163,9 +166,11 @@ class Cache:
                     yield stage_dir.name, directory.name
 
     def prune(self) -> dict[str, int]:
-        """Remove what no live process uses: scratch folders and lock files whose lock is free."""
-        removed = {"scratch": 0, "locks": 0}
-        for scratch in self.root.glob(f"*/*/.*{SCRATCH_SUFFIX}"):
+        """Remove what no live process uses: scratch folders and lock files whose lock is free,
+        and temporary files whose writer is gone (a plugin's, see :mod:`advbench.verified`)."""
+        removed = {"scratch": 0, "locks": 0, "tmp": 0}
+        scratch_folders = set(self.root.glob(f"*/*/.*{SCRATCH_SUFFIX}"))
+        for scratch in scratch_folders:
             stage, key = scratch.parent.parent.name, scratch.name[1:].split(".")[0]
             if self._try_lock(stage, key, lambda: shutil.rmtree(scratch, ignore_errors=True)):
                 removed["scratch"] += 1
@@ -173,7 +178,18 @@ class Cache:
             stage, _, key = lock.stem.partition("-")
             if self._try_lock(stage, key, lambda: lock.unlink(missing_ok=True)):
                 removed["locks"] += 1
+        for tmp in sorted(self.root.rglob(f"*{SCRATCH_SUFFIX}")) if self.root.exists() else []:
+            if tmp not in scratch_folders and tmp.exists() and _stale_tmp(tmp):
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+                removed["tmp"] += 1
         return removed
+
+    # --- files plugins keep under plugins/ (advbench.verified) -------------------------------
+
+    def plugin_files(self) -> Iterator[tuple[Path, verified.FileState]]:
+        """Every file a plugin keeps in the cache, with its state against its checksum."""
+        for path in verified.kept_files(self.root / "plugins"):
+            yield path, verified.file_state(path)
 
     def _try_lock(self, stage: str, key: str, action) -> bool:
         try:
@@ -184,10 +200,39 @@ class Cache:
             return False
 
 
+#: a temporary file whose writer is unknown is taken for abandoned once untouched this long
+STALE_TMP_SECONDS = 3600.0
+
+
+def _stale_tmp(path: Path) -> bool:
+    """Whether a temporary file (or folder) outside the cell scratch layout is abandoned: its
+    writer's pid (named in it by advbench.verified) is dead, or, writer unknown, it has not
+    been touched for STALE_TMP_SECONDS."""
+    from advbench.store.db import pid_alive
+
+    pid = verified.writer_pid(path)
+    if pid is not None:
+        return not pid_alive(pid)
+    try:
+        return time.time() - path.stat().st_mtime > STALE_TMP_SECONDS
+    except FileNotFoundError:
+        return False
+
+
 def write_complete(directory: Path, record: dict[str, Any]) -> None:
-    """Write the completion record last: the metrics and every file's size and digest."""
-    files = {str(p.relative_to(directory)): [p.stat().st_size, _digest(p)] for p in _files(directory)}
-    (directory / COMPLETE).write_text(json.dumps({**record, "files": files}, sort_keys=True, default=float))
+    """Write the completion record last: the metrics, every file's size and digest, and the
+    record's own checksum."""
+    files = {str(p.relative_to(directory)): [p.stat().st_size, verified.digest(p)] for p in _files(directory)}
+    # the digest is taken over the record as it will be read back (numpy numbers as floats, tuples as lists)
+    body = json.loads(json.dumps({**record, "files": files}, default=float))
+    body[RECORD_CHECKSUM] = _record_digest(body)
+    (directory / COMPLETE).write_text(json.dumps(body, sort_keys=True))
+
+
+def _record_digest(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != RECORD_CHECKSUM}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def save_arrays(directory: Path, **arrays: np.ndarray) -> None:

@@ -8,7 +8,9 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime
+import warnings
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,21 +20,40 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from advbench import API_VERSION, __version__
 from advbench.config import load_benchmark
 from advbench.errors import AdvbenchError
+from advbench.estimate.progress import TimeLeft, expected_seconds
+from advbench.preflight import plugin_checks, preflight
+from advbench.redact import mask_passwords
 from advbench.registry import discover
-from advbench.report import formats, tables
+from advbench.report import coverage, formats, tables
 from advbench.specs import KINDS
 from advbench.stages import STAGES
 
 # The runner (torch), the store (SQLAlchemy) and the estimate are imported by the commands that
 # use them: `advbench --help` stays under a second (a test checks that torch is not imported).
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+# plain help (no rich markup): "[parquet]" stays literal, flags show no "<bool>" type, and wrapped
+# docstrings read as paragraphs
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Build adversarial-image databases and benchmark detectors of adversarial images.")
-err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"advbench {__version__} (plugin API {API_VERSION})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _advbench(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                    help="Print the version of advbench and of its plugin API, and exit.")] = False) -> None:
+    """Build adversarial-image databases and benchmark detectors of adversarial images."""
+# markup off: benchmark, entry and plugin names are printed as written ("bench[/]" crashed rich)
+err = Console(stderr=True, markup=False)
 # piped output keeps full-width tables instead of wrapping at 80 columns
-out = Console(width=None if Console().is_terminal else 200)
+out = Console(width=None if Console().is_terminal else 200, markup=False)
 
 
 Format = Enum("Format", {name: name for name in formats.FORMATS}, type=str)  # one list: formats.FORMATS
@@ -54,22 +75,28 @@ def run(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Forked processes for the CPU cells (predictions, feature detectors, scores).")] = 1,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore cached artefacts; recompute every cell.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")] = None,
-    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".\\[ray]\").")] = ExecutorKind.local,
+    executor: Annotated[ExecutorKind, typer.Option("--executor", help="local: this process (and --workers forks); ray: a Ray cluster (pip install -e \".[ray]\").")] = ExecutorKind.local,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, HOST:PORT); default: a local Ray instance.")] = None,
+    threads: Annotated[Optional[str], typer.Option("--threads", metavar="N|auto", help="torch (and BLAS) threads per process: N, or auto (idle cores: cores less the load average). Default: $ADVBENCH_THREADS, else $OMP_NUM_THREADS, else 1 (fast on a shared machine; the same numbers on every machine).")] = None,
 ) -> int:
     """Plan the benchmark matrix and execute it; results go to the store."""
     from advbench.execution.runner import RunOptions, Runner
+    from advbench.threads import apply_interop
 
     if address is not None and executor != ExecutorKind.ray:
         raise AdvbenchError("--address is the address of a Ray cluster; add --executor ray")
     bench = load_benchmark(config, discover())
     runner = Runner(bench, discover(), RunOptions(store=store, max_images=max_images, workers=workers, fresh=fresh,
-                                                  cache_dir=cache_dir, executor=executor.value, address=address))
+                                                  cache_dir=cache_dir, executor=executor.value, address=address,
+                                                  threads=threads))
+    preflight(bench, discover(), runner.plan)  # files, k and labels: before the store is opened
+    apply_interop(runner.thread_choice.threads)
+    started = time.monotonic()
     counts = {s: len(runner.plan.stage(s)) for s in STAGES}
     counts = {s: n for s, n in counts.items() if n}
     if err.is_terminal:
         with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.fields[note]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
                       console=err) as progress:
             tasks = {s: progress.add_task(s, total=n, note="") for s, n in counts.items()}
 
@@ -81,55 +108,60 @@ def run(
 
             result = runner.run_with(on_cell)
     else:  # nohup, SLURM, CI: one plain line per finished cell and a progress line now and then
-        result = runner.run_with(PlainProgress(counts, err))
+        left = TimeLeft(counts, lambda: expected_seconds(runner.plan, runner.registry, runner.cache.root),
+                        parallel={s: workers for s, stage in STAGES.items() if stage.forkable} if workers > 1 and executor == ExecutorKind.local else {})
+        result = runner.run_with(PlainProgress(counts, err, left=left))
     n_cached = sum(o.cached for o in result.outcomes)
+    # names are printed, not parsed as markup ("bench[/]"); a store URL's password is masked
     err.print(f"{bench.settings.name}: {len(result.outcomes)} cells ({len(result.computed)} computed, {n_cached} cached, "
-              f"{len(result.failed)} failed) -> {result.store_url} (run {result.run_id})", highlight=False, soft_wrap=True)
+              f"{len(result.failed)} failed) in {time.monotonic() - started:.1f} s, {runner.thread_choice.describe()} "
+              f"-> {mask_passwords(result.store_url)} (run {result.run_id})", highlight=False, markup=False, soft_wrap=True)
+    warning = coverage.few_adversarial_warning(coverage.from_outcomes(result.outcomes))
+    if warning:
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
     if result.failed:
         for o in result.failed[:10]:
-            err.print(f"failed: {o.cell.title}: {o.error}", highlight=False, markup=False, soft_wrap=True)
+            err.print(mask_passwords(f"failed: {o.cell.title}: {o.error}"), highlight=False, markup=False, soft_wrap=True)
         if all(o.user_error for o in result.failed):
             return 2
-        err.print(f"tracebacks in {result.log_path}", highlight=False, soft_wrap=True)
+        err.print(f"tracebacks in {result.log_path}", highlight=False, markup=False, soft_wrap=True)
         return 1
-    err.print("next: advbench report" + (f" --store {store}" if store else ""), highlight=False, soft_wrap=True)
+    err.print("next: advbench report" + (f" --store {mask_passwords(store)}" if store else ""), highlight=False,
+              markup=False, soft_wrap=True)
     return 0
 
 
 class PlainProgress:
-    """Progress for logs: a line per finished cell, and every ``every`` seconds the count and an
-    estimate of the time left: each stage's remaining cells at the mean time of its computed
-    cells so far (the stages differ by orders of magnitude; an attack is not a score)."""
+    """Progress for logs: a line per finished cell, and every ``every`` seconds the count and the
+    time left, from the plan's cost estimate calibrated by the cells computed so far
+    (:mod:`advbench.estimate.progress`)."""
 
-    def __init__(self, counts: dict[str, int], console: Console, every: float = 30.0):
-        self.remaining, self.console, self.every = dict(counts), console, every
+    def __init__(self, counts: dict[str, int], console: Console, every: float = 30.0, left: TimeLeft | None = None,
+                 clock=time.monotonic):
+        self.console, self.every, self.clock = console, every, clock
         self.total, self.done = sum(counts.values()), 0
-        self.spent: dict[str, float] = {}
-        self.computed: dict[str, int] = {}
-        self.start = self.last = time.monotonic()
+        self.time_left = left or TimeLeft(counts, clock=clock)
+        self.start = self.last = clock()
 
     def __call__(self, outcome) -> None:
         self.done += 1
-        stage = outcome.cell.stage
-        self.remaining[stage] = self.remaining.get(stage, 1) - 1
-        if outcome.status == "ok" and not outcome.cached:
-            self.spent[stage] = self.spent.get(stage, 0.0) + outcome.seconds
-            self.computed[stage] = self.computed.get(stage, 0) + 1
+        computed = outcome.status == "ok" and not outcome.cached
+        self.time_left.observe(outcome.cell.key, outcome.cell.stage, outcome.seconds, computed)
         how = "cached" if outcome.cached else outcome.status if outcome.status != "ok" else "computed"
         line = f"[{self.done}/{self.total}] {how} {outcome.cell.title} {outcome.seconds:.1f}s"
         if outcome.note or outcome.error:
             line += f" ({outcome.note or outcome.error})"
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last >= self.every and self.done < self.total:
-            self.last = now
+            left = self.left()
+            self.last = self.clock()  # pricing the plan the first time takes a few seconds
             self.console.print(f"progress: {self.done}/{self.total} cells, {(now - self.start) / 60:.1f} min elapsed, "
-                               f"~{self.left() / 60:.1f} min left", highlight=False, soft_wrap=True)
+                               f"~{left / 60:.1f} min left", highlight=False, soft_wrap=True)
 
     def left(self) -> float:
-        overall = sum(self.spent.values()) / max(1, sum(self.computed.values()))
-        return sum(n * (self.spent[s] / self.computed[s] if self.computed.get(s) else overall)
-                   for s, n in self.remaining.items() if n > 0)
+        """Seconds left, estimated."""
+        return self.time_left.seconds()
 
 
 @app.command()
@@ -152,15 +184,21 @@ def validate(
     if given and not estimate:
         raise AdvbenchError(f"{given[0]} sets up an estimate; add --estimate")
     _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops)
+    if estimate:
+        _check_planned_machine(gpus, cpus)
+    bench = load_benchmark(config, discover())
+    rates = _gpu_rates(bench, rate_gpu_fwd or [], rate_gpu_bwd or []) if estimate else {}
     from advbench.execution.context import plan_for
 
-    bench = load_benchmark(config, discover())
     runner_plan = plan_for(bench, discover(), max_images)
+    preflight(bench, discover(), runner_plan, files=not estimate)
+    if estimate:  # planning for another machine: what this one lacks is said, and the estimate goes on
+        for problem in plugin_checks(bench, discover()):
+            err.print(f"warning: {config}: {problem} (on this machine)", highlight=False, markup=False, soft_wrap=True)
     sizes = ", ".join(f"{len(runner_plan.stage(s))} {s}" for s in STAGES)
-    out.print(f"{config}: ok — {sizes} cells", highlight=False)
+    out.print(f"{config}: ok — {sizes} cells", highlight=False, markup=False)
     if estimate:
-        _estimate(runner_plan, gpus, cpus, success_rate, gpu_tflops,
-                  _gpu_rates(bench, rate_gpu_fwd or [], rate_gpu_bwd or []))
+        _estimate(runner_plan, gpus, cpus, success_rate, gpu_tflops, rates)
     return 0
 
 
@@ -173,6 +211,26 @@ def _check_estimate_flags(gpus, cpus, max_images, success_rate, gpu_tflops) -> N
     for flag, value, ok, valid in checks:
         if not ok:
             raise AdvbenchError(f"{flag} {value}: expected {valid}")
+
+
+def _local_cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_planned_machine(gpus: int | None, cpus: int | None) -> None:
+    """GPUs of another machine (a cluster's 8) and this machine's cores would be a plan of no
+    machine: the CPU cells and image operations would be timed on 2 cores beside 8 GPUs."""
+    if gpus is None or cpus is not None:
+        return
+    import torch
+
+    here = torch.cuda.device_count()
+    if gpus != here:
+        raise AdvbenchError(f"--gpus {gpus} plans another machine than this one ({here} GPUs, {_local_cpus()} CPU "
+                            f"cores here): give its CPU cores too, e.g. --gpus {gpus} --cpus {max(8, 8 * gpus)}; the "
+                            f"CPU cells and image operations run on them")
 
 
 def _gpu_rates(bench, forward: list[str], both: list[str]) -> dict[str, tuple[float | None, float | None]]:
@@ -197,14 +255,12 @@ def _gpu_rates(bench, forward: list[str], both: list[str]) -> dict[str, tuple[fl
 
 
 def _estimate(plan, gpus, cpus, success_rate, gpu_tflops, gpu_rates) -> None:
-    import os
-
     import torch
 
     from advbench import estimate as E
 
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = _local_cpus()
     options = E.Options(gpus=torch.cuda.device_count() if gpus is None else gpus, cpus=cpus,
                         success_rate=1.0 if success_rate is None else success_rate,
                         gpu_tflops=E.DEFAULT_GPU_TFLOPS if gpu_tflops is None else gpu_tflops, gpu_rates=gpu_rates)
@@ -275,7 +331,7 @@ def report(
     run_id: Annotated[Optional[int], typer.Option("--run", help="Run id (default: the latest run).")] = None,
     table: Annotated[Optional[str], typer.Option("--table", help="Paper table 1-6, or: " + ", ".join(tables.EXTRA_TABLES) + "; instead of the leaderboard.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.rich,
-    sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, balanced_accuracy, eer, auroc, tpr_at_5fpr.")] = "accuracy",
+    sort: Annotated[str, typer.Option("--sort", help="Leaderboard metric: accuracy, balanced_accuracy, eer, auroc, tpr_at_5fpr, tnr_at_95tpr, tpr_at_dev_5fpr.")] = "accuracy",
     top: Annotated[Optional[int], typer.Option("--top", min=1, help="Leaderboard: show the best N cells per dataset/model (--leaderboard: default 3).")] = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="List the stored runs.")] = False,
@@ -288,19 +344,22 @@ def report(
         raise AdvbenchError(f"--sort {sort!r}: unknown metric; valid: {', '.join(tables.LEADERBOARD_METRICS)}")
     st = open_store(store, create=False)
     images: list[tuple[str, bytes]] = []
+    warning = ""  # a run's image sets with few adversarial eval images
+    run_row = None
     if runs:
         result = [tables.Table("Runs", ("Run", "Benchmark", "Config hash", "Started", "Status"),
                                tuple((r.id, r.benchmark, r.config_hash, f"{r.started_at:%Y-%m-%d %H:%M}", r.status)
                                      for r in st.runs(benchmark)))]
     elif leaderboard:
         latest = {r.benchmark: r for r in st.runs(benchmark)}.values()
-        result = tables.cross_run_leaderboard([(r, st.cells(r.id)) for r in latest], sort, best=top or 3)
+        result = tables.cross_run_leaderboard([(r, _cells(st, r)) for r in latest], sort, best=top or 3)
     elif compare_runs:
         a, b = (st.get_run(i) for i in compare_runs)
-        result = tables.compare(st.cells(a.id), st.cells(b.id), a.id, b.id)
+        result = tables.compare(_cells(st, a), _cells(st, b), a.id, b.id)
     else:
         run_row = _pick_run(st, run_id, benchmark)
-        cells = st.cells(run_row.id)
+        cells = _cells(st, run_row)
+        warning = coverage.few_adversarial_warning(coverage.from_store(cells))
         if table:
             result = tables.table_named(table)(cells)
         elif fmt == Format.html:  # the whole run on one page: the evaluation tables where the run has their cells
@@ -316,24 +375,43 @@ def report(
         if table in tables.TABLE_NEEDS:
             raise AdvbenchError(f"--table {table}: this run has nothing for it; it needs {tables.TABLE_NEEDS[table]}")
         raise AdvbenchError("nothing to report for this selection (no matching cells)")
+    if warning:
+        err.print(warning, highlight=False, markup=False, soft_wrap=True)
     if fmt == Format.rich and out_file is None:
         formats.render_rich(result, out)
         return 0
     if fmt == Format.html:
-        text = formats.render_html(result, images)
+        text = formats.render_html(result, images, *_html_header(run_row, st))
     else:
         text = formats.render_text(result, "markdown" if fmt == Format.rich else fmt.value)
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(text)
-        err.print(f"wrote {out_file}", highlight=False)
+        err.print(f"wrote {out_file}", highlight=False, markup=False)
     else:
         sys.stdout.write(text)
     return 0
 
 
 #: Tables of the evaluation protocol on the whole-run HTML page (each empty without its cells).
-HTML_EXTRA_TABLES = ("detection", "adaptive", "security", "unseen", "subset")
+HTML_EXTRA_TABLES = ("detection", "matched", "adaptive", "robust", "security", "unseen", "subset")
+
+
+def _html_header(run_row, st) -> tuple[str, list[tuple[str, str]]]:
+    """The page's title and what it reports on: the benchmark, run, dates and versions (a page
+    saved on its own must say which run it shows and what made it)."""
+    made = f"advbench {__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    if run_row is None:  # the run list, a comparison, the cross-run leaderboard
+        return "advbench report", [("Store", mask_passwords(st.url)), ("Generated", made)]
+    versions = ", ".join(f"{name} {v}" for name, v in (("advbench", run_row.advbench_version),
+                                                       ("torch", run_row.torch_version),
+                                                       ("foolbox", run_row.foolbox_version)) if v)
+    finished = f"{run_row.finished_at:%Y-%m-%d %H:%M} UTC" if run_row.finished_at else "not finished"
+    return (f"advbench report — {run_row.benchmark}, run {run_row.id}",
+            [("Benchmark", run_row.benchmark), ("Run", f"{run_row.id} ({run_row.status}), config {run_row.config_hash}, "
+                                                      f"seed {run_row.seed}"),
+             ("Started", f"{run_row.started_at:%Y-%m-%d %H:%M} UTC"), ("Finished", finished),
+             ("Versions", versions or "not recorded"), ("Store", mask_passwords(st.url)), ("Generated", made)])
 
 
 def open_store(store: str | None, *, create: bool = True):
@@ -344,6 +422,14 @@ def open_store(store: str | None, *, create: bool = True):
 
 def _pick_run(st, run_id: int | None, benchmark: str | None):
     return st.get_run(run_id) if run_id is not None else st.latest_run(benchmark)
+
+
+def _cells(st, run_row) -> list:
+    """A run's cells in the order of its benchmark file, not the order they finished in (which
+    a kill or --workers changes): reports must not depend on it."""
+    from advbench.report.order import in_plan_order
+
+    return in_plan_order(st.cells(run_row.id), run_row.config_text)
 
 
 def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = None) -> list[tuple[str, bytes]]:
@@ -361,7 +447,7 @@ def _run_figures(cells, cache_dir: Path | None, st=None, run_id: int | None = No
             try:
                 _draw(kind, cells, cache, path, images)
             except AdvbenchError as e:  # nothing to draw for that kind, or no artefacts: say which
-                err.print(f"report: no {kind} plot: {e}", highlight=False)
+                err.print(f"report: no {kind} plot: {e}", highlight=False, markup=False)
                 continue
             made.append((f"{kind} — {figures.CAPTIONS[kind]}", path.read_bytes()))
     return made
@@ -406,8 +492,8 @@ def plot(
     st = open_store(store, create=False)
     run_row = _pick_run(st, run_id, benchmark)
     images = _detect_images(st, run_row.id) if kind.value in ("roc", "logits") else None
-    path = _draw(kind.value, st.cells(run_row.id), Cache(cache_dir or default_cache_dir()), out_file, images)
-    err.print(f"wrote {path}", highlight=False)
+    path = _draw(kind.value, _cells(st, run_row), Cache(cache_dir or default_cache_dir()), out_file, images)
+    err.print(f"wrote {path}", highlight=False, markup=False)
     return 0
 
 
@@ -438,7 +524,7 @@ def export(
         raise AdvbenchError(f"no per-image rows stored for {what}; detect, score and correct cells store them "
                             "when they finish (a run made before advbench stored them: run it again)")
     n = exporting.write_images(columns, out_file, chosen)
-    err.print(f"wrote {out_file} ({n} rows, {len(set(columns['cell_key']))} cells)", highlight=False)
+    err.print(f"wrote {out_file} ({n} rows, {len(set(columns['cell_key']))} cells)", highlight=False, markup=False)
     return 0
 
 
@@ -454,25 +540,61 @@ def plugins(
     entries = registry.entries(kind)
     if as_json:
         data = [{"kind": e.spec.kind, "name": e.spec.name, "package": e.package, "module": e.module,
-                 "summary": e.spec.summary, "default": e.spec.default,
+                 "summary": e.spec.summary, "default": e.spec.default, "declares": _declared(e.spec),
                  "parameters": e.spec.params.model_json_schema().get("properties", {})} for e in entries]
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return 0
     from rich.table import Table as RichTable
 
     t = RichTable(title="advbench plugins", header_style="bold")
-    for col in ("Kind", "Name", "Package", "Summary", "Parameters"):
+    for col in ("Kind", "Name", "Package", "Summary", "Declares", "Parameters"):
         t.add_column(col)
     for e in entries:
         params = ", ".join(f"{n}={f.default!r}" if not f.is_required() else f"{n} (required)"
                            for n, f in e.spec.params.model_fields.items())
-        t.add_row(e.spec.kind, e.spec.name + (" *" if e.spec.default else ""), e.package, e.spec.summary, params)
+        t.add_row(e.spec.kind, e.spec.name + (" *" if e.spec.default else ""), e.package, e.spec.summary,
+                  _declared_text(_declared(e.spec)), params)
     out.print(t)
-    out.print("[dim]* in the default set used when a benchmark omits that section[/dim]")
+    out.print("* in the default set used when a benchmark omits that section", style="dim")
     return 0
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="Check and tidy the artefact cache.")
+#: what a spec of each kind declares beyond its parameters, as `advbench plugins` shows it
+DECLARED = {"attack": ("budget_param", "norm", "threat", "targeted", "adaptive"),
+            "transform": ("default_group", "default_grid", "differentiable"),
+            "detector": ("inputs",)}
+
+
+def _declared(spec) -> dict:
+    """An attack's budget parameter, norm, threat model, targeting and adaptive targets; a
+    transform's default group and grid (the default set's operations) and differentiability; a
+    detector's inputs. Read by name, so a spec without one of these fields simply omits it."""
+    names = DECLARED.get(spec.kind, ())
+    return {n: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v)
+            for n in names if (v := getattr(spec, n, None)) is not None}
+
+
+def _declared_text(declared: dict) -> str:
+    parts = []
+    if "budget_param" in declared:
+        parts.append(f"budget: {declared['budget_param'] or 'none'}" + (f" ({declared['norm']})" if declared.get("norm") else ""))
+    for name in ("threat", "inputs"):
+        if declared.get(name):
+            parts.append(f"{name}: {declared[name]}")
+    if declared.get("targeted"):
+        parts.append("targeted")
+    if declared.get("adaptive"):
+        parts.append(f"adaptive: {', '.join(declared['adaptive'])}")
+    if "default_group" in declared:
+        parts.append(f"group: {declared['default_group'] or '(its name)'}")
+    for param, values in (declared.get("default_grid") or {}).items():
+        parts.append(f"grid: {param} = {', '.join(map(str, values))}")
+    if declared.get("differentiable"):
+        parts.append("differentiable")
+    return "; ".join(parts)
+
+
+cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Check and tidy the artefact cache.")
 app.add_typer(cache_app, name="cache")
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Artefact cache (default: $ADVBENCH_CACHE_DIR or the user cache).")]
 
@@ -489,9 +611,12 @@ def _cache(cache_dir: Path | None):
 @cache_app.command("verify")
 def cache_verify(
     cache_dir: CacheDirOpt = None,
-    fix: Annotated[bool, typer.Option("--fix", help="Delete damaged artefacts (the next run recomputes them).")] = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Delete damaged artefacts and plugin files (the next run rebuilds them).")] = False,
 ) -> int:
-    """Check every artefact against the checksums of its completion record."""
+    """Check every artefact against the checksums of its completion record (metrics included),
+    and every file plugins keep in the cache (trained weights, memos) against its own."""
+    from advbench import verified
+
     cache = _cache(cache_dir)
     damaged, total = [], 0
     for stage, key in cache.artefacts():
@@ -503,17 +628,31 @@ def cache_verify(
         out.print(f"damaged: {stage}/{key}: {why}" + (" (deleted)" if fix else ""), highlight=False, markup=False)
         if fix:
             cache.discard(stage, key)
-    out.print(f"{cache.root}: {total} artefacts, {len(damaged)} damaged", highlight=False)
-    return 1 if damaged and not fix else 0
+    files, bad_files, unsealed = 0, 0, 0
+    for path, state in cache.plugin_files():
+        files += 1
+        where = path.relative_to(cache.root)
+        if state.status == "unsealed":  # written by a plugin without advbench.verified: nothing to check against
+            unsealed += 1
+            out.print(f"unverified: {where}: {state.reason}", highlight=False, markup=False)
+        elif not state.ok:
+            bad_files += 1
+            out.print(f"damaged: {where}: {state.reason}" + (" (deleted)" if fix else ""), highlight=False, markup=False)
+            if fix:
+                verified.discard(path)
+    out.print(f"{cache.root}: {total} artefacts, {len(damaged)} damaged; {files} plugin files, {bad_files} damaged"
+              + (f", {unsealed} without a checksum" if unsealed else ""), highlight=False, markup=False)
+    return 1 if (damaged or bad_files) and not fix else 0
 
 
 @cache_app.command("prune")
 def cache_prune(cache_dir: CacheDirOpt = None) -> int:
-    """Remove scratch folders and lock files that no running process holds."""
+    """Remove scratch folders and lock files that no running process holds, and temporary
+    files whose writer is gone."""
     cache = _cache(cache_dir)
     removed = cache.prune()
-    out.print(f"{cache.root}: removed {removed['scratch']} stale scratch folders and {removed['locks']} lock files",
-              highlight=False)
+    out.print(f"{cache.root}: removed {removed['scratch']} stale scratch folders, {removed['locks']} lock files "
+              f"and {removed['tmp']} temporary files", highlight=False, markup=False)
     return 0
 
 
@@ -524,7 +663,7 @@ def _internal_error_log() -> Path:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             path = directory / f"crash-{datetime.now():%Y%m%d-%H%M%S}.log"
-            path.write_text(traceback.format_exc())
+            path.write_text(mask_passwords(traceback.format_exc()))
             return path
         except OSError:
             continue
@@ -536,25 +675,43 @@ _USAGE_ERRORS = tuple({click.ClickException, getattr(getattr(typer, "_click", No
 _ABORTS = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (a plugin's, a library's) as one line on stderr, like an error."""
+    err.print(f"warning: {' '.join(str(message).split())}", highlight=False, markup=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warnings
     try:
-        rc = app(args=argv, standalone_mode=False)
+        return _main(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        rc = app(args=argv, prog_name="advbench", standalone_mode=False)
     except _ABORTS:
         err.print("aborted")
         return 130
-    except _USAGE_ERRORS as exc:  # usage errors: Typer's own message, exit 2
-        exc.show()
+    except _USAGE_ERRORS as exc:  # usage errors: one line and where the valid forms are, exit 2
+        message = " ".join(exc.format_message().replace("Value error, ", "").split())
+        if message:  # (none: a bare command, whose help was shown)
+            where = getattr(getattr(exc, "ctx", None), "command_path", None) or "advbench"
+            err.print(f"error: {message} (see '{where} --help')", highlight=False, markup=False, soft_wrap=True)
         return exc.exit_code
     except AdvbenchError as exc:
         for line in str(exc).splitlines():
-            err.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
+            err.print(mask_passwords(f"error: {line}"), highlight=False, markup=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; finished cells are stored and cached")
         return 130
     except Exception as exc:
         path = _internal_error_log()
-        err.print(f"internal error: {type(exc).__name__}: {exc} (traceback in {path})", highlight=False, markup=False)
+        err.print(mask_passwords(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} (traceback in {path})"),
+                  highlight=False, markup=False, soft_wrap=True)
         return 1
     return rc if isinstance(rc, int) else 0
 

@@ -10,44 +10,56 @@ candidates chosen on the dev set). A section left out means the plugins flagged 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
 import tomllib
-from typing import get_origin
+from typing import get_args, get_origin
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from advbench.errors import ConfigError
 from advbench.registry import Registry, unknown_plugin_message
-from advbench.specs import KINDS, Params
+from advbench.robust_config import RobustEntry, parse_robust
+from advbench.specs import KINDS, NumbersAreNotBooleans, Params
 
 SECTION_FOR_KIND = {k: k + "s" for k in KINDS}  # dataset -> datasets, ...
+#: the longest label (benchmark name, entry name, group name) the store keeps: its String(200) columns
+LABEL_MAX = 200
+#: norms whose budgets are per pixel value of [0, 1] images (L2 divided by sqrt(D), L1 by D): at most 1
+PER_VALUE_NORMS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(NumbersAreNotBooleans):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BenchmarkSettings(_Strict):
-    name: str = Field(min_length=1, description="Benchmark name, the key of its results in the store.")
-    seed: int = Field(0, description="Seed for selection, attacks, splits and detectors.")
+    name: str = Field(min_length=1, max_length=LABEL_MAX, description="Benchmark name, the key of its results in the store.")
+    seed: StrictInt = Field(0, ge=0, le=2**32 - 1, description="Seed for selection, attacks, splits and detectors "
+                                                                "(0 to 2**32 - 1, numpy's range).")
     store: str | None = Field(None, description="SQLAlchemy URL or SQLite path of the results store.")
-    top_k: int = Field(5, ge=1, description="k of the top-k labels (selection, criteria, features).")
-    images_per_model: int = Field(1000, ge=1, description="Clean images picked per model (N).")
+    top_k: StrictInt = Field(5, ge=1, description="k of the top-k labels (selection, criteria, features); below the "
+                                                  "number of classes.")
+    images_per_model: StrictInt = Field(1000, ge=1, description="Clean images picked per model (N).")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'...")
 
 
 class DatabaseSettings(_Strict):
-    target_shift: int = Field(100, ge=1, description="Target label = (top-1 + shift) mod C.")
+    target_shift: StrictInt = Field(100, ge=1, description="Target label = (top-1 + shift) mod C.")
     target_threshold: float = Field(0.99, gt=0, le=1, description="Targeted success: P(target) >= this.")
     image_format: Literal["jpeg", "png"] = Field("jpeg", description="File format of saved adversarial images.")
-    jpeg_quality: int = Field(100, ge=1, le=100, description="JPEG quality of saved adversarial images.")
-    batch_size: int = Field(32, ge=1, description="Images per attack batch.")
+    jpeg_quality: StrictInt = Field(100, ge=1, le=100, description="JPEG quality of saved adversarial images.")
+    batch_size: StrictInt = Field(32, ge=1, description="Images per attack batch.")
     split: tuple[float, float, float] = Field((0.70, 0.15, 0.15), description="train/dev/eval shares.")
+    fair_storage: StrictBool = Field(
+        False, description="Normal images go through the same save -> reload (image_format, jpeg_quality) as "
+                           "adversarial ones before anything sees them, so a detector cannot flag the re-encoding "
+                           "itself; false (the paper's protocol): only adversarial images are re-encoded.")
 
     @field_validator("split")
     @classmethod
@@ -56,10 +68,15 @@ class DatabaseSettings(_Strict):
             raise ValueError("split shares must be positive and sum to 1")
         return split
 
+    def identity(self) -> dict[str, Any]:
+        """What of these settings determines an adversarial image (attack and adaptive cell
+        keys): everything but ``fair_storage``, which acts on normal images only."""
+        return self.model_dump(mode="json", exclude={"fair_storage"})
+
 
 class PredictionSettings(_Strict):
     backend: Literal["pillow", "tensor"] = Field("pillow", description="How operations are applied.")
-    batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    batch_size: StrictInt = Field(128, ge=1, description="Images per forward pass.")
     default_operations: StrictBool | None = Field(
         None, description="Keep the default operations (the paper's 38) beside the listed [[transforms]]: "
                           "true adds the listed ones to them; null (the default) keeps them only when no "
@@ -76,6 +93,10 @@ DEFAULT_GROUPS = {
 }
 
 
+Protocol = Literal["standard", "leave-one-attack-out", "per-attack"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+
+
 class PartitionSettings(_Strict):
     train: list[str] = Field(min_length=1, description="Attack labels the detectors train on.")
     test: list[str] = Field(min_length=1, description="Attack labels they are then scored on (never trained on).")
@@ -87,11 +108,16 @@ class HoldoutCells(_Strict):
     detectors: list[str] | None = Field(None, description="Detectors that get held-out cells (default: all).")
 
 
+class PerAttackCells(HoldoutCells):
+    attacks: list[str] | None = Field(None, description="Primary attacks that get a per-attack detector cell "
+                                                        "(default: all).")
+
+
 class SubsetSearchSettings(_Strict):
     detector: str = Field(description="Detector label whose operation subsets are searched.")
     feature: str = Field(description="Feature label it is fitted on.")
     group: str = Field("All", description="Feature group whose operations are the candidates.")
-    max_operations: int = Field(8, ge=1, description="Largest subset size the greedy search reaches.")
+    max_operations: StrictInt = Field(8, ge=1, description="Largest subset size the greedy search reaches.")
 
 
 class DetectionSettings(_Strict):
@@ -99,9 +125,37 @@ class DetectionSettings(_Strict):
         default_factory=lambda: dict(DEFAULT_GROUPS),
         description="Feature groups: name -> transform groups ('*' = all operations).",
     )
-    protocol: Literal["standard", "leave-one-attack-out"] = Field(
-        "standard", description="'leave-one-attack-out' adds, per attack, detector cells trained without it "
-                                "and scored on it alone (unseen attacks).")
+    protocol: Protocol | tuple[Protocol, ...] = Field(
+        "standard", description="Detector cells beside the standard ones (trained on the mixture of every primary "
+                                "attack): 'leave-one-attack-out' adds, per attack, cells trained without it and scored "
+                                "on it alone (unseen attacks); 'per-attack' adds, per attack, cells trained on normal "
+                                "images and that attack alone and scored on it (the baselines' papers' protocol); a "
+                                "list takes several.")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _known_protocols(cls, value: Any):
+        # one message for a bad name (the union would report one per branch)
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, (list, tuple)):
+            bad = [n for n in names if n not in PROTOCOLS]
+            if bad:
+                raise ValueError(f"unknown protocol {bad[0]!r}; valid: {', '.join(PROTOCOLS)} (or a list of them)")
+        return value
+
+    per_attack_cells: PerAttackCells = Field(PerAttackCells(), description="Which attacks, groups, features and "
+                                                                           "detectors get per-attack cells.")
+    model_normals: Literal["top-1", "top-k"] = Field(
+        "top-1", description="Images the model-aware detectors (inputs = 'model') fit and are scored on: 'top-1' those "
+                             "whose source the classifier gets right at top-1 (the baselines' papers), normal and "
+                             "adversarial; 'top-k' every image of the benchmark. The FPR on top-1-wrong normal eval "
+                             "images is reported beside, either way.")
+    references: dict[str, str] = Field(
+        default_factory=dict, description="Dataset label -> label of another [[datasets]] entry whose images, with "
+                                          "their true labels, are the labelled reference set of the model-aware "
+                                          "detectors' class statistics (kernel densities, Mahalanobis means). A "
+                                          "reference dataset gets no cells of its own and must share no image "
+                                          "with the one it serves (checked).")
     partitions: dict[str, PartitionSettings] = Field(
         default_factory=dict, description="Named train/test partitions of the attacks: detector cells trained "
                                           "on 'train' and scored on 'test' (e.g. L∞ → L2).")
@@ -131,6 +185,7 @@ class _Document(_Strict):
     detection: DetectionSettings = DetectionSettings()
     correction: CorrectionSettings = CorrectionSettings()
     adaptive: list[dict[str, Any]] | None = None
+    robust: list[dict[str, Any]] | None = None
     datasets: list[dict[str, Any]] | None = None
     models: list[dict[str, Any]] | None = None
     attacks: list[dict[str, Any]] | None = None
@@ -203,6 +258,7 @@ class Benchmark:
     detectors: tuple[Entry, ...]
     correctors: tuple[Entry, ...]
     adaptive: tuple[Entry, ...] = ()
+    robust: tuple[RobustEntry, ...] = ()
     config_hash: str = field(default="")
 
     @property
@@ -224,6 +280,21 @@ class Benchmark:
     def models_for(self, dataset: Entry) -> list[Entry]:
         return [m for m in self.models if not m.datasets or dataset.label in m.datasets]
 
+    @property
+    def benchmarked_datasets(self) -> tuple[Entry, ...]:
+        """Datasets that get cells: all but those named as another's reference set."""
+        references = set(self.detection.references.values())
+        return tuple(d for d in self.datasets if d.label not in references)
+
+    def reference_for(self, dataset: str) -> Entry | None:
+        """The labelled reference dataset of ``dataset`` ([detection] references), or None."""
+        label = self.detection.references.get(dataset)
+        return next((d for d in self.datasets if d.label == label), None) if label else None
+
+    def protocols(self) -> tuple[str, ...]:
+        p = self.detection.protocol
+        return (p,) if isinstance(p, str) else tuple(p)
+
 
 def correction_groups(correction: CorrectionSettings, groups: dict) -> list[str]:
     """The groups votes are taken over: the configured ones, else the paper's that exist."""
@@ -241,15 +312,38 @@ def _loc(loc: tuple) -> str:
 
 def _pydantic_problems(err: ValidationError, prefix: str = "") -> list[str]:
     problems = []
-    for e in err.errors():
-        where = _loc(tuple(prefix.split(".")) + tuple(e["loc"]) if prefix else tuple(e["loc"]))
-        if e["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown key (found {e['input']!r})")
+    errors = err.errors()
+    lead = tuple(prefix.split(".")) if prefix else ()
+    missing = {tuple(e["loc"]): e for e in errors if e["type"] == "missing"}
+    misspelt = {}  # a required key given under a close name: one problem, not two
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden" and isinstance(loc[-1], str):
+            siblings = [m[-1] for m in missing if m[:-1] == loc[:-1] and isinstance(m[-1], str)]
+            close = difflib.get_close_matches(loc[-1], siblings, n=1, cutoff=0.6)
+            if close:
+                misspelt[loc] = close[0]
+                missing.pop(loc[:-1] + (close[0],))
+    for e in errors:
+        loc = tuple(e["loc"])
+        where = _loc(lead + loc)
+        if loc in misspelt:
+            problems.append(f"{where}: unknown key; did you mean {misspelt[loc]!r}? (a required key)")
+        elif e["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key (found {_shown(e['input'])})")
         elif e["type"] == "missing":
-            problems.append(f"{where}: required key is missing")
+            if loc in missing:
+                problems.append(f"{where}: required key is missing")
         else:
-            problems.append(f"{where}: {e['msg']} (found {e.get('input')!r})")
+            message = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message} (found {_shown(e.get('input'))})")
     return problems
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A found value for a one-line message: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(value) if hasattr(value, '__len__') else len(text)} long)"
 
 
 def load_benchmark(path: str | Path, registry: Registry) -> Benchmark:
@@ -261,6 +355,9 @@ def load_benchmark(path: str | Path, registry: Registry) -> Benchmark:
         raise ConfigError(str(path), ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x} at offset "
+                                      f"{exc.start}); a benchmark file is TOML text"]) from None
     return parse_benchmark(text, registry, path=path)
 
 
@@ -296,6 +393,7 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
     adaptive_items = raw.get("adaptive")
     adaptive = tuple(_entries("attack", adaptive_items, registry, problems, adaptive=True)) \
         if isinstance(adaptive_items, list) else ()
+    robust = parse_robust(raw.get("robust"), registry, problems, lambda t, where, probs: _target(t, where, None, probs))
     try:  # checked even when other sections are broken, so every problem shows at once
         detection = DetectionSettings.model_validate(raw.get("detection", {}))
     except ValidationError:
@@ -308,15 +406,16 @@ def parse_benchmark(text: str, registry: Registry, path: Path = Path("<string>")
         _check_correction(doc.correction, detection.groups, entries, registry, problems)
         _check_protocol(detection, entries, problems)
         _check_targets(adaptive, detection.groups, doc.correction, entries, registry, problems)
+        _check_targets(robust, detection.groups, doc.correction, entries, registry, problems, section="robust")
     if problems:
-        raise ConfigError(str(path), problems)
+        raise ConfigError(str(path), list(dict.fromkeys(problems)))  # a grid repeats its points' problems
     assert doc is not None
     bench = Benchmark(
         path=path, text=text, settings=doc.benchmark, database=doc.database,
         prediction=doc.prediction, detection=doc.detection, correction=doc.correction,
         datasets=entries["dataset"], models=entries["model"], attacks=entries["attack"],
         transforms=entries["transform"], features=entries["feature"], detectors=entries["detector"],
-        correctors=entries["corrector"], adaptive=adaptive,
+        correctors=entries["corrector"], adaptive=adaptive, robust=robust,
     )
     return _with_hash(bench)
 
@@ -332,8 +431,7 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
     labels: set[str] = set()
     for i, item in enumerate(items):
         where = f"{section}[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: expected a table, found {item!r}")
+        if not isinstance(item, dict):  # the document's schema says so: "Input should be a valid dictionary"
             continue
         item = dict(item)
         plugin = item.pop("plugin", None)
@@ -384,6 +482,12 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
                     continue
                 family = label + suffix
                 entry_label = family + ("" if budget is None else f"@{budget:g}")
+                if len(entry_label) > LABEL_MAX:
+                    problems.append(f"{where}.name: label {entry_label[:30] + '...'!r} has {len(entry_label)} characters; "
+                                    f"the store keeps at most {LABEL_MAX}: give the entry a shorter 'name'")
+                    continue
+                if kind == "attack":
+                    problems += _budget_problems(spec, validated, f"{where}.budgets" if budget is not None else where)
                 if entry_label in labels:
                     problems.append(f"{where}.name: duplicate {kind} name {entry_label!r}; give each entry a distinct 'name'")
                     continue
@@ -393,6 +497,23 @@ def _entries(kind: str, items: list | None, registry: Registry, problems: list[s
                             budget=budget, family=family if kind == "attack" else "", targets=parsed_targets, k=k,
                             evaluation=kind == "attack" and (evaluation or budget is not None or adaptive),
                             norm=getattr(spec, "norm", "") if kind == "attack" else "")
+
+
+def _budget_problems(spec, params: Params, where: str) -> list[str]:
+    """Budgets of an attack's ``budget_param`` outside what its norm allows: per pixel value of
+    [0, 1] images a budget above 1 allows any image (and 1e308 overflows inside the attack)."""
+    name, norm = getattr(spec, "budget_param", ""), getattr(spec, "norm", "")
+    value = getattr(params, name, None) if name else None
+    if norm not in PER_VALUE_NORMS or value is None:
+        return []
+    values = value if isinstance(value, (list, tuple)) else [value]
+    bad = [v for v in values if isinstance(v, (int, float)) and not 0 < v <= 1]
+    if not bad:
+        return []
+    key = where if where.endswith(".budgets") else f"{where}.{name}"
+    return [f"{key}: budget {bad[0]:g} is outside (0, 1]: {PER_VALUE_NORMS[norm]} budgets are per pixel value of "
+            f"images in [0, 1]" + ("" if norm == "linf" else f" (the {PER_VALUE_NORMS[norm]} norm divided by "
+                                   f"{'sqrt(D)' if norm == 'l2' else 'D'}, D values per image)")]
 
 
 def _expand_budgets(spec, params: dict, budgets: Any, where: str, problems: list[str]):
@@ -405,8 +526,8 @@ def _expand_budgets(spec, params: dict, budgets: Any, where: str, problems: list
         problems.append(f"{where}: attack {spec.name!r} has no budget parameter, so it cannot take budgets")
         return
     if not (isinstance(budgets, list) and budgets and all(isinstance(b, (int, float)) and not isinstance(b, bool)
-                                                          and b > 0 for b in budgets)):
-        problems.append(f"{where}: expected a non-empty list of positive numbers, found {budgets!r}")
+                                                          and 0 < b < float("inf") for b in budgets)):
+        problems.append(f"{where}: expected a non-empty list of positive, finite numbers, found {budgets!r}")
         return
     if name in params:
         problems.append(f"{where}: set either budgets or {name!r}, not both (budgets sets {name!r})")
@@ -433,7 +554,7 @@ def _target(raw: Any, where: str, spec, problems: list[str]) -> Target | None:
     else:
         problems.append(f"{where}: expected \"pipeline\", {{ group = ... }} or {{ detector = ..., feature = ..., group = ... }}, found {raw!r}")
         return None
-    if target.kind not in spec.adaptive:
+    if spec is not None and target.kind not in spec.adaptive:
         problems.append(f"{where}: {spec.name!r} cannot attack a {target.kind} defense; it attacks: {', '.join(spec.adaptive)}")
         return None
     return target
@@ -545,7 +666,8 @@ def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[
         if set(part.train) & set(part.test):
             problems.append(f"detection.partitions.{name}: {', '.join(sorted(set(part.train) & set(part.test)))} "
                             f"in both train and test; an unseen attack must not be trained on")
-    if detection.protocol == "leave-one-attack-out" and len(attacks) < 2:
+    protocols = (detection.protocol,) if isinstance(detection.protocol, str) else detection.protocol
+    if "leave-one-attack-out" in protocols and len(attacks) < 2:
         problems.append("detection.protocol: leave-one-attack-out needs at least two attacks without budgets; "
                         f"found {len(attacks)}")
     known = {"groups": list(detection.groups), "features": [f.label for f in entries.get("feature", ())],
@@ -554,6 +676,25 @@ def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[
         for i, label in enumerate(getattr(detection.holdout_cells, key) or []):
             if label not in valid:
                 problems.append(f"detection.holdout_cells.{key}[{i}]: unknown {key[:-1]} {label!r}; valid: {', '.join(valid)}")
+    for i, label in enumerate(detection.per_attack_cells.attacks or []):
+        if label not in attacks:
+            problems.append(f"detection.per_attack_cells.attacks[{i}]: unknown attack {label!r}; valid: "
+                            f"{', '.join(attacks)} (attacks without budgets)")
+    for key, valid in known.items():
+        for i, label in enumerate(getattr(detection.per_attack_cells, key) or []):
+            if label not in valid:
+                problems.append(f"detection.per_attack_cells.{key}[{i}]: unknown {key[:-1]} {label!r}; valid: "
+                                f"{', '.join(valid)}")
+    datasets = [d.label for d in entries.get("dataset", ())]
+    for served, reference in detection.references.items():
+        for side, label in (("", served), (f".{served}", reference)):
+            if label not in datasets:
+                problems.append(f"detection.references{side}: unknown dataset {label!r}; valid: {', '.join(datasets)}")
+        if served == reference:
+            problems.append(f"detection.references.{served}: a dataset cannot be its own reference set")
+        elif reference in detection.references:
+            problems.append(f"detection.references.{served}: {reference!r} is itself served by a reference set; "
+                            "a reference dataset gets no cells")
     for i, search in enumerate(detection.subset_search):
         for key, value in (("detectors", search.detector), ("features", search.feature), ("groups", search.group)):
             if value not in known[key]:
@@ -561,8 +702,8 @@ def _check_protocol(detection: DetectionSettings, entries: dict, problems: list[
                                 f"{', '.join(known[key])}")
 
 
-def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: CorrectionSettings, entries: dict,
-                   registry: Registry, problems: list[str]) -> None:
+def _check_targets(adaptive: tuple[Entry, ...] | tuple[RobustEntry, ...], groups: dict, correction: CorrectionSettings,
+                   entries: dict, registry: Registry, problems: list[str], section: str = "adaptive") -> None:
     detectors = {d.label: registry.get("detector", d.plugin) for d in entries.get("detector", ())}
     features = [f.label for f in entries.get("feature", ())]
     seen: set[int] = set()
@@ -570,7 +711,7 @@ def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: Correc
         if id(entry.targets) in seen:  # budgets share one targets tuple: check it once
             continue
         seen.add(id(entry.targets))
-        where = f"adaptive[{entry.family}].targets"
+        where = f"{section}[{entry.family}].targets"
         for t in entry.targets:
             if t.kind == "pipeline" and correction.pipeline is None:
                 problems.append(f"{where}: 'pipeline' needs a [correction] pipeline to attack")
@@ -582,7 +723,9 @@ def _check_targets(adaptive: tuple[Entry, ...], groups: dict, correction: Correc
             if t.kind != "detector":
                 continue
             spec = detectors.get(t.detector)
-            needs_scores = registry.get("attack", entry.plugin).needs_scores  # type: ignore[attr-defined]
+            # a [[robust]] ensemble skips the members a defense cannot meet; an adaptive entry is one attack
+            plugin = getattr(entry, "plugin", None)
+            needs_scores = plugin is not None and registry.get("attack", plugin).needs_scores  # type: ignore[attr-defined]
             if spec is None:
                 problems.append(f"{where}: unknown detector {t.detector!r}; valid: {', '.join(detectors)}")
             elif needs_scores and spec.differentiable is False:  # type: ignore[attr-defined]
@@ -611,17 +754,29 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _without_defaults(settings: BaseModel, newer: tuple[str, ...]) -> dict[str, Any]:
+    """``settings`` as JSON less the fields of ``newer`` left at their defaults: settings added
+    later keep the hash of a benchmark that does not use them."""
+    dump = settings.model_dump(mode="json")
+    for name in newer:
+        default = type(settings).model_fields[name].get_default(call_default_factory=True)
+        if dump[name] == (default.model_dump(mode="json") if isinstance(default, BaseModel) else default):
+            dump.pop(name)
+    return dump
+
+
 def _with_hash(bench: Benchmark) -> Benchmark:
     from dataclasses import replace
 
     ident = {
         "settings": bench.settings.model_dump(mode="json"),
-        "database": bench.database.model_dump(mode="json"),
+        "database": _without_defaults(bench.database, ("fair_storage",)),
         "prediction": bench.prediction.model_dump(mode="json"),
-        "detection": bench.detection.model_dump(mode="json"),
+        "detection": _without_defaults(bench.detection, ("per_attack_cells", "model_normals", "references")),
         "correction": bench.correction.model_dump(mode="json"),
         **{SECTION_FOR_KIND[k]: [e.identity() | {"label": e.label, "group": e.group}
                                  for e in getattr(bench, SECTION_FOR_KIND[k])] for k in KINDS},
         "adaptive": [e.identity() | {"label": e.label, "targets": [t.label for t in e.targets]} for e in bench.adaptive],
+        **({"robust": [e.identity() for e in bench.robust]} if bench.robust else {}),
     }
     return replace(bench, config_hash=stable_hash(ident))

@@ -57,6 +57,11 @@ def configuration_reference(registry: Registry) -> str:
            "a list of defenses — `{ group = \"JPEG\" }` (a group's operations), `{ detector = \"svm\",",
            "feature = \"differences\", group = \"All\" }` (a detector cell; `{ detector = \"cnn-small\" }` for",
            "one that sees images) or `\"pipeline\"` (the [correction] pipeline); see threat-models.md.",
+           "`[[robust]]` entries run an ensemble of adaptive attacks against each of their `targets` (detectors",
+           "or `\"pipeline\"`) at ascending `budgets` (numbers or `\"a/b\"`, e.g. `\"8/255\"`; `norm` linf or",
+           "l2) and keep the per-image worst case: `[[robust.members]]` tables name an adaptive attack `plugin`,",
+           "an optional `name`, its parameters, `per_budget` (a table of lists, one value per budget),",
+           "`budgets` (the budgets it runs at) and `targets` (the defenses it attacks); see threat-models.md.",
            "A section left out means the plugins marked *default* (transforms: the paper's 38 operations).", ""]
     for section, model in SECTIONS.items():
         out += [f"## [{section}]", "", *_fields(model), ""]

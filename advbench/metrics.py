@@ -2,7 +2,7 @@
 
 Rates that are undefined for the given data (no negatives, no positives, an empty subset)
 are ``nan`` rather than an error, so a report can still be written; in particular
-``eer``, ``auroc`` and ``tpr_at_fpr`` are ``nan`` when ``y_true`` holds only one class.
+``eer``, ``auroc``, ``tpr_at_fpr`` and ``tnr_at_tpr`` are ``nan`` when ``y_true`` holds only one class.
 """
 
 from __future__ import annotations
@@ -98,6 +98,39 @@ def tpr_at_fpr(y_true: ArrayLike, scores: ArrayLike, fpr: float = 0.05) -> float
     f, tp, _ = roc_curve(t, scores)
     # (0, 0) always qualifies; the slack absorbs float error in fpr.
     return float(tp[f <= fpr + 1e-12].max())
+
+
+def tnr_at_tpr(y_true: ArrayLike, scores: ArrayLike, tpr: float = 0.95) -> float:
+    """TNR (1 - FPR) at the first ROC point, from the highest threshold down, whose TPR reaches
+    ``tpr`` (Lee et al. 2018's "TNR at TPR 95 %"; the threshold is read off the same data, as
+    theirs); ``nan`` if one class."""
+    t = _labels(y_true)
+    if not _both_classes(t):
+        return float("nan")
+    f, tp, _ = roc_curve(t, scores)
+    return float(1 - f[int(np.argmax(tp >= tpr - 1e-12))])
+
+
+def threshold_at_fpr(normal_scores: ArrayLike, fpr: float = 0.05) -> float:
+    """The threshold ``t`` with ``scores > t`` true for at most ``floor(fpr * n)`` of the ``n``
+    normal scores (exactly that many when scores do not tie at ``t``): the (n - k)-th smallest
+    score, ``k = floor(fpr * n)``. Set on normal images the detector has not been fitted on
+    (dev), then applied to eval: a deployable operating point, unlike :func:`tpr_at_fpr`, which
+    reads its threshold off the eval set itself. ``nan`` without scores."""
+    s = np.sort(_scores(normal_scores))
+    if not s.size:
+        return float("nan")
+    k = int(np.floor(fpr * s.size + 1e-9))
+    return float(s[s.size - k - 1])
+
+
+def rates_at_threshold(y_true: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:
+    """TPR and FPR of the decision ``scores > threshold``, with the counts behind them
+    (``n_adversarial``, ``n_normal``) so a report can put intervals on them."""
+    t, s = _labels(y_true), _scores(scores)
+    flagged = s > threshold
+    return {"tpr": detection_rate(flagged, t == 1), "fpr": detection_rate(flagged, t == 0),
+            "n_adversarial": float((t == 1).sum()), "n_normal": float((t == 0).sum())}
 
 
 def detection_rate(y_pred: ArrayLike, mask: ArrayLike) -> float:
@@ -197,7 +230,16 @@ def _eer_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return (f0 + (-d0 / (d1 - d0)) * (f1 - f0)).ravel()
 
 
-_FAST_STATISTICS = {"auroc": _auroc_counts, "eer": _eer_counts}
+def _tnr_counts(pos: np.ndarray, neg: np.ndarray, tpr: float = 0.95) -> np.ndarray:
+    """TNR at TPR ``tpr`` of each resample, as :func:`tnr_at_tpr`: the first group (highest
+    score first) at which the cumulative TPR reaches ``tpr``."""
+    cum_tpr = np.cumsum(pos, axis=1) / pos.sum(axis=1, keepdims=True)
+    cum_fpr = np.cumsum(neg, axis=1) / neg.sum(axis=1, keepdims=True)
+    i = np.argmax(cum_tpr >= tpr - 1e-12, axis=1)[:, None]
+    return 1 - np.take_along_axis(cum_fpr, i, 1).ravel()
+
+
+_FAST_STATISTICS = {"auroc": _auroc_counts, "eer": _eer_counts, "tnr_at_95tpr": _tnr_counts}
 
 
 def _resample_blocks(rng: np.random.Generator, n_pos: int, n_neg: int, n_boot: int):
@@ -218,7 +260,7 @@ def bootstrap_interval(y_true: ArrayLike, scores: ArrayLike, statistic: str | Ca
     benchmark's eval set), and the interval is the central ``confidence`` share of the
     ``n_boot`` resampled statistics.
 
-    ``statistic`` is ``"auroc"`` or ``"eer"`` (vectorised: each resample reduced to counts per
+    ``statistic`` is ``"auroc"``, ``"eer"`` or ``"tnr_at_95tpr"`` (vectorised: each resample reduced to counts per
     distinct score, so 10,000 rows x 1,000 resamples take well under a second), or any
     ``f(y_true, scores) -> float`` (called once per resample; slow). The same ``seed`` gives
     the same interval. With one class only (or no rows) the interval is ``(nan, nan)``.

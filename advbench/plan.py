@@ -10,8 +10,10 @@ artefacts knows what to ship. Stages, in data-flow order:
     split    (dataset, model)                       train/dev/eval by source image
     predict  (dataset, model, imageset, op)         top-k labels and probabilities under one op
     detect   (dataset, model, feature, group, detector[, holdout])   fit on train, metrics on eval
+             (a holdout variant: leave-one-attack-out, a partition, or per-attack)
              (dataset, model, detector[, holdout])  detectors that see images (or the model)
     adaptive (dataset, model, attack@budget, target) adversarial images made against a trained defense
+    robust   (dataset, model, entry@budget, target)  the worst case of an attack ensemble (reads the budget below)
     score    (dataset, model, imageset, defense)    a trained detector or corrector on an evaluation set
     correct  (dataset, model, group, corrector)     labels restored by voting (§3.3)
     subset   (dataset, model, detector, feature, group)  greedy operation-subset search on dev
@@ -30,15 +32,18 @@ from dataclasses import dataclass, field
 
 from advbench import __version__
 from advbench.config import Benchmark, Entry, Target, stable_hash
-from advbench.schema import IMAGES, Cell
+from advbench.robust_config import RobustEntry
+from advbench.schema import IMAGES, PER_ATTACK, Cell
 
 #: Bumped when the files a stage writes change, so old artefacts are never mistaken for new.
 ARTEFACT_SCHEMA = 5
+#: Bumped when a robust cell searches or judges differently (what its members stop on, where they start).
+ROBUST_JUDGE = 3
 
 ORIGINAL = "original"  # the pseudo-operation "no operation"
 CLEAN = "clean"  # the imageset of normal images
 
-__all__ = ["CLEAN", "IMAGES", "ORIGINAL", "Cell", "ImageSet", "Plan", "make_plan"]
+__all__ = ["CLEAN", "IMAGES", "ORIGINAL", "PER_ATTACK", "Cell", "ImageSet", "Plan", "make_plan"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ def group_ops(bench: Benchmark, group: str) -> list[Entry]:
 
 def holdout_sets(bench: Benchmark, holdout: str) -> tuple[list[str], list[str]]:
     primary = [a.label for a in bench.primary_attacks]
+    if holdout.startswith(PER_ATTACK):
+        attack = holdout.removeprefix(PER_ATTACK)
+        return [attack], [attack]
     part = bench.detection.partitions.get(holdout)
     if part is not None:
         return list(part.train), list(part.test)
@@ -117,10 +125,22 @@ def holdout_sets(bench: Benchmark, holdout: str) -> tuple[list[str], list[str]]:
 
 
 def holdouts(bench: Benchmark) -> list[str]:
-    """Held-out variants of the detector cells: one per attack (leave-one-attack-out) and one
-    per named partition."""
-    out = [a.label for a in bench.primary_attacks] if bench.detection.protocol == "leave-one-attack-out" else []
-    return out + [name for name in bench.detection.partitions if name not in out]
+    """Variants of the detector cells beside the standard one: one per attack
+    (leave-one-attack-out), one per named partition, and one per attack trained on it alone
+    (per-attack, named ``per-attack:<attack>``)."""
+    protocols = bench.protocols()
+    out = [a.label for a in bench.primary_attacks] if "leave-one-attack-out" in protocols else []
+    out += [name for name in bench.detection.partitions if name not in out]
+    if "per-attack" in protocols:
+        wanted = bench.detection.per_attack_cells.attacks
+        out += [PER_ATTACK + a.label for a in bench.primary_attacks if _wanted(wanted, a.label)]
+    return out
+
+
+def variant_cells(bench: Benchmark, holdout: str):
+    """Which groups, features and detectors get cells of a variant (``holdout``)."""
+    d = bench.detection
+    return d.per_attack_cells if holdout.startswith(PER_ATTACK) else d.holdout_cells
 
 
 def _wanted(selection: list[str] | None, label: str) -> bool:
@@ -137,7 +157,7 @@ def make_plan(bench: Benchmark, versions: Callable[[str, str], str], max_images:
     predictions and detectors of that dataset/model then go on without that attack.
     ``detector_inputs(plugin)`` says whether a detector sees "features", "images" or "model"."""
     builder = _Builder(bench, versions, max_images, failed_attacks, detector_inputs)
-    for ds in bench.datasets:
+    for ds in bench.benchmarked_datasets:
         for mdl in bench.models_for(ds):
             builder.world(ds, mdl)
     cells = tuple(builder.cells)
@@ -204,6 +224,9 @@ class _Builder:
         for st in sets.values():
             if st.evaluation_only:
                 self.scores(d, m, clean_key, split_key, st, detect, corrects)
+        for robust in bench.robust:
+            for target in robust.targets:
+                self.robust(d, m, clean_key, split_key, robust, target)
         self.subsets(d, m, clean_key, split_key, sets)
 
     # --- stages ---------------------------------------------------------------------------
@@ -211,7 +234,7 @@ class _Builder:
     def attack_cell(self, d: str, m: str, atk: Entry, clean_key: str, split_key: str = "") -> str:
         s, db = self.bench.settings, self.bench.database
         key = stable_hash({
-            "stage": "attack", "clean": clean_key, "attack": self.ident(atk), "db": db.model_dump(mode="json"),
+            "stage": "attack", "clean": clean_key, "attack": self.ident(atk), "db": db.identity(),
             "top_k": s.top_k, "seed": s.seed, **({"split": split_key} if split_key else {}),
         })
         deps = (clean_key, split_key) if split_key else (clean_key,)
@@ -228,6 +251,7 @@ class _Builder:
             key = stable_hash({
                 "stage": "predict", "schema": ARTEFACT_SCHEMA, "set": st.key, "op": self.ident(op) if op else ORIGINAL,
                 "k": bench.labels_k, "backend": bench.prediction.backend if op else "",
+                **({"stored": bench.database.identity()} if st.label == CLEAN and bench.database.fair_storage else {}),
             })
             # every op cell reads the original top-k of its imageset (probabilities of it)
             deps = tuple(dict.fromkeys((st.key, clean_key) if op is None else
@@ -247,9 +271,9 @@ class _Builder:
         training = [st for st in sets.values() if st.training]
         variants = [""] + [h for h in holdouts(bench)
                            if all(a in sets for a in holdout_sets(bench, h)[1])]  # a failed held-out attack: none
-        hold = bench.detection.holdout_cells
         made: list[Cell] = []
         for holdout in variants:
+            hold = variant_cells(bench, holdout)
             used = training if not holdout else [st for st in training if st.threat == "clean" or st.label in
                                                    sum(holdout_sets(bench, holdout), [])]
             for group in bench.detection.groups:
@@ -280,7 +304,7 @@ class _Builder:
                 originals = self._predict_keys(d, m, used, [])
                 key = stable_hash({"stage": "detect", "schema": ARTEFACT_SCHEMA, "split": split_key,
                                    "sets": self._set_keys(used), "inputs": originals, "detector": self.ident(det),
-                                   "seed": seed, "holdout": holdout})
+                                   "seed": seed, "holdout": holdout, **self._model_protocol(d, inputs)})
                 made.append(self.add(
                     Cell("detect", key, d, m, feature_group=IMAGES, detector=det.label,
                          deps=(split_key, clean_key, *self._set_keys(used), *originals), holdout=holdout),
@@ -291,6 +315,18 @@ class _Builder:
             if key:
                 self.pipelines[(d, m)] = key
         return [c for c in made if not c.holdout]
+
+    def _model_protocol(self, d: str, inputs: str) -> dict:
+        """What else determines a model-aware detector cell: which images it sees and its
+        reference dataset (fair storage reaches its key through the clean set's predictions)."""
+        if inputs != "model":
+            return {}
+        bench = self.bench
+        reference = bench.reference_for(d)
+        out = {"normals": bench.detection.model_normals}
+        if reference is not None:
+            out["reference"] = self.ident(reference)
+        return out
 
     def correctors(self, d: str, m: str, clean_key: str, split_key: str, sets: dict[str, ImageSet]) -> list[Cell]:
         bench = self.bench
@@ -330,7 +366,7 @@ class _Builder:
         key = stable_hash({
             "stage": "adaptive", "schema": ARTEFACT_SCHEMA, "clean": clean_key, "attack": self.ident(entry),
             "target": target.label, "ops": [self.ident(t) for t in group_ops(bench, target.group)] if target.group else [],
-            "trained": trained, "db": db.model_dump(mode="json"), "top_k": s.top_k, "seed": s.seed,
+            "trained": trained, "db": db.identity(), "top_k": s.top_k, "seed": s.seed,
         })
         made = ImageSet(label, key, entry.label, entry.family, entry.plugin, entry.budget, "adaptive", target.label,
                         norm=entry.norm)
@@ -339,6 +375,32 @@ class _Builder:
                       deps=tuple(dict.fromkeys((clean_key, split_key, *reads)))),
                  ("adaptive", d, m, label, ""))
         return made
+
+    def robust(self, d: str, m: str, clean_key: str, split_key: str, entry: RobustEntry, target: Target) -> None:
+        """One cell per budget of a ``[[robust]]`` entry against one defense, each reading the
+        worst case of the budget below (stages/robust.py)."""
+        bench = self.bench
+        trained = self._defense_cells(d, m, target)
+        reads = sorted({dep for k in trained for dep in self._cell(k).deps} | set(trained))
+        previous = ""
+        for index, budget in enumerate(entry.budgets):
+            label = f"{entry.label}@{budget:g}>{target.label}"
+            key = stable_hash({
+                "stage": "robust", "schema": ARTEFACT_SCHEMA, "judge": ROBUST_JUDGE, "clean": clean_key, "split": split_key,
+                "members": [m_.identity(index) | {"version": self.versions("attack", m_.plugin)}
+                            for m_ in entry.members_for(target.label)],
+                "norm": entry.norm, "budget": budget, "target": target.label, "trained": trained, "previous": previous,
+                "db": bench.database.model_dump(mode="json"), "prediction": bench.prediction.model_dump(mode="json"),
+                "top_k": bench.settings.top_k, "seed": bench.settings.seed,
+            })
+            # an ensemble: no one plugin; the entry at this budget and the entry's label as its family
+            self.add(Cell("robust", key, d, m, imageset=label, entry=f"{entry.label}@{budget:g}", family=entry.label,
+                          feature_group=target.group, feature=target.feature,
+                          detector=target.detector, deps=tuple(dict.fromkeys((clean_key, split_key, *reads,
+                                                                              *([previous] if previous else [])))),
+                          budget=budget, threat="adaptive", target=target.label, evaluation=True, norm=entry.norm),
+                     ("robust", d, m, label, ""))
+            previous = key
 
     def _cell(self, key: str) -> Cell:
         return next(c for c in reversed(self.cells) if c.key == key)

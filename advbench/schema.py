@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 IMAGES = "images"  # the "feature group" of detectors that see the images themselves
+PER_ATTACK = "per-attack:"  # holdout of a detector cell trained on one attack alone (and scored on it)
 
 
 def _text(length: int = 200, per_image: bool = True) -> dict[str, Any]:
@@ -66,7 +67,8 @@ class Cell:
     detector: str = field(default="", metadata=_text())
     correction_group: str = field(default="", metadata=_text())  # correct, score: the group voted over
     corrector: str = field(default="", metadata=_text())
-    #: detect: the attack (or partition) kept out of training and scored alone
+    #: detect: the attack (or partition) kept out of training and scored alone, or
+    #: "per-attack:<attack>": trained on that attack alone and scored on it
     holdout: str = field(default="", metadata=_text())
     deps: tuple[str, ...] = field(default=(), metadata={"store": None, "per_image": False})
 
@@ -80,10 +82,12 @@ class Cell:
     def title(self) -> str:
         parts = [self.dataset, self.model, self.imageset, self.operation, self.feature_group, self.feature,
                  self.detector, self.correction_group, self.corrector]
-        if self.stage == "adaptive":  # its label names the defense already
+        if self.stage in ("adaptive", "robust"):  # its label names the defense already
             parts = [self.dataset, self.model, self.imageset]
         title = f"{self.stage}:" + "/".join(p for p in parts if p)
-        if self.holdout:
+        if self.holdout.startswith(PER_ATTACK):
+            title += f" (trained on {self.holdout.removeprefix(PER_ATTACK)} alone)"
+        elif self.holdout:
             title += f" (unseen {self.holdout})"
         return title
 

@@ -18,16 +18,64 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from types import UnionType
+from typing import Any, ClassVar, Protocol, Union, get_args, get_origin
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
-class Params(BaseModel):
-    """Base class for plugin parameter models: unknown keys are errors, values are frozen."""
+_UNIONS = (Union, UnionType)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union (``X | None``), else the annotation alone."""
+    return get_args(annotation) if get_origin(annotation) in _UNIONS else (annotation,)
+
+
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    return get_origin(annotation) in _UNIONS and any(_admits_bool(a) for a in get_args(annotation))
+
+
+def _item_type(annotation: Any) -> Any:
+    """The element type of ``list[X]``/``tuple[X, ...]``/``X | None`` of those, else None."""
+    for option in _options(annotation):
+        if get_origin(option) in (list, tuple, set, frozenset) and get_args(option):
+            return get_args(option)[0]
+    return None
+
+
+class NumbersAreNotBooleans(BaseModel):
+    """pydantic's lax mode reads ``true`` as 1 for a number (``seed = true`` ran with seed 1):
+    a boolean is taken only where the field's type admits one."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        if isinstance(value, bool) and not _admits_bool(field.annotation):
+            raise ValueError(f"expected {_expected(field.annotation)}, not a boolean")
+        item = _item_type(field.annotation)
+        if isinstance(value, (list, tuple)) and item is not None and not _admits_bool(item) \
+                and any(isinstance(v, bool) for v in value):
+            raise ValueError(f"expected a list of {_expected(item).removeprefix('a ')}s, not booleans")
+        return value
+
+
+def _expected(annotation: Any) -> str:
+    names = {int: "a whole number", float: "a number", str: "a string"}
+    return next((names[o] for o in _options(annotation) if o in names), "value of another type")
+
+
+class Params(NumbersAreNotBooleans):
+    """Base class for plugin parameter models: unknown keys are errors, values are frozen,
+    numbers are finite and never booleans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(Params):
@@ -43,6 +91,10 @@ class PluginSpec:
     #: Bump when the plugin's results change within one package version: cached cells that it
     #: determines are then recomputed.
     version: str = "1"
+    #: Optional cheap checks of what ``params`` point at (a file exists, opens, fits the network),
+    #: run by ``advbench validate`` and by ``advbench run`` before any work; raises a one-line
+    #: :class:`~advbench.errors.DataError` naming the file and what would be valid.
+    check: Callable[[Any], None] | None = None
     kind: ClassVar[str] = ""
 
 
@@ -85,6 +137,9 @@ class ImageSource(Protocol):
 @dataclass(frozen=True)
 class DatasetSpec(PluginSpec):
     load: Callable[[Any, BuildContext], ImageSource] = None  # type: ignore[assignment]
+    #: Optional: the number of classes, known without reading an image, so that validation
+    #: catches a ``top_k`` no attack could meet before any work (else the clean cell does).
+    class_count: Callable[[Any], int] | None = None
     kind: ClassVar[str] = "dataset"
 
 
@@ -191,7 +246,9 @@ class Defense:
       database's save -> reload (8-bit rounding, JPEG q100 by default): exact on the forward
       pass, the identity on the backward pass (straight-through). An attacker who knows the
       system optimises ``storage(x)``; on 32x32 images the JPEG round trip alone moves pixels by
-      up to ~30/255 and undoes most small-budget evasions. None: no such step.
+      up to ~30/255 and undoes most small-budget evasions. None: no such step;
+    - ``top_k``: how many top-ranked labels the defense's feature compares under each operation
+      (the feature's k; 0 where the defense reads no ranking), for attacks on the ranking itself.
     """
 
     kind: str  # "operations", "detector" or "pipeline"
@@ -202,14 +259,19 @@ class Defense:
     flags: Callable[[Any], Any] | None = None
     correct: Callable[[Any], Any] | None = None
     storage: Callable[[Any], Any] | None = None
+    top_k: int = 0
 
 
 @dataclass(frozen=True)
 class AttackContext(BuildContext):
     """The context of an attack cell: a :class:`BuildContext` plus, for adaptive attacks, the
-    :class:`Defense` they target (None for oblivious ones)."""
+    :class:`Defense` they target (None for oblivious ones), and for an attack that declares
+    ``AttackSpec.warm_start`` the point each row starts from: a float (N, 3, H, W) batch inside
+    the budget ball of ``images`` (e.g. the row's adversarial image at a smaller budget), or
+    None (the attack's own start)."""
 
     defense: Defense | None = None
+    start: Any = None
 
 
 @dataclass(frozen=True)
@@ -239,7 +301,8 @@ class AttackSpec(PluginSpec):
     it is measured in (``linf``, ``l2``, ``l1``, or ``""``), ``threat`` what the attacker sees
     (``white-box``, ``score-based`` or ``decision-based``). ``adaptive`` lists the kinds of
     :class:`Defense` the attack can target (``operations``, ``detector``, ``pipeline``); empty
-    for an oblivious attack.
+    for an oblivious attack. ``warm_start``: ``run`` begins from ``ctx.start`` when it is given
+    (the robust evaluation's warm start from a smaller budget's image).
 
     ``cost(params, inputs)`` (optional) returns ``(forward, backward)``: the passes through the
     classifier per attacked image, an upper bound (a forward pass followed by a backward pass
@@ -257,6 +320,7 @@ class AttackSpec(PluginSpec):
     adaptive: tuple[str, ...] = ()
     run_budgets: Callable[..., Sequence[Any]] | None = None
     needs_scores: bool = False
+    warm_start: bool = False
     kind: ClassVar[str] = "attack"
 
 
@@ -333,6 +397,27 @@ class DetectorContext(BuildContext):
 
 
 @dataclass(frozen=True)
+class ReferenceSet:
+    """Labelled images for a detector's class statistics (kernel densities, Gaussian means):
+    uint8 (N, H, W, 3) ``images`` with their TRUE ``labels`` (N,), disjoint from the images the
+    detector is fitted and scored on (``[detection] references``)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """What the core tells a detector with ``DetectorSpec.fit_info`` about the rows it fits on:
+    ``sources`` (N,) the id of each row's source image, the same id for a normal image and every
+    adversarial image made from it (its index in the benchmark's clean set); ``reference`` the
+    labelled reference set, or None where the benchmark names none."""
+
+    sources: np.ndarray
+    reference: ReferenceSet | None = None
+
+
+@dataclass(frozen=True)
 class DetectorSpec(PluginSpec):
     """``build(params, seed)`` returns an unfitted :class:`Detector`.
 
@@ -358,6 +443,11 @@ class DetectorSpec(PluginSpec):
     ``cost(params, inputs)`` (optional, for detectors that see images or the model) returns a
     :class:`TrainingCost` (``inputs``: a :class:`CostInputs`) for ``advbench validate
     --estimate``; without it their cost is reported as "unknown". Feature detectors need none.
+
+    ``fit_info = True``: ``fit`` also takes ``info=``:class:`FitInfo` (each row's source image,
+    the labelled reference set). ``select_by``: what the core's dev-set search over the
+    detector's parameters maximises: ``"accuracy"`` (the paper's rule: the detector's own
+    decision) or ``"auroc"`` (a score-based detector, whose threshold is a separate choice).
     """
 
     build: Callable[[Any, Any], Detector] = None  # type: ignore[assignment]
@@ -367,6 +457,8 @@ class DetectorSpec(PluginSpec):
     has_logits: bool | None = None
     differentiable: bool | None = None
     saves: bool | None = None
+    fit_info: bool = False
+    select_by: str = "accuracy"
     kind: ClassVar[str] = "detector"
 
     @property

@@ -53,6 +53,64 @@ def evaluation_run(tmp_path_factory, registry):
     return result, root
 
 
+# 10/255 and 51/255 (= 0.2): whole 8-bit steps, so a float attack inside the ball rounds inside it
+# and the robust cell's first member meets the adaptive cell of the same configuration exactly;
+# eot-pgd samples all 5 operations of the group, so it draws nothing at random and each image's
+# run does not depend on the others in its batch
+ROBUST_MEMBERS = {
+    "eot": '[[robust.members]]\nplugin = "eot-pgd"\nname = "eot-ce"\nsteps = 10\neot_samples = 5\nrandom_start = false\n',
+    "rank": '[[robust.members]]\nplugin = "rank-eot"\nsteps = 20\neot_samples = 3\nper_budget = { rel_stepsize = [0.2, 0.1] }\n',
+    "opgd": '[[robust.members]]\nplugin = "opgd"\nsteps = 10\n',
+}
+
+
+def robust_entry(name: str, members: list[str], targets: str) -> str:
+    return (f'[[robust]]\nname = "{name}"\nbudgets = ["10/255", "51/255"]\ntargets = {targets}\n\n'
+            + "\n".join(ROBUST_MEMBERS[m] for m in members))
+
+
+ROBUST_TARGETS = '[{ detector = "lda", feature = "differences", group = "All" }, "pipeline"]'
+EVALUATION_ROBUST = "\n".join([
+    robust_entry("ensemble", ["eot", "rank", "opgd"], ROBUST_TARGETS),
+    robust_entry("eot-alone", ["eot"], ROBUST_TARGETS),
+    robust_entry("rank-alone", ["rank"], ROBUST_TARGETS),
+    '[[adaptive]]\nplugin = "eot-pgd"\nbudgets = [0.0392156862745098, 0.2]\nsteps = 10\neot_samples = 5\n'
+    'random_start = false\ntargets = [{ detector = "lda", feature = "differences", group = "All" }]\n',
+    '[correction]\npipeline = { detector = "lda", feature = "differences", group = "All" }\n',
+])
+
+
+@pytest.fixture(scope="session")
+def robust_run(tmp_path_factory, registry):
+    """A completed tiny run with [[robust]] entries at 10/255 and 51/255 against LDA on the
+    differences of all operations and the pipeline: an ensemble (eot-pgd, rank-eot, opgd) and each
+    of its first two members alone, beside an [[adaptive]] eot-pgd of the first member's
+    configuration at 10/255 and 51/255. (RunResult, its directory); do not modify its files."""
+    root = tmp_path_factory.mktemp("robust-world")
+    toml = tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "bim"\nepsilons = [0.3]\nsteps = 5'],
+                          detectors='plugin = "lda"', features='plugin = "differences"', extra=EVALUATION_ROBUST,
+                          images=60)
+    result = run_tiny(root, toml, registry=registry)
+    assert not result.failed, [o.error for o in result.failed]
+    return result, root
+
+
+@pytest.fixture
+def advbench(monkeypatch, capsys, registry):
+    """``advbench ARGS`` run in this process with the tiny world: (exit code, stdout, stderr)."""
+    import advbench.cli as cli
+
+    monkeypatch.setattr(cli, "discover", lambda: registry)
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return rc, captured.out, captured.err
+
+    return run
+
+
 def requires_shared(path: str = "") -> Path:
     target = SHARED / path
     if not target.exists():
@@ -196,3 +254,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_thread_count():
+    """The suite computes with a run's thread count (advbench.threads: one unless
+    $ADVBENCH_THREADS or $OMP_NUM_THREADS say otherwise): torch's default, every core, made it
+    several times slower on a busy machine, and a run's numbers depend on the count."""
+    from advbench import threads
+
+    with threads.limited(threads.choose().threads):
+        yield

@@ -16,7 +16,7 @@ import torch
 
 from advbench.errors import DataError, PluginError
 from advbench.criteria import PaperCriterion, target_labels
-from advbench.imaging import load_image, pil_to_array, save_image, to_tensor, to_uint8
+from advbench.imaging import jpeg_roundtrip, load_image, pil_to_array, save_image, to_tensor, to_uint8
 from advbench.specs import AttackOutput, AttackSpec, BuildContext, ImageSource, LoadedModel
 
 
@@ -74,6 +74,15 @@ def select_clean(source: ImageSource, model: LoadedModel, *, top_k: int, n: int,
     metrics = {"seen": len(correct), "correct_topk": len(candidates), "selected": len(ids),
                "skipped_files": getattr(source, "skipped", 0)}
     return arrays, metrics
+
+
+def stored(images: np.ndarray, fmt: str, quality: int) -> np.ndarray:
+    """uint8 images (N, H, W, 3) after the database's save -> reload (the bytes ``save_image``
+    writes and ``load_image`` reads back): a JPEG round trip at ``quality``; PNG is lossless on
+    8-bit images. What fair storage does to normal images."""
+    if fmt != "jpeg" or not len(images):
+        return np.asarray(images)
+    return np.stack([jpeg_roundtrip(a, quality) for a in images])
 
 
 NORMS = ("l0", "l1", "l2", "linf")

@@ -112,7 +112,10 @@ def _training_passes(plan: Plan, cell: Cell, det: DetectorFacts, facts: Facts, n
 
 
 def _entry_and_target(plan: Plan, cell: Cell):
-    entry = next(e for e in plan.benchmark.adaptive if e.label == cell.entry)
+    if cell.stage == "robust":
+        entry = next(e for e in plan.benchmark.robust if e.label == cell.family)
+    else:
+        entry = next(e for e in plan.benchmark.adaptive if e.label == cell.entry)
     return entry, next(t for t in entry.targets if t.label == cell.target)
 
 
@@ -182,7 +185,7 @@ def _attack_work(plan: Plan, cell: Cell, facts: Facts, net: str, why_model: tupl
         return CellWork(cell, (Passes(net, 2 * attacked, 0.0),),
                         unknown=(f"attack {label!r}: its plugin declares no cost",), at_least=True)
     forward, backward = per_image
-    uncounted = _uncounted_detector(plan, cell) if cell.stage == "adaptive" else ""
+    uncounted = _uncounted_detector(plan, cell) if cell.stage in ("adaptive", "robust") else ""
     unknown = (uncounted,) if uncounted else ()
     return CellWork(cell, (Passes(net, attacked * (forward + 2), attacked * backward),), unknown=unknown,
                     at_least=bool(unknown))

@@ -118,6 +118,8 @@ def gather(plan: Plan, registry: Registry, options: Options, log: Callable[[str]
             atk = next(e for e in bench.adaptive if e.label == cell.entry)
             attack_passes[(entry.label, cell.imageset)] = _attack_cost(
                 registry, atk, replace(inputs, operations=adaptive_operations(plan, cell)))
+        for cell in (c for c in plan.cells if c.stage == "robust" and c.model == entry.label):
+            attack_passes[(entry.label, cell.imageset)] = robust_cost(plan, registry, cell, inputs)
         for det in bench.detectors:
             if (det.label, inputs) not in detector_cache or registry.get("detector", det.plugin).inputs == "model":
                 detector_cache[(det.label, inputs)] = _detector_facts(registry, det, inputs, loaded, ctx, networks,
@@ -128,6 +130,26 @@ def gather(plan: Plan, registry: Registry, options: Options, log: Callable[[str]
     facts = Facts(classifier, attack_passes, detectors, op_seconds, op_scale, success_rate=options.success_rate,
                   unknown_models=unknown_models)
     return facts, networks
+
+
+def robust_cost(plan, registry: Registry, cell, inputs: CostInputs) -> tuple[float, float] | None:
+    """Classifier passes per attacked image of a robust cell, an upper bound: every member that
+    runs at its budget on every image (they run on the images still standing), and per member the
+    verdict on its candidates (the image before and after the save, then under each operation)."""
+    entry = next(e for e in plan.benchmark.robust if e.label == cell.family)
+    index = next(i for i, b in enumerate(entry.budgets) if abs(b - cell.budget) <= 1e-12)
+    ops = adaptive_operations(plan, cell)
+    forward = backward = 0.0
+    for member in entry.members:
+        params = member.params[index]
+        if params is None or not member.attacks(cell.target):
+            continue
+        cost = getattr(registry.get("attack", member.plugin), "cost", None)
+        if cost is None:
+            return None
+        f, b = cost(params, replace(inputs, operations=ops))
+        forward, backward = forward + f + 2 + ops, backward + b
+    return forward, backward
 
 
 def _attack_cost(registry: Registry, entry: Entry, inputs: CostInputs) -> tuple[float, float] | None:

@@ -127,7 +127,7 @@ def summarize(work: list[CellWork], networks: Mapping[str, Network], hw: Hardwar
             bwd += sum(p.backward for p in w.passes)
             cpu += w.cpu_seconds
             unknown += [u for u in w.unknown if u not in unknown]
-            if stage in ("attack", "adaptive"):
+            if stage in ("attack", "adaptive", "robust"):
                 attacks.append(AttackEstimate(w.cell.model, w.cell.imageset,
                                               facts.attack_passes.get((w.cell.model, w.cell.imageset)),
                                               attacked_images(plan, w.cell), sum(f for f, _ in priced), cell_seconds))

@@ -20,6 +20,7 @@ import numpy as np
 from advbench.cache import Cache, load_array
 from advbench.config import Benchmark, Entry, parse_benchmark
 from advbench.devices import resolve_device
+from advbench.engine import imagesets
 from advbench.plan import CLEAN, Cell, Plan, make_plan
 from advbench.registry import Registry, discover
 from advbench.specs import BuildContext, LoadedModel
@@ -40,10 +41,15 @@ class Job:
 
 
 def plugin_version(registry: Registry, kind: str, plugin: str) -> str:
+    """The package version, the spec's version and a hash of the plugin's code (an edited
+    editable plugin must not be served its old results: :mod:`advbench.plugin_source`)."""
     import importlib.metadata as md
 
+    from advbench.plugin_source import fingerprint
+
     package = registry.package_of(kind, plugin)
-    spec_version = registry.get(kind, plugin).version
+    entry = registry.find(kind, plugin)
+    spec_version = registry.get(kind, plugin).version + (f"+{fingerprint(entry.spec, entry.module)}" if entry else "")
     try:
         return f"{md.version(package)}/{spec_version}"
     except (md.PackageNotFoundError, ValueError):
@@ -67,6 +73,8 @@ class CellContext:
     fresh: bool = False
     _models: dict[str, LoadedModel] = field(default_factory=dict)
     _datasets: dict[str, Any] = field(default_factory=dict)
+    _fitted: dict[str, Any] = field(default_factory=dict)  # feature detectors loaded, by detect cell key
+    _stored: dict[str, np.ndarray] = field(default_factory=dict)  # clean key -> normal images after storage
 
     @classmethod
     def from_job(cls, job: Job, registry: Registry | None = None) -> CellContext:
@@ -131,9 +139,21 @@ class CellContext:
         """(images, source indices into the clean set) of one image set of ``cell``'s world."""
         if label == CLEAN:
             clean = self.clean_arrays(cell, mmap=mmap)
-            return clean["images"], np.arange(len(clean["labels"]))
+            return self._normal_images(cell, clean["images"]), np.arange(len(clean["labels"]))
         directory = self.dir_of(self.plan.imageset(cell, label).key)
         return load_array(directory, "images", mmap), load_array(directory, "source")
+
+    def _normal_images(self, cell: Cell, images: np.ndarray) -> np.ndarray:
+        """The clean set's images as detectors and predictions see them: the dataset's pixels, or
+        with ``[database] fair_storage`` after the save -> reload adversarial images go through
+        (attacks still start from the dataset's pixels)."""
+        db = self.bench.database
+        if not db.fair_storage:
+            return images
+        key = self.plan.key("clean", cell.dataset, cell.model)
+        if key not in self._stored:
+            self._stored[key] = imagesets.stored(np.asarray(images), db.image_format, db.jpeg_quality)
+        return self._stored[key]
 
     def predictions(self, cell: Cell, label: str, op: str, name: str = "labels") -> np.ndarray:
         return load_array(self.dir("predict", cell, label, op), name)

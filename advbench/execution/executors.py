@@ -11,6 +11,7 @@ plan: it is a pure function). Only the driver writes to the store.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -65,10 +66,12 @@ _registry: Registry | None = None  # the driver's registry, inherited by forked 
 _contexts = Contexts(lambda job: CellContext.from_job(job, _registry))  # type: ignore[arg-type]
 
 
-def _init_worker() -> None:
-    import torch
+def _init_worker(parent: int, threads: int | None) -> None:
+    from advbench import threads as thread_settings
+    from advbench.lifetime import die_with_parent
 
-    torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
+    die_with_parent(parent)  # a killed driver must not leave its workers waiting forever
+    thread_settings.apply(threads)  # the run's count per process (None: the user's OMP_NUM_THREADS)
 
 
 def worker_context(job: Job) -> CellContext:
@@ -84,10 +87,11 @@ def _work(job: Job, keys: tuple[str, ...]) -> list[CellOutcome]:
 class ForkPool:
     """Runs submissions in ``workers`` forked processes; outcomes in completion order."""
 
-    def __init__(self, workers: int, registry: Registry, context: Callable[[Job], CellContext] | None = None):
+    def __init__(self, workers: int, registry: Registry, context: Callable[[Job], CellContext] | None = None,
+                 threads: int | None = 1):
         global _registry
         _registry = registry
-        self.workers = workers
+        self.workers, self.threads = workers, threads
         self.context = context  # the driver's: forked workers inherit it with its loaded models
         self.pool: ProcessPoolExecutor | None = None
         self.futures: set[Future] = set()
@@ -101,7 +105,7 @@ class ForkPool:
             if self.context is not None:
                 _contexts.seed(job, self.context(job))
             self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_init_worker)
+                                            initializer=_init_worker, initargs=(os.getpid(), self.threads))
         self.futures.add(self.pool.submit(_work, job, tuple(c.key for c in cells)))
 
     def collect(self) -> list[CellOutcome]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from advbench import __version__
+from advbench import __version__, threads
 from advbench.cache import Cache, default_cache_dir, load_columns
 from advbench.config import Benchmark
 from advbench.errors import DataError
@@ -44,6 +44,7 @@ class RunOptions:
     cache_dir: Path | None = None
     executor: str = "local"  # "local" (this process / --workers forks) or "ray"
     address: str | None = None  # Ray cluster address
+    threads: str | int | None = None  # torch threads per process: N or "auto"; None: $ADVBENCH_THREADS, else 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Runner:
         self._contexts = Contexts(lambda job: CellContext(self.bench, self.registry, self.cache, plan_for(
             self.bench, self.registry, job.max_images, job.failed_attacks), job.fresh))
         self._writable = False  # the cache root took a file (checked before the first computed cell)
+        self.thread_choice = threads.choose(options.threads, workers=options.workers)
 
     def context(self, job: Job | None = None) -> CellContext:
         """The driver's own context (models stay loaded across replans)."""
@@ -107,7 +109,8 @@ class Runner:
             log_path = self._log_path(run_id)
             handler = logging.FileHandler(log_path)
             log.addHandler(handler)
-            self._schedule(store, run_id, outcomes)
+            with threads.limited(self.thread_choice.threads):
+                self._schedule(store, run_id, outcomes)
         finally:
             done = list(outcomes.values())
             failed = any(o.status != "ok" for o in done) or len(done) < len(self.plan.cells)
@@ -151,7 +154,7 @@ class Runner:
 
             return local, RayExecutor(self.registry, self.cache, self.plan_of, self.options.address)
         if self.options.workers > 1 and ForkPool.available():
-            return local, ForkPool(self.options.workers, self.registry, self.context)
+            return local, ForkPool(self.options.workers, self.registry, self.context, self.thread_choice.threads)
         return local, local
 
     def plan_of(self, job: Job) -> Plan:

@@ -6,7 +6,8 @@ model, imageset, entry, family, budget, norm, threat, target, evaluation, operat
 operation_group, feature_group, feature, detector, correction_group, corrector, holdout) beside
 each image's (:class:`advbench.schema.ImageRow`: idx, source, origin, split, y, truth, score,
 decision, label, logit_0, logit_1; empty where a cell has none). Column types come from the
-schema too. CSV needs nothing beyond Python; Parquet needs pyarrow
+schema too. CSV needs nothing beyond Python (a label that a spreadsheet would run as a formula
+gets a leading ``'``); Parquet needs pyarrow
 (``pip install 'advbench[parquet]'``).
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from advbench import schema
 from advbench.errors import AdvbenchError
+from advbench.report.safe_text import csv_cell
 
 FORMATS = ("csv", "parquet")
 PARQUET_EXTRA = "pip install 'advbench[parquet]'"
@@ -61,9 +63,9 @@ def _csv(columns: Mapping[str, Sequence], path: Path) -> None:
     names = list(columns)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(names)
-        for row in zip(*(columns[name] for name in names)):
-            writer.writerow(["" if v is None else v for v in row])  # None (SQL NULL): an empty field
+        writer.writerow([csv_cell(n) for n in names])
+        for row in zip(*(columns[name] for name in names)):  # None (SQL NULL): an empty field
+            writer.writerow(["" if v is None else csv_cell(v) for v in row])
 
 
 def _parquet(columns: Mapping[str, Sequence], path: Path) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from advbench.report.safe_text import csv_cell, markdown_text
 from advbench.report.tables import Estimate, Rank, Table
 
 FORMATS = ("rich", "markdown", "csv", "json", "latex", "svg", "html")
@@ -36,9 +37,10 @@ def render_rich(tables: Sequence[Table], console: Console, max_columns: int | No
         parts = column_parts(t, console.width, max_columns)
         for k, columns in enumerate(parts):
             title = t.title if len(parts) == 1 else f"{t.title} (part {k + 1} of {len(parts)})"
-            rt = RichTable(title=title, title_justify="left", header_style="bold")
+            # Text, not markup: a label such as "bench[/]" is printed, not parsed
+            rt = RichTable(title=Text(title), title_justify="left", header_style="bold")
             for i in columns:
-                rt.add_column(t.columns[i], justify="left" if i == 0 or not _numeric(t, i) else "right",
+                rt.add_column(Text(t.columns[i]), justify="left" if i == 0 or not _numeric(t, i) else "right",
                               overflow="fold")  # a column narrower than its text folds it: nothing is hidden
             for row in t.rows:
                 rt.add_row(*(_styled(row[i]) for i in columns))
@@ -83,27 +85,34 @@ def _styled(value: Any) -> Text:
 
 
 def render_markdown(tables: Sequence[Table]) -> str:
+    """Labels are escaped (HTML, Markdown punctuation, ``|``): a name prints, never renders."""
     out = []
     for t in tables:
-        out.append(f"### {t.title}\n")
-        out.append("| " + " | ".join(t.columns) + " |")
+        out.append(f"### {markdown_text(t.title)}\n")
+        out.append("| " + " | ".join(markdown_text(c) for c in t.columns) + " |")
         out.append("|" + "|".join("---" for _ in t.columns) + "|")
-        out += ["| " + " | ".join(cell_text(v).replace("|", "\\|") for v in row) + " |" for row in t.rows]
-        out += [f"\n_{n}_" for n in t.notes]
+        out += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in t.rows]
+        out += [f"\n_{markdown_text(n)}_" for n in t.notes]
         out.append("")
     return "\n".join(out)
 
 
+def _markdown_cell(value: Any) -> str:
+    # numbers and estimates are ours ("0.91 [0.88, 0.94]"): printed as they are; text is escaped
+    return markdown_text(value) if isinstance(value, str) else cell_text(value)
+
+
 def render_csv(tables: Sequence[Table]) -> str:
     """One CSV; the first column names the table, so several tables stay one parseable file.
-    Each rate with an interval spreads over four columns: ``X``, ``X lo``, ``X hi``, ``X n``."""
+    Each rate with an interval spreads over four columns: ``X``, ``X lo``, ``X hi``, ``X n``.
+    Text that a spreadsheet would run as a formula is neutralised (:func:`csv_cell`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     for t in tables:
         columns, rows = t.flat()  # an interval is value, lo, hi, n columns here
-        writer.writerow(["table", *columns])
+        writer.writerow([csv_cell(c) for c in ("table", *columns)])
         for row in rows:
-            writer.writerow([t.title, *("" if v is None else v for v in row)])
+            writer.writerow([csv_cell(t.title), *(csv_cell("" if v is None else v) for v in row)])
     return buf.getvalue()
 
 
@@ -144,8 +153,10 @@ def render_text(tables: Sequence[Table], fmt: str) -> str:
             "svg": render_svg}[fmt](tables)
 
 
-def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (), title: str = "advbench report") -> str:
-    """One self-contained page: every table, and plots inlined as base64 PNG (readable offline)."""
+def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (), title: str = "advbench report",
+                facts: Sequence[tuple[str, str]] = ()) -> str:
+    """One self-contained page: what it reports on (``facts``: label, text; the benchmark, run,
+    dates and versions), every table, and plots inlined as base64 PNG (readable offline)."""
     import base64
     import html
 
@@ -153,8 +164,13 @@ def render_html(tables: Sequence[Table], images: Sequence[tuple[str, bytes]] = (
              "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
              "margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}"
              "td.num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:left;font-weight:bold;"
-             "padding:4px 0}.note{color:#666;font-size:12px}img{max-width:100%}</style></head><body>",
+             "padding:4px 0}.note{color:#666;font-size:12px}img{max-width:100%}dl.facts{display:grid;"
+             "grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}dl.facts dt{font-weight:bold}"
+             "dl.facts dd{margin:0}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
+    if facts:
+        parts.append("<dl class='facts'>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
+                                                    for k, v in facts) + "</dl>")
     for t in tables:
         parts.append(f"<table><caption>{html.escape(t.title)}</caption><tr>"
                      + "".join(f"<th>{html.escape(c)}</th>" for c in t.columns) + "</tr>")

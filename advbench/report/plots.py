@@ -40,6 +40,10 @@ def _target(path: str | os.PathLike[str]) -> Path:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):  # labels are names, not TeX: "$x$" prints as written, never crashes
+        text.set_parse_math(False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, metadata={"Software": None} if path.suffix.lower() == ".png" else None)
     return path

@@ -54,6 +54,8 @@ _TABLE = (
     Stage("detect", "advbench.stages.detect", forkable=True, gpu="image detectors", per_image=True, cost="detector"),
     Stage("adaptive", "advbench.stages.adaptive", gpu="always", cost="attack",
           batch_by=("dataset", "model", "family", "target")),
+    # the worst case over an attack ensemble: each budget's cell reads the one below (no batching)
+    Stage("robust", "advbench.stages.robust", gpu="always", per_image=True, cost="attack"),
     Stage("score", "advbench.stages.score", forkable=True, gpu="image detectors", per_image=True, cost="detector"),
     Stage("correct", "advbench.stages.correct", forkable=True, per_image=True),
     Stage("subset", "advbench.stages.subset", forkable=True),

@@ -107,7 +107,7 @@ def build_defense(ctx: CellContext, cell: Cell, target: Target) -> Defense:
         return torch.from_numpy(corrected_labels(ctx, corrector, transformed, k)[:, 0]).to(x.device)
 
     return Defense("pipeline", target.label, operations=tuple(diff), detector_scores=base.detector_scores,
-                   threshold=base.threshold, flags=base.flags, correct=correct)
+                   threshold=base.threshold, flags=base.flags, correct=correct, top_k=base.top_k or k)
 
 
 def detector_defense(ctx: CellContext, cell: Cell, det_cell: Cell, name: str) -> Defense:
@@ -118,7 +118,8 @@ def detector_defense(ctx: CellContext, cell: Cell, det_cell: Cell, name: str) ->
         return Defense("detector", name, detector_scores=scores, threshold=float(detector.threshold if differentiable else 0.0),
                        flags=image_flags(detector))
     diff, plain = operations(ctx, det_cell.feature_group)
-    return Defense("detector", name, operations=tuple(diff), flags=feature_flags(ctx, cell, det_cell, detector, plain))
+    return Defense("detector", name, operations=tuple(diff), flags=feature_flags(ctx, cell, det_cell, detector, plain),
+                   top_k=ctx.bench.feature_k(ctx.entry("feature", det_cell.feature)))
 
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:

@@ -18,6 +18,13 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         raise DataError(f"model {cell.model!r} has {model.num_classes} classes but dataset {cell.dataset!r} "
                         f"has {len(source.class_names)}; restrict the model with 'datasets = [...]'")
     s = ctx.bench.settings
+    if s.top_k >= model.num_classes:  # validation catches it where the dataset tells its class count
+        raise DataError(f"benchmark.top_k = {s.top_k} leaves no class outside the top-k of model {cell.model!r} "
+                        f"({model.num_classes} classes): no non-targeted attack could succeed; choose 1 to "
+                        f"{model.num_classes - 1}")
+    if ctx.bench.labels_k > model.num_classes:
+        raise DataError(f"a feature's k = {ctx.bench.labels_k} is more than the {model.num_classes} classes of model "
+                        f"{cell.model!r}; choose k from 1 to {model.num_classes}")
     n = min(s.images_per_model, ctx.plan.max_images or s.images_per_model)
     arrays, metrics = imagesets.select_clean(source, model, top_k=s.top_k, n=n, seed=s.seed, device=ctx.device)
     if metrics["seen"] == 0:

@@ -17,12 +17,13 @@ import numpy as np
 from advbench.abilities import detector_can
 from advbench.cache import save_arrays, save_columns
 from advbench.engine import detect
-from advbench.engine.detect import TRAIN, LabelledSet
+from advbench.engine.detect import TRAIN, UNUSED, LabelledSet
 from advbench.execution.context import CellContext, MetricRows
-from advbench.plan import IMAGES, Cell
-from advbench.specs import DetectorContext, Params
+from advbench.plan import IMAGES, PER_ATTACK, Cell
+from advbench.specs import DetectorContext, FitInfo, Params
 from advbench.stages.inputs import detector_inputs, held_out
 from advbench.stages.per_image import detector_columns
+from advbench.stages.reference import reference_set
 
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
@@ -40,7 +41,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         (out / SAVED).mkdir()
         model.save(out / SAVED)
     save_columns(out, "per_image", **detector_columns(ctx, cell, data, pred, scores, logits=logits))
-    return detect.detection_metrics(data, pred, scores) + extra
+    return detect.detection_metrics(data, pred, scores) + extra + set_aside_normals(ctx, cell, model)
 
 
 # --- building, fitting and reloading detectors (detect, score and adaptive cells) ------------
@@ -62,12 +63,61 @@ def build(ctx: CellContext, cell: Cell, params: Params) -> Any:
 
 
 def training_data(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray]:
-    """The labelled set a detect cell fits on (a held-out cell's split remapped) and its input."""
-    sets = [st.label for st in ctx.plan.training_sets(cell)]
-    data, inputs = detector_inputs(ctx, cell, sets)
+    """The labelled set a detect cell fits on (a held-out cell's split remapped; a model-aware
+    detector's rows from top-1-correct sources only, with ``model_normals = "top-1"``) and its input."""
+    data, inputs = _all_rows(ctx, cell)
+    keep = protocol_rows(ctx, cell, data)
+    if cell.holdout.startswith(PER_ATTACK):  # other attacks' rows: neither trained nor scored on
+        keep &= data.split != UNUSED
+    if not keep.all():
+        data, inputs = data.rows(keep), inputs[keep]
+    return data, inputs
+
+
+def _all_rows(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray]:
+    """Every row of the cell's training sets and its input, a held-out cell's split remapped."""
+    data, inputs = detector_inputs(ctx, cell, [st.label for st in ctx.plan.training_sets(cell)])
     if cell.holdout:
         data = held_out(data, *ctx.plan.holdout_sets(cell.holdout))
     return data, inputs
+
+
+def protocol_rows(ctx: CellContext, cell: Cell, data: LabelledSet) -> np.ndarray:
+    """Rows a detect cell uses: all, or for a model-aware detector under ``[detection]
+    model_normals = "top-1"`` the rows whose source image the classifier gets right at top-1
+    (as the detector sees the normal image), normal and adversarial alike."""
+    if not selects_top1(ctx, cell):
+        return np.ones(len(data.y), dtype=bool)
+    return np.isin(data.source, top1_correct_sources(data))
+
+
+def selects_top1(ctx: CellContext, cell: Cell) -> bool:
+    return ctx.spec("detector", cell.detector).inputs == "model" and ctx.bench.detection.model_normals == "top-1"
+
+
+def set_aside_normals(ctx: CellContext, cell: Cell, detector: Any) -> MetricRows:
+    """The FPR on the normal eval images a top-1 cell leaves out (their classifier's top-1 is
+    wrong), with their count: what a deployed detector meets beside the papers' protocol."""
+    if not selects_top1(ctx, cell):
+        return []
+    data, inputs = _all_rows(ctx, cell)
+    aside = ~protocol_rows(ctx, cell, data) & (data.split == detect.EVAL) & (data.y == 0)
+    if not aside.any():
+        return []
+    return detect.top1_fpr_rows(data.rows(aside), np.asarray(detector.predict(inputs[aside])))
+
+
+def top1_correct_sources(data: LabelledSet) -> np.ndarray:
+    normal = data.y == 0
+    return data.source[normal][data.original[normal, 0] == data.truth[normal]]
+
+
+def fit_info(ctx: CellContext, cell: Cell, data: LabelledSet) -> FitInfo | None:
+    """What a detector whose spec declares ``fit_info`` is told: each row's source and the
+    labelled reference set."""
+    if not ctx.spec("detector", cell.detector).fit_info:
+        return None
+    return FitInfo(sources=np.asarray(data.source), reference=reference_set(ctx, cell))
 
 
 def fit(ctx: CellContext, cell: Cell, data: LabelledSet, inputs: np.ndarray,
@@ -80,14 +130,15 @@ def fit(ctx: CellContext, cell: Cell, data: LabelledSet, inputs: np.ndarray,
         fit_on_train(ctx, cell, detector, inputs, data)
         return detector, entry.params, []
     spec = ctx.spec("detector", cell.detector)
-    chosen, detector, dev_accuracies = detect.select_on_dev(
+    by = spec.select_by
+    chosen, detector, dev_values = detect.select_on_dev(
         [partial(build, ctx, cell, c) for c in entry.candidates], inputs, data,
-        with_dev=lambda d: detector_can(spec, d, "selects_on_dev"))
+        with_dev=lambda d: detector_can(spec, d, "selects_on_dev"), by=by, info=fit_info(ctx, cell, data))
     if out is not None:
         (out / SEARCH).write_text(json.dumps(
-            [{"params": c.model_dump(mode="json"), "dev_accuracy": a, "chosen": i == chosen}
-             for i, (c, a) in enumerate(zip(entry.candidates, dev_accuracies))], indent=1))
-    rows = [("search_candidates", "", float(len(dev_accuracies)))]
+            [{"params": c.model_dump(mode="json"), f"dev_{by}": a, "chosen": i == chosen}
+             for i, (c, a) in enumerate(zip(entry.candidates, dev_values))], indent=1))
+    rows = [("search_candidates", "", float(len(dev_values)))]
     rows += [(f"chosen_{k}", "", float(v)) for k, v in entry.candidates[chosen].model_dump().items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return detector, entry.candidates[chosen], rows
@@ -96,13 +147,16 @@ def fit(ctx: CellContext, cell: Cell, data: LabelledSet, inputs: np.ndarray,
 def fit_on_train(ctx: CellContext, cell: Cell, detector: Any, inputs: np.ndarray, data: LabelledSet) -> None:
     """Fit the cell's (unfitted) detector on train, with dev when its spec says it selects on it."""
     spec = ctx.spec("detector", cell.detector)
-    detect.fit_detector(detector, inputs, data, with_dev=detector_can(spec, detector, "selects_on_dev"))
+    detect.fit_detector(detector, inputs, data, with_dev=detector_can(spec, detector, "selects_on_dev"),
+                        info=fit_info(ctx, cell, data))
 
 
 def trained(ctx: CellContext, detect_cell: Cell) -> Any:
     """The fitted detector of a finished detect cell: reloaded from its artefact when the
     plugin can save itself, else fitted again on the same data with the same seed (and the
     candidate the dev-set search chose)."""
+    if detect_cell.key in ctx._fitted:
+        return ctx._fitted[detect_cell.key]
     directory = ctx.cache.path("detect", detect_cell.key)
     entry = ctx.entry("detector", detect_cell.detector)
     params = entry.params
@@ -113,6 +167,10 @@ def trained(ctx: CellContext, detect_cell: Cell) -> Any:
         detector = build(ctx, detect_cell, params)
         if detector_can(ctx.spec("detector", detect_cell.detector), detector, "saves"):
             detector.load(directory / SAVED)
+            # kept for the cell's other evaluation sets: a random forest's skops file took 66 ms to
+            # load, once per set; a feature detector is small (an image detector is not kept)
+            if ctx.registry.get("detector", entry.plugin).inputs == "features":
+                ctx._fitted[detect_cell.key] = detector
             return detector
     data, inputs = training_data(ctx, detect_cell)
     detector = build(ctx, detect_cell, params)

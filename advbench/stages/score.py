@@ -61,17 +61,25 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         mask = data.split == EVAL
         corrected = corrected_labels(ctx, cell.corrector, data.transformed[mask], k)[:, 0]
         rows.append(("top1_restored", "", _mean(corrected == data.truth[mask])))
-    undone = np.ones(int(mask.sum()), dtype=bool)
-    if flagged is not None:
-        undone &= flagged == 1
-    if corrected is not None:
-        undone &= corrected == data.truth[mask]
+    undone = system_undone(flagged, corrected, data.truth[mask] if corrected is not None else None, int(mask.sum()))
     fooled = int((~undone).sum())
     rows += [("n", "", float(mask.sum())), ("fooled", "", float(fooled)),
              ("system_success", "", fooled / tried if tried == tried and tried > 0 else float("nan"))]
     save_columns(out, "per_image", **detector_columns(ctx, cell, data.rows(mask), decision=flagged, scores=scores,
                                                       label=corrected))
     return rows
+
+
+def system_undone(flagged: np.ndarray | None, corrected: np.ndarray | None, truth: np.ndarray | None,
+                  n: int | None = None) -> np.ndarray:
+    """Which adversarial images the defense undoes: a detector what it flags, a corrector what it
+    restores to the true label, a detect-then-correct pipeline what it flags *and* restores."""
+    undone = np.ones(n if n is not None else len(flagged if flagged is not None else corrected), dtype=bool)
+    if flagged is not None:
+        undone &= np.asarray(flagged) == 1
+    if corrected is not None:
+        undone &= np.asarray(corrected) == truth
+    return undone
 
 
 def _mean(values: np.ndarray) -> float:

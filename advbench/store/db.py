@@ -34,13 +34,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, delete, event, insert, select, text, update
+from sqlalchemy import and_, case, create_engine, delete, event, insert, literal, not_, select, text, update
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from advbench import schema
 from advbench.errors import StoreError
+from advbench.redact import mask_passwords
 from advbench.store.models import Cell, Image, ImageSet, Invocation, Metric, Run
 
 DEFAULT_STORE = "results.db"
@@ -87,8 +88,8 @@ def _one_line(exc: BaseException) -> str:
 def _engine_url(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"store {url!r}: not a database URL; give a file such as results.db, "
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise StoreError(f"store {mask_passwords(url)!r}: not a database URL; give a file such as results.db, "
                          "sqlite:///FILE or postgresql://USER@HOST/DATABASE") from None
     if parsed.drivername in ("postgresql", "postgres"):  # psycopg 3 is the driver the extra installs
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -110,14 +111,35 @@ def _sqlite_file(url: URL, create: bool) -> Path | None:
     return path
 
 
+def _switch_to_wal(cur, patience: float = 60.0) -> None:
+    """Put the file in WAL mode (a report reads while a run writes), however many open it at once.
+
+    The switch escalates a shared lock, and SQLite answers a busy escalation at once instead of
+    calling the busy handler (its deadlock rule), so processes that open a new store together retry.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + patience
+    pause = 0.01
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() not in ("wal", "memory"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
 def _sqlite_events(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # the driver's implicit BEGIN off: _on_begin chooses the kind
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA busy_timeout=60000")  # first, so that the pragmas below wait too
-        if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() not in ("wal", "memory"):
-            cur.execute("PRAGMA journal_mode=WAL")  # WAL lets a report read while a run writes
+        _switch_to_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across a crashed process
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -318,20 +340,29 @@ class Store:
             time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _upsert(self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any]) -> int:
-        """Insert the row of ``table`` with unique ``key`` or update it with ``values``; its id."""
+    def _upsert(self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any],
+                merge: Mapping[str, Callable[[dict, Any], Any]] | None = None, keep: Iterable[str] = ()) -> int:
+        """Insert the row of ``table`` with unique ``key`` or update it with ``values``; its id.
+        On update, the columns in ``keep`` keep their stored value, and each column in ``merge``
+        takes ``merge[column](new, old)``: a SQL expression of the new values (``new[name]``) and
+        the stored row (``old.name``, the table's columns)."""
+        merge, keep = merge or {}, set(keep)
         if self._native_upsert:
             if self.dialect == "postgresql":
                 from sqlalchemy.dialects.postgresql import insert as dialect_insert
             else:
                 from sqlalchemy.dialects.sqlite import insert as dialect_insert
             stmt = dialect_insert(table).values(**key, **values)
-            stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={k: stmt.excluded[k] for k in values})
+            new = {k: stmt.excluded[k] for k in values}
+            updates = {k: merge[k](new, table.c) if k in merge else new[k] for k in values if k not in keep}
+            stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=updates)
             return conn.execute(stmt.returning(table.c.id)).scalar_one()
         row_id = conn.execute(select(table.c.id).where(*(table.c[k] == v for k, v in key.items()))).scalar()
         if row_id is None:
             return conn.execute(insert(table).values(**key, **values)).inserted_primary_key[0]
-        conn.execute(update(table).where(table.c.id == row_id).values(**values))
+        new = {k: literal(v, table.c[k].type) for k, v in values.items()}
+        updates = {k: merge[k](new, table.c) if k in merge else v for k, v in values.items() if k not in keep}
+        conn.execute(update(table).where(table.c.id == row_id).values(**updates))
         return row_id
 
     def _insert_new(self, conn: Connection, table, key: dict[str, Any], values: dict[str, Any]) -> int | None:
@@ -364,7 +395,9 @@ class Store:
         }
 
         def work(conn: Connection) -> tuple[int, int]:
-            run_id = self._upsert(conn, _RUNS, {"benchmark": benchmark, "config_hash": config_hash}, values)
+            # a rerun reopens the run: it keeps the time it was first started
+            run_id = self._upsert(conn, _RUNS, {"benchmark": benchmark, "config_hash": config_hash}, values,
+                                  keep=("started_at",))
             invocation = conn.execute(insert(_INVOCATIONS).values(
                 run_id=run_id, host=self._host, pid=os.getpid(), proc_start=_process_start(os.getpid()),
                 started_at=now, heartbeat_at=now, finished_at=None, status="running")).inserted_primary_key[0]
@@ -482,7 +515,7 @@ class Store:
         unique = {(n, sub): _finite(v) for n, sub, v in metrics}
 
         def work(conn: Connection) -> None:
-            cell_id = self._upsert(conn, _CELLS, {"run_id": run_id, "key": cell.key}, values)
+            cell_id = self._upsert(conn, _CELLS, {"run_id": run_id, "key": cell.key}, values, merge=_COMPUTED_STAYS)
             conn.execute(delete(_METRICS).where(_METRICS.c.cell_id == cell_id))
             if unique:
                 conn.execute(insert(_METRICS), [{"cell_id": cell_id, "name": n, "subset": sub, "value": v}
@@ -597,6 +630,20 @@ class Store:
             for c in cells:
                 _ = c.metrics  # load before the session closes
             return cells
+
+
+def _computed_before(new: dict, old) -> Any:
+    """An invocation finds in the cache a cell that this run computed (ok, not cached): the
+    invocation that computed it concurrently, or an earlier one of the run, did the work."""
+    return and_(new["cached"], old.status == "ok", not_(old.cached))
+
+
+#: record_cell's merge: ``cached`` and ``seconds`` of a cell stay those of the invocation of the
+#: run that computed it, whichever invocation records last (concurrent runs, reruns)
+_COMPUTED_STAYS: dict[str, Callable[[dict, Any], Any]] = {
+    "cached": lambda new, old: and_(new["cached"], not_(_computed_before(new, old))),
+    "seconds": lambda new, old: case((_computed_before(new, old), old.seconds), else_=new["seconds"]),
+}
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -36,7 +36,7 @@ from PIL import Image
 from advbench.criteria import PaperCriterion, target_labels
 from advbench.imaging import to_tensor
 from advbench.specs import (AttackOutput, AttackSpec, BuildContext, CorrectorSpec, CostInputs, DatasetSpec,
-                            DetectorContext, DetectorSpec, FeatureSpec, LoadedModel, ModelSpec, Params, PluginSpec,
+                            DetectorContext, DetectorSpec, FeatureSpec, FitInfo, LoadedModel, ModelSpec, Params, PluginSpec,
                             Probabilities, TrainingCost, TransformSpec)
 from advbench.testing.world import DetectionSplit, digits, tiny_detection_splits, tiny_model
 
@@ -534,10 +534,13 @@ def _model_detector(spec: DetectorSpec, params: Params, scratch: str) -> Any:
 
 
 def _fit_split(spec: DetectorSpec, detector: Any, train: DetectionSplit, dev: DetectionSplit) -> None:
+    """Fit on train (dev given when the spec selects on it; ``info=FitInfo(sources)`` when it
+    declares ``fit_info``)."""
+    kwargs = {"info": FitInfo(sources=train.sources)} if spec.fit_info else {}
     if spec.selects_on_dev:
-        detector.fit(train.images, train.labels, dev=(dev.images, dev.labels))
+        detector.fit(train.images, train.labels, dev=(dev.images, dev.labels), **kwargs)
     else:
-        detector.fit(train.images, train.labels)
+        detector.fit(train.images, train.labels, **kwargs)
 
 
 def _fitted_model_detector(spec: DetectorSpec, params: Params) -> tuple[Any, np.ndarray, np.ndarray]:

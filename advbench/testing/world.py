@@ -99,7 +99,8 @@ tiny_world_plugins = _TinyWorld("advbench.testing.tiny_world_plugins")
 
 @hookimpl
 def _register_datasets(register):
-    register(DatasetSpec(name="testing-digits", summary="Digits at 16x16 (advbench.testing).", load=lambda p, ctx: _TinySource()))
+    register(DatasetSpec(name="testing-digits", summary="Digits at 16x16 (advbench.testing).", load=lambda p, ctx: _TinySource(),
+                         class_count=lambda p: len(_TinySource.class_names)))
 
 
 @hookimpl
@@ -119,6 +120,7 @@ class DetectionSplit:
 
     images: np.ndarray
     labels: np.ndarray
+    sources: np.ndarray | None = None  # source id of each row: a normal image and its adversarial share one
 
 
 @cache
@@ -153,5 +155,5 @@ def tiny_detection_splits(n: int = 300) -> dict[str, DetectionSplit]:
     normal, adversarial = normal[order], adversarial[order]
     m = len(normal)
     cuts = {"train": (0, m // 2), "dev": (m // 2, m // 2 + m // 5), "eval": (m // 2 + m // 5, m)}
-    return {name: DetectionSplit(np.concatenate([normal[a:b], adversarial[a:b]]),
-                                 np.repeat([0, 1], b - a)) for name, (a, b) in cuts.items()}
+    return {name: DetectionSplit(np.concatenate([normal[a:b], adversarial[a:b]]), np.repeat([0, 1], b - a),
+                                 np.tile(order[a:b], 2)) for name, (a, b) in cuts.items()}

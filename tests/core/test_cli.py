@@ -68,12 +68,14 @@ def small_run(tmp_path_factory):
     return cwd, proc
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_run_writes_results_db_in_the_working_directory(small_run):
     cwd, proc = small_run
     assert (cwd / "results.db").exists()
     assert "0 failed" in proc.stderr
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_bad_config_exits_2_with_one_line_and_no_traceback(tmp_path):
     (tmp_path / "bad.toml").write_text('[benchmark]\nname = "bad"\n[[attacks]]\nplugin = "no-such-attack"\n')
     proc = advbench("run", "bad.toml", cwd=tmp_path)
@@ -97,6 +99,7 @@ def test_usage_errors_exit_2_without_a_traceback(argv, capsys):
     assert "Traceback" not in printed.err + printed.out and "internal error" not in printed.err
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_report_formats_parse_back(small_run):
     cwd, _ = small_run
     as_json = json.loads(advbench("report", "--format", "json", cwd=cwd).stdout)
@@ -111,11 +114,13 @@ def test_report_formats_parse_back(small_run):
         assert proc.returncode == 0 and json.loads(proc.stdout)[0]["rows"], (table, proc.stderr)
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_report_without_a_store_is_a_user_error(tmp_path):
     proc = advbench("report", cwd=tmp_path)
     assert proc.returncode == 2 and "no results store" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_plugins_json_lists_every_kind_with_parameters(tmp_path):
     proc = advbench("plugins", "--json", cwd=tmp_path)
     plugins = json.loads(proc.stdout)
@@ -124,6 +129,7 @@ def test_plugins_json_lists_every_kind_with_parameters(tmp_path):
     assert fgsm["package"] == "advbench" and "epsilons" in fgsm["parameters"]
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_missing_dataset_folder_fails_its_cell_with_exit_2(small_run, tmp_path):
     (tmp_path / "fail.toml").write_text(SMALL.replace('name = "cli-small"', 'name = "cli-fail"'))
     # an unreadable dataset folder fails the clean cell inside the run
@@ -171,7 +177,7 @@ def test_a_failed_cell_gives_exit_1_and_names_the_log(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(Runner, "run_with", fake_run)
     monkeypatch.setenv("ADVBENCH_CACHE_DIR", str(tmp_path))
-    (tmp_path / "ok.toml").write_text('[benchmark]\nname = "x"\n')
+    (tmp_path / "ok.toml").write_text('[benchmark]\nname = "x"\n\n[database]\ntarget_shift = 3\n')
     assert main(["run", str(tmp_path / "ok.toml")]) == 1
     err = capsys.readouterr().err
     assert "failed: attack:d/m/a: RuntimeError: x" in err and "run.log" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
 from sqlalchemy import func, select
 
 from advbench.store import open_store
@@ -12,6 +13,7 @@ from advbench.store.models import Cell, Run
 from concurrent_runs import run_once
 
 
+@pytest.mark.slow  # four processes, each a run
 def test_four_runs_at_once_compute_each_cell_once(tmp_path, store_url):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Manager().Barrier(4)
@@ -31,4 +33,8 @@ def test_four_runs_at_once_compute_each_cell_once(tmp_path, store_url):
         assert s.scalar(select(func.count()).select_from(Run)) == 1
         n_cells = s.scalar(select(func.count()).select_from(Cell))
         assert n_cells == len(results[0]["metrics"])  # no duplicate rows
+        # each cell was computed by one of the run's invocations: none is recorded as cached,
+        # whichever invocation (the computing one or one that found it cached) recorded it last
+        assert s.scalars(select(Cell.key).where(Cell.cached)).all() == []
+        assert s.scalar(select(func.min(Cell.seconds))) > 0
     assert {store.run_status(r) for r in store.runs()} == {"ok"}

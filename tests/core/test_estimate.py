@@ -173,6 +173,8 @@ OBLIVIOUS = {"fgsm": {"epsilons": [0.01, 0.1, 0.3]}, "gradient": {"epsilons": [0
              "boundary": {"max_queries": 30}}
 EXACT = {"fgsm", "gradient", "pgd", "bim", "l1-iter", "l2-iter"}  # fixed-budget sweeps never stop early
 ADAPTIVE_CASES = {"eot-pgd": ({"steps": 3, "restarts": 2}, 2), "opgd": ({"steps": 3}, 0), "cw-joint": ({"steps": 3, "rounds": 2}, 0),
+                  "eot-pgd-l2": ({"steps": 5, "eot_samples": 1, "check_every": 2}, 3),
+                  "rank-eot": ({"steps": 5, "eot_samples": 1, "check_every": 2, "restarts": 2}, 3),
                   "system-hsj": ({"max_queries": 40, "iterations": 2, "init_evals": 4, "max_evals": 8}, 0)}
 
 
@@ -293,6 +295,11 @@ def test_validate_estimate_prints_every_stage_and_its_assumptions(small, capsys)
 
 
 def test_validate_without_estimate_prints_one_line(small, capsys):
+    # without --estimate the files are checked: the absent checkpoint is an error, in one line
+    assert main(["validate", str(small)]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out and captured.err.count("\n") == 1 and "absent.th" in captured.err
+    small.write_text(small.read_text().replace('checkpoint = "absent.th"\n', ""))
     assert main(["validate", str(small)]) == 0
     assert capsys.readouterr().out.strip().count("\n") == 0
 
@@ -310,3 +317,25 @@ def test_bad_estimate_flags_are_one_line_errors(small, capsys, flags, message):
     assert main(["validate", str(small), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {message}") and "\n" not in err, err
+
+
+def test_a_robust_cell_is_priced_as_every_member_on_every_image():
+    from advbench.estimate.gathering import robust_cost
+
+    registry = discover()
+    robust = ('[[robust]]\nbudgets = [0.1, 0.2]\ntargets = [{ detector = "lda", feature = "counting", group = "JPEG" }]\n'
+              '[[robust.members]]\nplugin = "eot-pgd"\nsteps = 4\n'
+              '[[robust.members]]\nplugin = "rank-eot"\nsteps = 6\nbudgets = [0.2]\n')
+    bench = parse_benchmark(tiny_benchmark(extra=robust).replace("testing-digits", "sklearn-digits")
+                            .replace("testing-cnn", "digits-cnn"), registry)
+    plan = plan_for(bench, registry)
+    inputs = CostInputs((3, 16, 16), 10)
+    ops = 3  # the JPEG group of the tiny benchmark
+    eot, rank = (registry.get("attack", m.plugin) for m in bench.robust[0].members)
+    first, second = sorted(plan.stage("robust"), key=lambda c: c.budget)
+    verdict = 2 + ops  # the candidate before and after the save, then under each operation
+    eot_cost = eot.cost(bench.robust[0].members[0].params[0], dataclasses.replace(inputs, operations=ops))
+    rank_cost = rank.cost(bench.robust[0].members[1].params[1], dataclasses.replace(inputs, operations=ops))
+    assert robust_cost(plan, registry, first, inputs) == (eot_cost[0] + verdict, eot_cost[1])
+    assert robust_cost(plan, registry, second, inputs) == (eot_cost[0] + rank_cost[0] + 2 * verdict,
+                                                           eot_cost[1] + rank_cost[1])

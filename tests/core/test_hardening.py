@@ -47,20 +47,6 @@ def world(tmp_path_factory, registry):
     return result, root
 
 
-@pytest.fixture
-def advbench(monkeypatch, capsys, registry):
-    """``advbench ARGS`` in this process with the tiny world: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "discover", lambda: registry)
-
-    def run(*args) -> tuple[int, str, str]:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return rc, captured.out, captured.err
-
-    return run
-
-
 def copy_world(world, tmp_path: Path, toml: str = WORLD) -> tuple[Path, Path, Path]:
     """A private copy of the world's cache, its config and a fresh store: (config, cache, store)."""
     _, root = world
@@ -143,6 +129,7 @@ def _read_only_runner(tmp_path: Path, how: str):
 
 
 @pytest.mark.parametrize("how", ["chmod", "bind"])
+@pytest.mark.slow  # advbench in subprocesses
 def test_a_read_only_cache_serves_a_cached_run_and_names_itself_otherwise(world, tmp_path, advbench, how):
     runner = _read_only_runner(tmp_path, how)
     config, cache, store = copy_world(world, tmp_path)
@@ -173,7 +160,9 @@ def test_a_read_only_cache_serves_a_cached_run_and_names_itself_otherwise(world,
 # --- 4. an image folder without a readable image ---------------------------------------------
 
 
-def test_an_image_folder_of_junk_fails_its_clean_cell_naming_the_folder(advbench, tmp_path):
+def test_an_image_folder_of_junk_is_refused_before_any_work_naming_the_folder(advbench, tmp_path):
+    """It failed the clean cell (after 20 warnings, one per file); the dataset's check finds it
+    before the store or the cache is touched."""
     root = tmp_path / "junk"
     for digit in range(10):
         (root / str(digit)).mkdir(parents=True)
@@ -181,12 +170,10 @@ def test_an_image_folder_of_junk_fails_its_clean_cell_naming_the_folder(advbench
         (root / str(digit) / "b.png").write_text("not an image")
     config = tmp_path / "junk.toml"
     config.write_text(WORLD.replace('plugin = "testing-digits"', f'plugin = "image-folder"\nroot = "{root}"'))
-    with pytest.warns(UserWarning, match="skipping"):  # one warning per skipped file, as before
-        rc, _, err = advbench("run", config, "--cache-dir", tmp_path / "cache", "--store", tmp_path / "r.db")
-    line = assert_one_line_error(rc, err, "failed: clean:image-folder/testing-cnn:", f"image folder {root}")
-    assert "holds no readable image: all 20 files were skipped" in line
-    done = [m for m in map(PROGRESS_LINE.match, lines(err)) if m]
-    assert [m[3] for m in done if m[4].startswith(("attack", "detect"))] == ["skipped"] * 3  # nothing ran on nothing
+    rc, out, err = advbench("run", config, "--cache-dir", tmp_path / "cache", "--store", tmp_path / "r.db")
+    line = assert_one_line_error(rc, err, "datasets[image-folder]:", f"image folder {root}")
+    assert "holds no readable image: all 20 files were skipped" in line and len(lines(out + err)) == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "r.db").exists()
 
 
 # --- 5. an unreadable checkpoint --------------------------------------------------------------
@@ -293,11 +280,12 @@ def test_scratch_folders_of_killed_runs_are_swept_and_locks_do_not_pile_up(world
 
     (cache / "locks" / f"split-{kept.cell.key}.lock").touch()  # as a killed run leaves one
     rc, out, _ = advbench("cache", "prune", "--cache-dir", cache)
-    assert rc == 0 and "removed 2 stale scratch folders and 1 lock files" in out
+    assert rc == 0 and "removed 2 stale scratch folders, 1 lock files and 0 temporary files" in out
     assert not any(p.exists() for p in stale) and not list((cache / "locks").glob("*.lock"))
     assert c.state("split", kept.cell.key).complete  # artefacts untouched
 
 
+@pytest.mark.slow  # advbench in subprocesses
 def test_a_run_killed_with_sigkill_is_completed_by_the_next_with_identical_results(world, tmp_path, registry):
     result, _ = world
     config = tmp_path / "benchmark.toml"
@@ -367,7 +355,8 @@ def test_run_without_a_terminal_prints_one_plain_line_per_cell(world, tmp_path, 
     assert sorted(m[4] for m in done) == sorted(o.cell.title for o in result.outcomes)  # one line per cell
     assert [m[4] for m in done if m[3] == "computed"] == [cell_of(result, "split").cell.title]
     others = [line for line, m in zip(lines(err), progress) if not m]
-    assert len(others) == 2 and others[0].startswith("tiny: ") and others[1].startswith("next: advbench report")
+    assert len(others) == 3 and others[0].startswith("tiny: ") and others[2].startswith("next: advbench report")
+    assert others[1].startswith("warning: few adversarial eval images")  # a tiny world: a handful per set
 
 
 def test_plain_progress_prints_a_progress_line_now_and_then():

@@ -204,3 +204,40 @@ def test_bootstrap_is_fast_on_ten_thousand_rows():
     m.bootstrap_interval(y, s, "auroc")
     m.bootstrap_interval(y, s, "eer")
     assert time.perf_counter() - start < 5.0  # ~0.3 s each on a laptop core; slack for shared CI
+
+
+# --- matched operating points ------------------------------------------------------------------
+
+
+def test_tnr_at_95_tpr_against_hand_computed_values():
+    # descending: 0.9 (adv) TPR 1/2; 0.6 (normal) FPR 1/4; 0.5 (adv) TPR 1 -> TNR 3/4 there
+    y, s = [0, 0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.6, 0.5, 0.9]
+    assert m.tnr_at_tpr(y, s) == pytest.approx(0.75)
+    assert m.tnr_at_tpr(y, s, 0.5) == pytest.approx(1.0)  # reached by 0.9 alone
+    assert m.tnr_at_tpr([1, 1], [0.1, 0.2]) != m.tnr_at_tpr([1, 1], [0.1, 0.2])  # nan with one class
+
+
+def test_threshold_at_fpr_flags_floor_of_the_share_of_normal_images():
+    normal = np.arange(1, 21) / 10  # 0.1 .. 2.0
+    t = m.threshold_at_fpr(normal, 0.05)  # floor(0.05 * 20) = 1 image flagged
+    assert t == pytest.approx(1.9) and (normal > t).sum() == 1
+    assert m.threshold_at_fpr(normal[:10], 0.05) == pytest.approx(1.0)  # floor(0.5) = 0: flags none
+    assert (normal[:10] > m.threshold_at_fpr(normal[:10], 0.05)).sum() == 0
+
+
+def test_tpr_at_5_fpr_with_the_threshold_set_on_dev_normals_and_applied_to_eval():
+    dev_normal = np.arange(1, 21) / 10  # threshold 1.9 (see above)
+    t = m.threshold_at_fpr(dev_normal, 0.05)
+    y = [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    s = [0.5, 1.95, 2.5, 1.0, 1.8, 1.91, 3.0, 0.2, 1.9]  # eval: 2 of 4 normals > 1.9; 2 of 5 adversarials
+    rates = m.rates_at_threshold(y, s, t)
+    assert rates == {"tpr": pytest.approx(2 / 5), "fpr": pytest.approx(2 / 4), "n_adversarial": 5, "n_normal": 4}
+
+
+def test_tnr_bootstrap_fast_path_equals_the_slow_one():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(40), np.ones(30)]
+    s = np.round(rng.normal(size=70) + y, 1)  # ties on purpose
+    fast = m.bootstrap_interval(y, s, "tnr_at_95tpr", n_boot=200, seed=1)
+    slow = m.bootstrap_interval(y, s, lambda a, b: m.tnr_at_tpr(a, b), n_boot=200, seed=1)
+    assert fast == pytest.approx(slow)

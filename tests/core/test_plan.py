@@ -107,3 +107,27 @@ def test_cells_whose_detector_sees_images_say_so_also_in_a_pipeline(registry):
     seeing = {(c.stage, c.detector, c.corrector != "") for c in plan.cells if c.sees_images}
     assert ("detect", "feature-squeezing", False) in seeing and ("score", "feature-squeezing", True) in seeing
     assert not any(c.sees_images for c in plan.cells if c.detector == "lda")
+
+
+def test_per_attack_cells_one_per_attack_restricted_as_configured(registry):
+    text = tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "pgd"'], detectors=['plugin = "lda"', 'plugin = "svm"'],
+                          detection='protocol = ["leave-one-attack-out", "per-attack"]\n'
+                                    'per_attack_cells = { attacks = ["pgd"], detectors = ["svm"], groups = ["JPEG"] }')
+    plan = plan_of(text, registry)
+    per_attack = [c for c in plan.stage("detect") if c.holdout.startswith("per-attack:")]
+    assert [(c.detector, c.feature_group, c.holdout) for c in per_attack] == [("svm", "JPEG", "per-attack:pgd")]
+    assert plan.holdout_sets("per-attack:pgd") == (["pgd"], ["pgd"])
+    assert "trained on pgd alone" in per_attack[0].title
+    # leave-one-attack-out cells are not restricted by per_attack_cells
+    assert len([c for c in plan.stage("detect") if c.holdout in ("fgsm", "pgd")]) == 2 * 2 * 2
+    # the standard cells do not move
+    assert {c.key for c in plan_of(tiny_benchmark(attacks=['plugin = "fgsm"', 'plugin = "pgd"'], detectors=[
+        'plugin = "lda"', 'plugin = "svm"']), registry).stage("detect")} <= {c.key for c in plan.stage("detect")}
+
+
+def test_fair_storage_moves_the_clean_predictions_only(registry):
+    base = plan_of(tiny_benchmark(), registry)
+    fair = plan_of(tiny_benchmark().replace("[database]\n", "[database]\nfair_storage = true\n"), registry)
+    changed = {c.title for c in fair.cells if c.key not in base.by_key}
+    assert any(t.startswith("predict:testing-digits/testing-cnn/clean") for t in changed)
+    assert not any(t.startswith(("clean", "attack", "split", "predict:testing-digits/testing-cnn/fgsm")) for t in changed)

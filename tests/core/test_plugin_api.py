@@ -18,7 +18,7 @@ from advbench.testing import registry_with, run_tiny, tiny_benchmark
 
 
 def test_the_plugin_module_is_the_contract_at_one_version():
-    assert advbench.API_VERSION == plugin.API_VERSION == "1.3"
+    assert advbench.API_VERSION == plugin.API_VERSION == "1.4"
     for name in ("hookimpl", "AttackSpec", "DetectorSpec", "Params", "Defense", "to_tensor", "PluginError"):
         assert name in plugin.__all__
 

@@ -226,6 +226,7 @@ def adaptive_reference(tmp_path_factory):
 
 
 @requires_ray
+@pytest.mark.slow  # a local Ray instance
 def test_the_benchmark_on_ray_equals_the_in_process_run(ray_cluster, adaptive_reference, store_url, tmp_path):
     result = _run(tmp_path, ADAPTIVE, "ray", store_url)
     assert not result.failed, [(o.cell.title, o.error) for o in result.failed]
@@ -263,6 +264,7 @@ def _kill_when_it_sleeps(marker: Path, killed: list[int]) -> None:
 
 
 @requires_ray
+@pytest.mark.slow  # a local Ray instance
 def test_a_worker_killed_mid_cell_is_retried_and_the_run_completes(ray_cluster, tmp_path):
     reference = _reference(tmp_path / "reference", SLEEPY)
     scratch = ray_cluster / "scratch"
@@ -282,6 +284,7 @@ def test_a_worker_killed_mid_cell_is_retried_and_the_run_completes(ray_cluster, 
 
 
 @requires_ray
+@pytest.mark.slow  # a local Ray instance
 def test_a_cell_that_raises_is_isolated_not_retried_and_the_plan_goes_on(ray_cluster, tmp_path):
     reference = _reference(tmp_path / "reference", EXPLODING)
     result = _run(tmp_path / "ray", EXPLODING, "ray")

@@ -146,3 +146,11 @@ def test_pipeline_metrics_are_stored_when_it_matches(tiny_run, tmp_path, registr
     assert not result.failed
     rows = {(n, s) for o in result.outcomes if o.cell.stage == "correct" for n, s, _ in o.metrics}
     assert ("pipeline_accuracy_after", "eval") in rows
+    from advbench.report import tables
+    from advbench.store import open_store
+
+    st = open_store(result.store_url, create=False)
+    table5 = tables.table5(st.cells(result.run_id))[0]
+    for row in table5.rows:  # the pipeline's accuracies before and after carry their intervals and n
+        before, after = row[-2:]
+        assert before.has_interval and after.has_interval and before.n == after.n > 0

@@ -89,6 +89,7 @@ def test_a_finished_run_drops_the_cells_its_plan_no_longer_has(store_url):
         store.finish_run(999, "ok")
 
 
+@pytest.mark.slow  # four processes
 def test_four_processes_opening_a_fresh_store_migrate_it_once(store_url):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
@@ -100,6 +101,7 @@ def test_four_processes_opening_a_fresh_store_migrate_it_once(store_url):
 
 
 @pytest.mark.parametrize("upsert", ["on-conflict", "fallback"])
+@pytest.mark.slow  # four processes
 def test_four_identical_runs_at_once_write_one_run_and_no_duplicates(store_url, upsert):
     ctx = multiprocessing.get_context("spawn")
     barriers = (ctx.Barrier(4), ctx.Barrier(4))
@@ -377,3 +379,35 @@ def test_migration_0009_names_each_cell_column_by_what_it_holds(store_url):
 
 def _driver(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+class _RacingCursor:
+    """A cursor whose WAL switch loses the lock race ``losses`` times (SQLite skips the busy handler)."""
+
+    def __init__(self, losses: int, message: str = "database is locked"):
+        self.losses, self.message, self.mode, self.calls = losses, message, "delete", 0
+
+    def execute(self, sql: str):
+        import sqlite3
+
+        if sql == "PRAGMA journal_mode=WAL":
+            self.calls += 1
+            if self.calls <= self.losses:
+                raise sqlite3.OperationalError(self.message)
+            self.mode = "wal"
+        return self
+
+    def fetchone(self):
+        return (self.mode,)
+
+
+def test_a_store_opened_by_many_at_once_retries_the_wal_switch_it_lost():
+    from advbench.store.db import _switch_to_wal
+
+    cur = _RacingCursor(losses=3)
+    _switch_to_wal(cur)
+    assert (cur.mode, cur.calls) == ("wal", 4)
+    with pytest.raises(Exception, match="locked"):
+        _switch_to_wal(_RacingCursor(losses=10**6), patience=0.05)
+    with pytest.raises(Exception, match="disk I/O"):  # other errors are not retried
+        _switch_to_wal(_RacingCursor(losses=1, message="disk I/O error"))

@@ -12,7 +12,8 @@ from advbench import metrics as M
 
 CONFIDENCE = 0.95
 INTERVAL_NOTE = ("[lo, hi]: 95 % intervals — Wilson score for rates (balanced accuracy: effective n = "
-                 "4 / (1/n_normal + 1/n_adversarial)), stratified bootstrap for EER and AUROC; [–]: none stored")
+                 "4 / (1/n_normal + 1/n_adversarial)), stratified bootstrap for EER, AUROC and TNR@95%TPR; "
+                 "[–]: none stored")
 DECIMALS_NOTE = "decimals follow n (no more digits than the interval resolves): 2 below 100 images, 3 below 10,000, else 4"
 
 
@@ -185,7 +186,7 @@ def estimate(cell, name: str) -> Estimate:
     if name == "detection_rate":
         return detection_rate_overall(cell)
     value, n = metric(cell, name), metric(cell, "n")
-    if name in ("eer", "auroc"):
+    if name in ("eer", "auroc", "tnr_at_95tpr"):
         lo, hi = metric(cell, f"{name}_lo"), metric(cell, f"{name}_hi")
         return Estimate(value, lo, hi, None if n is None else int(n))
     if name == "balanced_accuracy":
@@ -193,7 +194,8 @@ def estimate(cell, name: str) -> Estimate:
         # Var((TPR + TNR)/2) = p(1-p)·(1/n0 + 1/n1)/4 when both recalls are near p
         n_eff = 4 / (1 / n0 + 1 / n1) if n0 and n1 else n
         return wilson(value, n_eff, exact=False) if n_eff else Estimate(value, n=None if n is None else int(n))
-    counts = {"accuracy": n, "fpr": metric(cell, "n_normal"), "tpr_at_5fpr": metric(cell, "n_adversarial")}
+    counts = {"accuracy": n, "fpr": metric(cell, "n_normal"), "tpr_at_5fpr": metric(cell, "n_adversarial"),
+              "tpr_at_dev_5fpr": metric(cell, "n_adversarial"), "fpr_at_dev_5fpr": metric(cell, "n_normal")}
     if name not in counts:  # a metric without an interval rule: its value, decimals from n
         return Estimate(value, n=None if n is None else int(n))
     return wilson(value, counts[name])

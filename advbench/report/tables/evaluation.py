@@ -8,10 +8,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from advbench.schema import IMAGES
+from advbench.schema import IMAGES, PER_ATTACK
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Estimate, Table, by_world,
                                          detection_rate_on, estimate, metric, standard, wilson)
 from advbench.report.tables.labels import budget_text, defense, evaluation_sets, same_budget, same_norm, targeted
+from advbench.report.tables.robust import budget_text as budget_label
+from advbench.report.tables.robust import robust_curves
 
 SUCCEEDS_AT = 0.5  # the system success at which an attack "succeeds" against a defense
 
@@ -160,6 +162,8 @@ class SecurityCurve:
 
     @property
     def name(self) -> str:
+        if self.threat == "robust":
+            return f"{self.family} (worst case vs {self.target})"
         return f"{self.family} (adaptive vs {self.target})" if self.threat == "adaptive" else f"{self.family} (oblivious)"
 
 
@@ -180,14 +184,27 @@ def security_curves(cells) -> list[SecurityCurve]:
         names = list(dict.fromkeys(defense(c) for c in group))
         detects = {defense(c): bool(c.detector) for c in group}
         empty = (Estimate(None), Estimate(None))
-        rows = tuple((name, detects[name], tuple(
+        rows = tuple((name, detects[name], running_worst(tuple(
             (detection_estimate(c), system_estimate(c)) if (c := lookup.get((name, a))) is not None else empty
-            for a in labels)) for name in names)
+            for a in labels))) for name in names)
         attack = tuple(attack_estimate(m) if (m := makers.get((dataset, model, a))) else Estimate(None) for a in labels)
         aimed = frozenset(defense(c) for c in group if adaptive and targeted(c, goal))
         curves.append(SecurityCurve(dataset, model, fam, "adaptive" if adaptive else "oblivious", goal, budgets, rows,
                                     attack, aimed))
-    return curves
+    return curves + robust_curves(cells)
+
+
+def running_worst(points: tuple[tuple[Estimate, Estimate], ...]) -> tuple[tuple[Estimate, Estimate], ...]:
+    """Each budget's system success replaced by the largest up to it: an attacker with budget b
+    may submit any image of a smaller budget of the family, so a security curve never falls (a
+    lower bound of the per-image worst case, which ``[[robust]]`` measures). Detection rates are
+    each set's own."""
+    out, worst = [], Estimate(None)
+    for det, system in points:
+        if system.value is not None and (worst.value is None or system.value > worst.value):
+            worst = system
+        out.append((det, worst))
+    return tuple(out)
 
 
 def security(cells) -> list[Table]:
@@ -195,7 +212,7 @@ def security(cells) -> list[Table]:
     system's success at each budget (a security curve read as a table)."""
     tables = []
     for curve in security_curves(cells):
-        marks = ["" if b is None else f" @{b:g}" for b in curve.budgets]
+        marks = ["" if b is None else f" @{budget_label(b)}" for b in curve.budgets]
         columns = [col for b in marks for col in (f"Det.{b}", f"System{b}")]
         rows = [(name, *(x for det, sys in points for x in (det if detects else None, sys)))
                 for name, detects, points in curve.defenses]
@@ -204,7 +221,10 @@ def security(cells) -> list[Table]:
                             ("Defense", *columns), tuple(rows),
                             ("Det. @b: share of the set's successful adversarial eval images the defense flags; "
                              "System @b: share of attacked eval images that fool the classifier and are not undone "
-                             "by the defense (a detector undoes what it flags, a corrector what it restores)",
+                             "by the defense (a detector undoes what it flags, a corrector what it restores); for a "
+                             "single attack configuration the largest over its budgets up to b (an attacker with "
+                             "budget b may submit any of those images), so no curve falls; a worst-case curve "
+                             "(--table robust) is the per-image worst case over an ensemble and every smaller budget",
                              "(attack alone): the attack's success rate on the undefended classifier "
                              "(an adaptive attack's: under its defense's condition too)",
                              "[lo, hi]: Wilson score 95 % intervals; –: not a detector, or no successful image; "
@@ -217,7 +237,8 @@ def unseen(cells) -> list[Table]:
     scored on that unseen attack, beside the standard cell that saw it in training."""
     tables = []
     detects = _detect_lookup(cells)
-    held = [c for c in cells if c.stage == "detect" and c.holdout]
+    held = [c for c in cells if c.stage == "detect" and c.holdout
+            and not c.holdout.startswith(PER_ATTACK)]  # per-attack cells: the matched table
     for (dataset, model), group in by_world(held).items():
         rows = []
         for c in group:

@@ -8,15 +8,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from advbench.errors import AdvbenchError
+from advbench.report.tables.labels import detector_label
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Estimate, Rank, Table, by_world,
                                          counted, estimate, metric, span, standard)
+from advbench.report.tables.robust import budget_text, robust_lookup
+from advbench.report.tables.robust import detection_estimate as robust_detection
+from advbench.report.tables.robust import system_estimate as robust_system
 
-LEADERBOARD_METRICS = ("accuracy", "balanced_accuracy", "eer", "auroc", "tpr_at_5fpr")
+LEADERBOARD_METRICS = ("accuracy", "balanced_accuracy", "eer", "auroc", "tpr_at_5fpr", "tnr_at_95tpr",
+                       "tpr_at_dev_5fpr")
 METRIC_TITLES = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. acc.", "eer": "EER", "auroc": "AUROC",
-                 "tpr_at_5fpr": "TPR@5%FPR", "detection_rate": "Det. rate", "fpr": "FPR"}
-LOWER_IS_BETTER = {"eer", "fpr"}
-# the leaderboard's rate columns, in order: the sortable ones plus the detector's operating point
-BOARD_RATES = ("accuracy", "balanced_accuracy", "detection_rate", "fpr", "eer", "auroc", "tpr_at_5fpr")
+                 "tpr_at_5fpr": "TPR@5%FPR", "detection_rate": "Det. rate", "fpr": "FPR",
+                 "tnr_at_95tpr": "TNR@95%TPR", "tpr_at_dev_5fpr": "TPR@dev 5%", "fpr_at_dev_5fpr": "FPR@dev 5%"}
+LOWER_IS_BETTER = {"eer", "fpr", "fpr_at_dev_5fpr"}
+# the leaderboard's rate columns, in order: the sortable ones, the detector's own operating point and
+# the matched one (threshold flagging 5 % of normal dev images)
+BOARD_RATES = ("accuracy", "balanced_accuracy", "detection_rate", "fpr", "eer", "auroc", "tpr_at_5fpr",
+               "tnr_at_95tpr", "tpr_at_dev_5fpr", "fpr_at_dev_5fpr")
 
 
 def _rank(items: list, value: Callable[[Any], float | None], interval: Callable[[Any], Estimate],
@@ -55,6 +63,8 @@ def _board_notes(sort: str, ranked: list[tuple[Rank, Any]], leader_interval: Est
     if leader_interval is not None and not leader_interval.has_interval:
         notes.append(f"no {sort} interval stored for the leader: only equal values tie")
     notes += [INTERVAL_NOTE, DECIMALS_NOTE,
+              "TPR@5%FPR: read off the eval ROC; TPR@dev 5% / FPR@dev 5%: on eval, at the threshold that flags 5 % of "
+              "the normal DEV images (matched across detectors); TNR@95%TPR: 1 - FPR where the eval TPR reaches 0.95",
               "n: eval images; Det. rate: share of adversarial eval images flagged (TPR), FPR: of normal ones"
               + _span_note("normal", [metric(c, "n_normal") for c in counts])
               + _span_note("adversarial", [metric(c, "n_adversarial") for c in counts])]
@@ -76,21 +86,43 @@ def leaderboard(cells, sort: str = "accuracy", top: int | None = None) -> list[T
     cells whose ``sort`` interval overlaps the leader's are ranked ``=1`` with it."""
     _check_sort(sort)
     tables = []
+    robust = robust_lookup(cells)
     for (dataset, model), group in by_world(c for c in cells if standard(c)).items():
         ok = [c for c in group if c.status == "ok"]
         ranked = _rank(ok, lambda c: metric(c, sort), lambda c: estimate(c, sort), sort in LOWER_IS_BETTER,
                        lambda c: (c.detector, c.feature, c.feature_group))
-        rows = [(rank, c.detector, c.feature, c.feature_group, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES), "ok")
-                for rank, c in ranked[:top]]
-        rows += [("-", c.detector, c.feature, c.feature_group, None, *([None] * len(BOARD_RATES)),
+        worst = robust_columns(robust, dataset, model) if any(k[:2] == (dataset, model) for k in robust) else None
+        extra = () if worst is None else ("Robust det.", "Robust sys.", "Robust @")
+        rows = [(rank, c.detector, c.feature, c.feature_group, counted(c, "n"), *(estimate(c, m) for m in BOARD_RATES),
+                 *(() if worst is None else worst(c)), "ok") for rank, c in ranked[:top]]
+        rows += [("-", c.detector, c.feature, c.feature_group, None, *([None] * (len(BOARD_RATES) + len(extra))),
                   f"{c.status}: {c.error}") for c in group if c.status != "ok"]
         shown = f", best {top} of {len(ok)}" if top is not None and top < len(ok) else ""
         leader = estimate(ranked[0][1], sort) if ranked else None
-        tables.append(Table(f"Leaderboard — {dataset} / {model} (eval set, ranked by {sort}{shown})",
+        notes = _board_notes(sort, ranked[:top], leader, ok) + ((ROBUST_NOTE,) if extra else ())
+        tables.append(Table(f"Leaderboard — {dataset} / {model} (mixture protocol, eval set, ranked by {sort}{shown})",
                             ("Rank", "Detector", "Feature", "Group", "n", *(METRIC_TITLES[m] for m in BOARD_RATES),
-                             "Status"),
-                            tuple(rows), _board_notes(sort, ranked[:top], leader, ok), key_columns=4))
+                             *extra, "Status"),
+                            tuple(rows), notes, key_columns=4))
     return tables
+
+
+ROBUST_NOTE = ("Robust det./sys.: the [[robust]] worst case against this cell at its largest budget (Robust @): the "
+               "share of images fooling the classifier that it flags, and of attacked eval images that fool the "
+               "defended system (--table robust: every budget, members, steps/samples/restarts); –: no robust entry "
+               "targets it")
+
+
+def robust_columns(robust: dict, dataset: str, model: str):
+    """A detector cell -> (robust detection rate, robust system success, budget) of the robust
+    cell targeting it, Nones where none does."""
+    def columns(c) -> tuple:
+        label = detector_label(c)
+        cell = robust.get((dataset, model, label))
+        if cell is None:
+            return (None, None, "–")
+        return (robust_detection(cell), robust_system(cell), budget_text(cell.budget))
+    return columns
 
 
 def cross_run_leaderboard(runs_and_cells, sort: str = "accuracy", best: int = 3) -> list[Table]:

@@ -174,12 +174,14 @@ def table6(cells) -> list[Table]:
     for (dataset, model), group in by_world(c for c in cells if standard(c) and c.status == "ok").items():
         chosen = []
         for feature in dict.fromkeys(c.feature for c in group if c.feature):
+            # max keeps the first of equal values: a tie goes to the first cell in plan order (report.order)
             best = max((c for c in group if c.feature == feature), key=lambda c: metric(c, "accuracy", "dev") or 0)
             chosen.append((f"{best.detector} - {feature} ({best.feature_group})", best))
         chosen += [(c.detector, c) for c in group if c.feature_group == IMAGES]
         rows = tuple((name, *(estimate(c, m) for m in ("accuracy", "eer", "auroc"))) for name, c in chosen)
         tables.append(Table(f"Table 6 — accuracy and EER on eval — {dataset} / {model}",
                             ("Detector", "Accuracy", "EER", "AUROC"), rows,
-                            ("statistical detectors: the best cell of each feature by dev accuracy",
+                            ("statistical detectors: the best cell of each feature by dev accuracy (a tie: the "
+                             "first in the benchmark file's order)",
                              INTERVAL_NOTE, DECIMALS_NOTE)))
     return tables

@@ -218,6 +218,15 @@ ATTACKS = [
                params=PGDParams, targeted=True, default=True,
                run=_iterative(lambda p: fb.attacks.LinfPGD(rel_stepsize=p.rel_stepsize, steps=p.steps), "linf"),
                budget_param="epsilons", norm="linf", cost=_sweep_cost(lambda p: p.steps)),
+    AttackSpec(name="bim-untargeted", summary="Basic iterative method, L∞ (Kurakin et al.), non-targeted: the "
+                                              "baselines' papers' BIM.",
+               params=IterativeParams, run=_iterative(_bim(fb.attacks.LinfBasicIterativeAttack), "linf"),
+               budget_param="epsilons", norm="linf", cost=_sweep_cost(lambda p: p.steps)),
+    AttackSpec(name="pgd-untargeted", summary="Projected gradient descent, L∞, random start (Madry et al. 2018), "
+                                              "non-targeted: the usual PGD L∞ 8/255 of detection papers.",
+               params=PGDParams, run=_iterative(lambda p: fb.attacks.LinfPGD(rel_stepsize=p.rel_stepsize, steps=p.steps),
+                                                "linf"),
+               budget_param="epsilons", norm="linf", cost=_sweep_cost(lambda p: p.steps)),
     AttackSpec(name="l1-iter", summary="Basic iterative method under an L1 budget (foolbox), targeted.",
                params=IterativeParams, targeted=True, run=_iterative(_bim(fb.attacks.L1BasicIterativeAttack), "l1"),
                budget_param="epsilons", norm="l1", cost=_sweep_cost(lambda p: p.steps)),

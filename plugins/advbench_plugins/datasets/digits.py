@@ -56,4 +56,4 @@ def load(params: DigitsParams, ctx: BuildContext) -> DigitsSource:
 
 
 DIGITS = DatasetSpec(name="sklearn-digits", summary="scikit-learn's 8x8 digits upscaled to RGB (embedded, offline).",
-                     params=DigitsParams, default=True, load=load)
+                     params=DigitsParams, default=True, load=load, class_count=lambda p: len(DigitsSource.class_names))

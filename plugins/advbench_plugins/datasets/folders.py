@@ -1,8 +1,9 @@
 """Image sources read from folders: ``<class>/<image>`` trees and the ILSVRC2012 validation set.
 
 Both yield :class:`advbench.specs.Sample` in a deterministic (sorted) order with RGB PIL images.
-Files that cannot be decoded (zero-size, truncated, not an image) are skipped with a warning and
-counted in ``skipped``; every other pixel format is converted to RGB by :func:`open_rgb`.
+Files that cannot be decoded (zero-size, truncated, not an image) are skipped and counted in
+``skipped``, with one warning per pass that names the first (a folder of a hundred bad files is
+one line, not a hundred); every other pixel format is converted to RGB by :func:`open_rgb`.
 """
 
 from __future__ import annotations
@@ -66,17 +67,24 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image | None:
 
 
 class _Unreadable:
-    """Counts the files a pass skips and keeps the first with its reason, so that a pass that
-    yields nothing can say why in one line."""
+    """Counts the files a pass skips and keeps the first with its reason, so that a pass says
+    what it skipped in one line: a warning when it read other images, the error when none."""
 
     def __init__(self) -> None:
         self.count = 0
         self.first = ""
 
     def skip(self, path: Path, why: str) -> None:
-        warnings.warn(f"skipping {path}: {why}", stacklevel=3)
         self.count += 1
         self.first = self.first or f"{path}: {why}"
+
+    def summary(self, what: str, root: Path, source) -> None:
+        """One warning for the source's first pass that skipped a file (a reader that passes twice,
+        as the clean selection does, gets one line, not two)."""
+        if self.count and not getattr(source, "_skips_said", False):
+            source._skips_said = True
+            warnings.warn(f"{what} {root}: skipped {self.count} unreadable file{'s' * (self.count > 1)} "
+                          f"(first: {self.first})", stacklevel=3)
 
     def open(self, path: Path) -> Image.Image | None:
         img = _decode(path)
@@ -106,8 +114,10 @@ class ImageFolderSource:
     """Images in ``root/<class name>/<file>``; class index = rank of the folder name.
 
     Only files directly inside class folders with one of ``extensions`` (any case) are read;
-    hidden files and folders are ignored. ``limit_per_class`` caps the number of *readable*
-    images per class (skipped files do not count). ``skipped`` counts the unreadable files of
+    hidden files and folders are ignored. ``skip_per_class`` passes over the first readable
+    images of each class (in file-name order), then ``limit_per_class`` caps the number of
+    *readable* images per class (unreadable files count for neither): two entries with
+    complementary ranges split one folder into disjoint parts (a detection set and a reference set). ``skipped`` counts the unreadable files of
     the current (latest) pass.
     """
 
@@ -117,11 +127,13 @@ class ImageFolderSource:
         *,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         limit_per_class: int | None = None,
+        skip_per_class: int = 0,
     ):
         self.root = Path(root)
         _require_dir(self.root, "image folder")
         self.extensions = tuple(e.lower() for e in extensions)
         self.limit_per_class = limit_per_class
+        self.skip_per_class = skip_per_class
         self.class_names: list[str] = sorted(
             e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith(".")
         )
@@ -139,20 +151,37 @@ class ImageFolderSource:
     def __iter__(self) -> Iterator[Sample]:
         self.skipped = 0
         unreadable, read = _Unreadable(), 0
-        for label, cls in enumerate(self.class_names):
-            taken = 0
-            for name in self._files(cls):
-                if self.limit_per_class is not None and taken >= self.limit_per_class:
-                    break
-                img = unreadable.open(self.root / cls / name)
-                self.skipped = unreadable.count
-                if img is None:
-                    continue
-                taken += 1
-                read += 1
-                yield Sample(id=f"{cls}/{name}", image=img, label=label)
+        try:
+            for label, cls in enumerate(self.class_names):
+                taken = passed = 0
+                for name in self._files(cls):
+                    if self.limit_per_class is not None and taken >= self.limit_per_class:
+                        break
+                    img = unreadable.open(self.root / cls / name)
+                    self.skipped = unreadable.count
+                    if img is None:
+                        continue
+                    if passed < self.skip_per_class:
+                        passed += 1
+                        continue
+                    taken += 1
+                    read += 1
+                    yield Sample(id=f"{cls}/{name}", image=img, label=label)
+        finally:  # also when the reader stops early
+            if read:
+                unreadable.summary("image folder", self.root, self)
         if not read:  # a whole pass and not one image: say why here, where the folder is known
             raise unreadable.nothing_read("image folder", self.root, self.extensions)
+
+    def check(self) -> None:
+        """Raise the DataError a pass would end with when no file decodes; stops at the first
+        image that does (cheap on a healthy folder)."""
+        unreadable = _Unreadable()
+        for cls in self.class_names:
+            for name in self._files(cls):
+                if unreadable.open(self.root / cls / name) is not None:
+                    return
+        raise unreadable.nothing_read("image folder", self.root, self.extensions)
 
 
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d+)\.[A-Za-z]+$")
@@ -273,15 +302,19 @@ class ImageNetValSource:
             if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
         unreadable, read = _Unreadable(), 0
-        for name in names:
-            label = self._lookup(name)
-            if label is None:
-                unreadable.skip(self.root / name, f"no label in {self.labels_file}")
-            img = None if label is None else unreadable.open(self.root / name)
-            self.skipped = unreadable.count
-            if img is None:
-                continue
-            read += 1
-            yield Sample(id=name, image=img, label=label)
+        try:
+            for name in names:
+                label = self._lookup(name)
+                if label is None:
+                    unreadable.skip(self.root / name, f"no label in {self.labels_file}")
+                img = None if label is None else unreadable.open(self.root / name)
+                self.skipped = unreadable.count
+                if img is None:
+                    continue
+                read += 1
+                yield Sample(id=name, image=img, label=label)
+        finally:
+            if read:
+                unreadable.summary("ImageNet validation folder", self.root, self)
         if not read:
             raise unreadable.nothing_read("ImageNet validation folder", self.root, IMAGE_EXTENSIONS)

@@ -13,18 +13,22 @@ from advbench_plugins.detectors.baselines.mahalanobis import Mahalanobis, Mahala
 #: each offers differentiable scores (torch_scores, threshold) and saves itself as tensors
 _ABILITIES = {"selects_on_dev": False, "has_logits": False, "differentiable": True, "saves": True}
 DETECTORS = [
-    DetectorSpec(name="feature-squeezing", inputs="model", params=FeatureSqueezingParams, build=FeatureSqueezing,
-                 summary="Feature squeezing: L1 change of the softmax under bit-depth reduction and median "
-                         "filtering, threshold at 5 % FPR on normal images (Xu et al. 2018).", **_ABILITIES),
-    DetectorSpec(name="kernel-density", inputs="model", version="2", params=KernelDensityParams, build=KernelDensity,
+    DetectorSpec(name="feature-squeezing", inputs="model", version="2", params=FeatureSqueezingParams,
+                 build=FeatureSqueezing, select_by="auroc",
+                 summary="Feature squeezing: L1 change of the softmax under bit-depth reduction, median filtering "
+                         "and non-local means, threshold at 5 % FPR on normal images (Xu et al. 2018).", **_ABILITIES),
+    DetectorSpec(name="kernel-density", inputs="model", version="3", params=KernelDensityParams, build=KernelDensity,
+                 fit_info=True, select_by="auroc",
                  summary="Kernel density of penultimate features and MC-dropout uncertainty under a logistic "
                          "regression (Feinman et al. 2017).", **_ABILITIES),
-    DetectorSpec(name="lid", inputs="model", version="2", params=LIDParams, build=LID,
-                 summary="Local intrinsic dimensionality of every layer's activations against normal "
-                         "minibatches, logistic regression (Ma et al. 2018).", **_ABILITIES),
-    DetectorSpec(name="mahalanobis", inputs="model", version="2", params=MahalanobisParams, build=Mahalanobis,
-                 summary="Mahalanobis confidence per layer under class-conditional tied Gaussians, logistic "
-                         "regression (Lee et al. 2018).", **_ABILITIES),
+    DetectorSpec(name="lid", inputs="model", version="3", params=LIDParams, build=LID, fit_info=True,
+                 select_by="auroc",
+                 summary="Local intrinsic dimensionality of every block's activations, the logits and the softmax "
+                         "against a normal minibatch, logistic regression (Ma et al. 2018).", **_ABILITIES),
+    DetectorSpec(name="mahalanobis", inputs="model", version="3", params=MahalanobisParams, build=Mahalanobis,
+                 fit_info=True, select_by="auroc",
+                 summary="Mahalanobis confidence of the stem and every stage under class-conditional tied Gaussians, "
+                         "logistic regression (Lee et al. 2018).", **_ABILITIES),
 ]
 
 

@@ -170,7 +170,26 @@ def torchvision_classifier(
     check_arch(arch)
     if weights is None:
         return Normalized(torchvision.models.get_model(arch, weights=None), IMAGENET_MEAN, IMAGENET_STD)
+    w, file = torchvision_weights_file(arch, weights)
+    state = read_weights(file, "weights file", expected=f"the file published at {w.url}")
+    if not _is_state_dict(state):
+        raise DataError(f"weights file {file} holds no state dict; expected the file published at {w.url}")
+    try:
+        net = _build_with_state_dict(arch, w, state)
+    except DataError:
+        raise
+    except Exception as e:  # the file is a state dict, but of another network
+        raise DataError(f"weights file {file} does not fit torchvision {arch}: {_one_line(e)}") from None
+    return Normalized(net, IMAGENET_MEAN, IMAGENET_STD)
 
+
+def torchvision_weights_file(arch: str, weights: str):
+    """(the weights enum member, its file in the torch hub cache) of ``arch`` and ``weights``;
+    a one-line DataError when the name is unknown or the file absent (checks nothing else:
+    cheap enough for ``advbench validate``)."""
+    import torchvision
+
+    check_arch(arch)
     enum = torchvision.models.get_model_weights(arch)
     prefix, _, member = weights.rpartition(".")  # accept "ResNet50_Weights.IMAGENET1K_V1" too
     available = [w.name for w in enum]
@@ -188,16 +207,7 @@ def torchvision_classifier(
         raise DataError(
             f"weights {enum.__name__}.{w.name} for {arch} not found: put {file_name} (from {w.url}) in {folder}"
         )
-    state = read_weights(file, "weights file", expected=f"the file published at {w.url}")
-    if not _is_state_dict(state):
-        raise DataError(f"weights file {file} holds no state dict; expected the file published at {w.url}")
-    try:
-        net = _build_with_state_dict(arch, w, state)
-    except DataError:
-        raise
-    except Exception as e:  # the file is a state dict, but of another network
-        raise DataError(f"weights file {file} does not fit torchvision {arch}: {_one_line(e)}") from None
-    return Normalized(net, IMAGENET_MEAN, IMAGENET_STD)
+    return w, file
 
 
 _HUB_PATCH = threading.Lock()

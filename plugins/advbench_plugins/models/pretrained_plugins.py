@@ -19,6 +19,7 @@ from advbench_plugins.models.loading import (
     load_checkpoint,
     resize_prepare,
     torchvision_classifier,
+    torchvision_weights_file,
 )
 
 
@@ -93,16 +94,34 @@ def _checkpoint(p: CheckpointParams, ctx: BuildContext, weights: bool = True) ->
 PAPER_MODELS = ("vgg16", "vgg19", "resnet18", "resnet50")
 
 
+def _check_torchvision(arch: str, p: TorchvisionParams) -> None:
+    """The architecture exists and its weights file is in the hub cache (not read: hundreds of MB)."""
+    if p.weights is None:
+        check_arch(arch)
+    else:
+        torchvision_weights_file(arch, p.weights)
+
+
+def _check_cifar(p: CifarResNetParams) -> None:
+    """The checkpoint loads and fits the network (missing, corrupt or of another depth)."""
+    if p.checkpoint:
+        _cifar(p, None)
+
+
 @hookimpl
 def advbench_register_models(register):
     for arch in PAPER_MODELS:
         register(ModelSpec(name=arch, summary=f"torchvision {arch} with ImageNet weights from the local torch hub cache.",
                            params=TorchvisionParams, build=lambda p, ctx, a=arch: _torchvision(a, p),
-                           architecture=lambda p, a=arch: _torchvision(a, p, weights=False)))
+                           architecture=lambda p, a=arch: _torchvision(a, p, weights=False),
+                           check=lambda p, a=arch: _check_torchvision(a, p)))
     register(ModelSpec(name="torchvision", summary="Any torchvision classification model by name ('arch').",
                        params=AnyTorchvisionParams, build=lambda p, ctx: _torchvision(p.arch, p),
-                       architecture=lambda p: _torchvision(p.arch, p, weights=False)))
+                       architecture=lambda p: _torchvision(p.arch, p, weights=False),
+                       check=lambda p: _check_torchvision(p.arch, p)))
     register(ModelSpec(name="cifar-resnet", summary="CIFAR ResNet-20/32/44/56 (He et al., option-A shortcuts).",
-                       params=CifarResNetParams, build=_cifar, architecture=lambda p: _cifar(p, None, weights=False)))
+                       params=CifarResNetParams, build=_cifar, architecture=lambda p: _cifar(p, None, weights=False),
+                       check=_check_cifar))
     register(ModelSpec(name="checkpoint", summary="A local state-dict checkpoint for a torchvision or CIFAR ResNet architecture.",
-                       params=CheckpointParams, build=_checkpoint, architecture=lambda p: _checkpoint(p, None, weights=False)))
+                       params=CheckpointParams, build=_checkpoint, architecture=lambda p: _checkpoint(p, None, weights=False),
+                       check=lambda p: _checkpoint(p, None)))

@@ -4,14 +4,12 @@ default model. Adaptive pooling lets it take any input size (scaled images inclu
 from __future__ import annotations
 
 import hashlib
-import warnings
 
 import torch
-from filelock import FileLock
 from pydantic import Field
 from torch import nn
 
-from advbench.plugin import BuildContext, DataError, LoadedModel, ModelSpec, Params
+from advbench.plugin import BuildContext, DataError, LoadedModel, ModelSpec, Params, verified_file
 
 from advbench_plugins.datasets.digits import digits_arrays
 from advbench_plugins.models.loading import Normalized, resize_prepare
@@ -63,37 +61,17 @@ def _train(params: SmallCNNParams, seed: int) -> nn.Module:
     return net.eval()
 
 
-def _cached_weights(path, quiet: bool = False) -> dict[str, torch.Tensor] | None:
-    """The cached state dict, or None when it is absent or damaged (then it is trained again)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # truncated or damaged file: the cache is ours to repair
-        if not quiet:
-            warnings.warn(f"retraining digits-cnn: its cached weights {path} are unreadable ({type(e).__name__})", stacklevel=2)
-        return None
-    return state if isinstance(state, dict) else None
-
-
 def build(params: SmallCNNParams, ctx: BuildContext) -> LoadedModel:
     tag = hashlib.sha256(f"{params.model_dump_json()}|{ctx.seed}|v2".encode()).hexdigest()[:16]
-    path = ctx.cache_dir / f"digits-cnn-{tag}.pt"
     net = Normalized(small_cnn(10, params.width), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    state = _cached_weights(path, quiet=True)  # renamed into place whole: readable without the lock
-    try:
-        if state is None:
-            ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock"):  # two processes must not train it twice
-                state = _cached_weights(path)
-                if state is None:
-                    state = train_digits_cnn(params, ctx.seed).state_dict()
-                    torch.save(state, path.with_suffix(".tmp"))
-                    path.with_suffix(".tmp").replace(path)
+    try:  # checksummed: a damaged file is retrained (and named), never loaded
+        path = verified_file(ctx.cache_dir / f"digits-cnn-{tag}.pt",
+                             lambda tmp: torch.save(train_digits_cnn(params, ctx.seed).state_dict(), tmp),
+                             what="digits-cnn's trained weights")
     except OSError as e:
         raise DataError(f"digits-cnn cannot keep its trained weights in {ctx.cache_dir} ({e.strerror}); pass a "
                         f"writable --cache-dir or set ADVBENCH_CACHE_DIR") from None
-    net.load_state_dict(state)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return LoadedModel(module=net.eval(), input_size=(params.size, params.size), num_classes=10,
                        prepare=resize_prepare(params.size), fingerprint=tag)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +106,41 @@ def test_image_folder_order_labels_and_skips(folder: Path) -> None:
         ("dog/rgba.PNG", 2),
     ]
     assert src.skipped == 3
-    warned = " ".join(str(w.message) for w in record)
-    assert all(n in warned for n in ("cut.jpg", "fake.jpg", "empty.jpg"))
-    with pytest.warns(UserWarning):
+    # one line for the pass, not one per file: how many, and the first with its reason
+    assert [str(w.message) for w in record] == [
+        f"image folder {folder}: skipped 3 unreadable files (first: {folder / 'bird' / 'cut.jpg'}: unreadable image "
+        f"({_decode_error(folder / 'bird' / 'cut.jpg')}))"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second pass (the clean selection makes two) says it no more
         assert [s.id for s in src] == [s.id for s in samples]  # deterministic, count restarts
     assert src.skipped == 3
+
+
+def _decode_error(path: Path) -> str:
+    from advbench_plugins.datasets.folders import _decode
+
+    return _decode(path)
+
+
+def test_a_folder_with_a_hundred_bad_files_is_one_warning(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "good.png").write_bytes(b"")
+    Image.new("RGB", (4, 4)).save(root / "a" / "good.png")
+    for i in range(100):
+        (root / "a" / f"bad{i:03d}.jpg").write_text("junk")
+    with pytest.warns(UserWarning) as record:
+        assert [s.id for s in ImageFolderSource(root)] == ["a/good.png"]
+    assert len(record) == 1 and "skipped 100 unreadable files (first: " in str(record[0].message)
+
+
+def test_the_check_finds_a_readable_image_or_says_why(folder: Path, tmp_path: Path) -> None:
+    ImageFolderSource(folder).check()  # stops at the first readable image
+    junk = tmp_path / "junk" / "cat"
+    junk.mkdir(parents=True)
+    (junk / "a.jpg").write_text("junk")
+    with pytest.raises(DataError, match="holds no readable image: all 1 files were skipped"):
+        ImageFolderSource(junk.parent).check()
 
 
 def test_image_folder_limit_counts_readable_images(folder: Path) -> None:
@@ -135,8 +166,10 @@ def test_image_folder_without_a_readable_image_says_why_in_one_line(tmp_path: Pa
         (root / cls).mkdir(parents=True)
         (root / cls / "a.jpg").write_bytes(b"\x00garbage" * 10)
         (root / cls / "b.png").write_text("plain text")
-    with pytest.warns(UserWarning), pytest.raises(DataError) as err:
-        list(ImageFolderSource(root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error says it all: no warning beside it
+        with pytest.raises(DataError) as err:
+            list(ImageFolderSource(root))
     msg = str(err.value)
     assert "\n" not in msg and f"image folder {root} holds no readable image: all 4 files were skipped" in msg
     assert f"first: {root / 'cat' / 'a.jpg'}: unreadable image (cannot identify image file" in msg
@@ -174,8 +207,9 @@ def test_imagenet_val_one_column(val: Path, tmp_path: Path) -> None:
         ("ILSVRC2012_val_00000004.JPEG", 0, "RGB"),
     ]
     assert src.skipped == 2
-    warned = " ".join(str(w.message) for w in record)
-    assert "00000003" in warned and "00000005" in warned
+    assert [str(w.message) for w in record] == [
+        f"ImageNet validation folder {val}: skipped 2 unreadable files (first: {val / 'ILSVRC2012_val_00000003.JPEG'}: "
+        f"unreadable image (empty file))"]
 
 
 def test_imagenet_val_two_columns_with_class_index(val: Path, tmp_path: Path) -> None:
@@ -230,7 +264,7 @@ def test_imagenet_val_errors(val: Path, tmp_path: Path) -> None:
 def test_imagenet_val_without_a_labelled_readable_image_says_why(val: Path, tmp_path: Path) -> None:
     labels = tmp_path / "val.txt"
     labels.write_text("ILSVRC2012_val_00000003.JPEG 0\n")  # the one labelled image is empty
-    with pytest.warns(UserWarning), pytest.raises(DataError) as err:
+    with pytest.raises(DataError) as err:
         list(ImageNetValSource(val, labels))
     msg = str(err.value)
     assert f"ImageNet validation folder {val} holds no readable image: all 5 files were skipped" in msg

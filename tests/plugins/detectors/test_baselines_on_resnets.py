@@ -40,6 +40,7 @@ def images(n: int, seed: int, noisy: bool) -> np.ndarray:
 
 @pytest.mark.parametrize("arch", ["resnet20", "resnet18"])
 @pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.slow  # real ResNets
 def test_fit_score_and_differentiate_on_a_resnet(name, arch, models, make_ctx, tmp_path):
     ctx = make_ctx(model=models[arch])
     x = np.concatenate([images(12, 0, False), images(12, 1, True)])

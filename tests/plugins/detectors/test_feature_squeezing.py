@@ -79,7 +79,7 @@ def test_nlm_squeezer_adds_a_third_distance(splits, make_ctx):
     assert (three.scores(images) >= two.scores(images) - 1e-6).all()
 
 
-@pytest.mark.parametrize("bad", [dict(bits=0, median_size=0), dict(nlm=True, nlm_search=4), dict(fpr=0.0)])
+@pytest.mark.parametrize("bad", [dict(bits=0, median_size=0, nlm=False), dict(nlm=True, nlm_search=4), dict(fpr=0.0)])
 def test_invalid_parameters_are_refused(bad):
     with pytest.raises(ValidationError):
         FeatureSqueezingParams(**bad)

@@ -4,10 +4,10 @@ import numpy as np
 import torch
 
 from advbench.imaging import to_tensor
+from advbench.specs import FitInfo
 from advbench.testing import check_model_detector, tiny_adversarial_world
-from advbench_plugins.detectors.baselines.activations import reduce
-from advbench_plugins.detectors.baselines.lid import (LID, LIDParams, lid_mle, nearest_rows, pairwise_squared,
-                                                      reference_indices)
+from advbench_plugins.detectors.baselines.common import nearest_rows
+from advbench_plugins.detectors.baselines.lid import LID, LIDParams, lid_mle, pairwise_squared, reference_indices
 from advbench_plugins.detectors.baselines_plugins import DETECTORS
 
 SPEC = next(s for s in DETECTORS if s.name == "lid")
@@ -44,39 +44,54 @@ def test_reference_batches_are_seeded_disjoint_and_capped_by_the_normal_images()
     assert [len(b) for b in reference_indices(40, 100, 1, seed=0)] == [40]
 
 
-def test_a_reference_image_is_never_its_own_neighbour(splits, make_ctx):
-    train = splits["train"]
-    detector = LID(LIDParams(k=10), make_ctx()).fit(train.images, train.labels)
-    refs = detector.reference_images
+def _paired_world(n: int = 60):
+    """Normal images 0..n-1 and their adversarials, with the sources the core would hand fit."""
+    normal, adversarial = tiny_adversarial_world()
+    images = np.concatenate([normal[:n], adversarial[:n]])
+    return images, np.repeat([0, 1], n), np.tile(np.arange(n), 2)
+
+
+def _fitted(make_ctx):
+    images, labels, sources = _paired_world()
+    detector = LID(LIDParams(k=10, minibatch=30, noisy=False), make_ctx())
+    detector.fit(images, labels, info=FitInfo(sources=sources))
+    return detector, images, labels, sources
+
+
+def test_fit_excludes_exactly_the_source_of_each_training_image(make_ctx):
+    detector, images, labels, sources = _fitted(make_ctx)
+    refs = detector.reference_sources  # the 30 normal images drawn as the reference, by source id
+    assert len(refs) == 30 and set(refs.tolist()) <= set(range(60))
     layer = "net.3"
-    x = to_tensor(refs[:5])
+    x = to_tensor(images)
+    column = list(detector._activations(x[:1])).index(layer)
+    in_ref = np.isin(sources, refs)
+    rows = np.r_[np.flatnonzero(in_ref & (labels == 1))[:6],    # adversarial, its source in the reference
+                 np.flatnonzero(in_ref & (labels == 0))[:3],    # reference images themselves
+                 np.flatnonzero(~in_ref & (labels == 1))[:3]]   # adversarial, its source not in the reference
     with torch.no_grad():
-        features = detector._features(x)
-        act = reduce(detector.probe(x)[layer], "flatten").double()
-    column = list(detector.probe(x)).index(layer)
-    ref = detector.references[layer].double()
-    for i in range(5):
-        distances = np.sqrt(((ref - act[i]) ** 2).sum(1).numpy())
-        others = np.delete(distances, i)  # reference i is image i itself
-        assert np.isclose(features[i, column].item(), numpy_lid(others, 10), rtol=1e-5)
+        act = detector._activations(x[rows])[layer].double()
+        got = detector._features(x[rows], torch.from_numpy(sources[rows]))[:, column].numpy()
+    distances = np.sqrt(((detector.references[layer].double()[None] - act[:, None]) ** 2).sum(-1).numpy())
+    for i, row in enumerate(rows):
+        kept = refs != sources[row]  # every reference but the one made from the same source
+        assert kept.sum() == len(refs) - int(in_ref[row])  # exactly one removed, or none
+        assert np.isclose(got[i], numpy_lid(distances[i][kept], 10), rtol=1e-6)
 
 
-def test_an_adversarial_training_image_does_not_have_its_source_as_a_neighbour():
+def test_the_source_among_the_neighbours_pulls_an_adversarial_lid_down(make_ctx):
+    detector, images, labels, sources = _fitted(make_ctx)
+    adversarial = np.flatnonzero(np.isin(sources, detector.reference_sources) & (labels == 1))
+    x = to_tensor(images[adversarial])
+    with torch.no_grad():
+        free = detector._features(x)  # a new image: every reference usable
+        kept_out = detector._features(x, torch.from_numpy(sources[adversarial]))
+    assert (kept_out[:, 0] > free[:, 0]).float().mean() >= 0.75
+
+
+def test_without_the_cores_sources_the_nearest_normal_image_stands_in():
     normal, adversarial = tiny_adversarial_world()
     assert np.array_equal(nearest_rows(adversarial[:20], normal[:40]), np.arange(20))
-
-
-def test_fit_excludes_the_likely_source_of_each_adversarial_training_image(splits, make_ctx):
-    train = splits["train"]
-    detector = LID(LIDParams(k=10), make_ctx()).fit(train.images, train.labels)
-    adversarial = train.images[train.labels == 1][:8]
-    source = nearest_rows(adversarial, detector.reference_images)
-    x = to_tensor(adversarial)
-    with torch.no_grad():
-        free = detector._features(x)
-        kept_out = detector._features(x, torch.from_numpy(source))
-    # with its source among the neighbours the first-layer LID is pulled down
-    assert (kept_out[:, 0] > free[:, 0]).float().mean() >= 0.75
 
 
 def test_pairwise_squared_distances_and_self_tolerance():

@@ -38,10 +38,10 @@ def test_tied_gaussian_and_distances_by_hand():
     assert np.allclose(squared_mahalanobis(torch.from_numpy(x), means, precision).numpy(), expected)
 
 
-def test_one_score_per_layer_children_and_penultimate_without_the_logits(splits, make_ctx):
+def test_a_plain_network_gets_its_children_and_penultimate_without_the_logits(splits, make_ctx):
     train = splits["train"]
     detector = Mahalanobis(MahalanobisParams(), make_ctx()).fit(train.images, train.labels)
-    # net.0 .. net.5 (Flatten skipped; net.7 returns the logits) and the penultimate features
+    # a plain network: net.0 .. net.5 (Flatten skipped; net.7 returns the logits) and the penultimate features
     assert len(detector.gaussians) == 7
     assert detector.gaussians[-1][0].shape == (10, 256)
 
@@ -70,3 +70,17 @@ def test_fit_needs_both_classes(splits, make_ctx):
     normal = splits["train"].images[splits["train"].labels == 0]
     with pytest.raises(DataError, match="adversarial images"):
         Mahalanobis(MahalanobisParams(), make_ctx()).fit(normal, np.zeros(len(normal), int))
+
+
+def test_a_resnet_gets_lees_features_the_stem_and_every_stage_once():
+    from advbench_plugins.models.cifar_resnet import cifar_resnet
+
+    probe = Mahalanobis(MahalanobisParams(), _resnet_ctx(cifar_resnet(20))).probe
+    assert probe.layers == ["layer1:in", "layer1", "layer2", "layer3"] and probe._linear is None
+
+
+def _resnet_ctx(net):
+    from advbench.specs import DetectorContext, LoadedModel
+
+    model = LoadedModel(module=net.eval(), input_size=(32, 32), num_classes=10, prepare=lambda im: im)
+    return DetectorContext(cache_dir=None, device="cpu", seed=0, model=model)

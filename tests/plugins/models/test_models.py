@@ -64,6 +64,7 @@ def test_shared_resnet20_loads_strictly() -> None:
 @pytest.mark.skipif(
     not (CIFAR_CKPT.is_file() and CIFAR_DATA.is_dir()), reason=f"shared data absent: {CIFAR_CKPT}, {CIFAR_DATA}"
 )
+@pytest.mark.slow  # a ResNet-20 on 1,000 images
 def test_shared_resnet20_accuracy() -> None:
     """README: top-1 80.4%, top-5 99.0% on the 1000 shared JPEGs (ToTensor only, [0, 1])."""
     model = Normalized(load_checkpoint(CIFAR_CKPT, cifar_resnet(20)), IMAGENET_MEAN, IMAGENET_STD).eval()

@@ -27,7 +27,7 @@ branch_labels = None
 depends_on = None
 
 NEW = ("imageset", "entry", "family", "plugin", "operation", "operation_group", "feature_group", "correction_group")
-IMAGESET_STAGES = ("attack", "adaptive", "predict", "score")
+IMAGESET_STAGES = ("attack", "adaptive", "robust", "predict", "score")
 
 
 def _entry_and_family(label: str, budget: float | None) -> tuple[str, str]:
@@ -58,7 +58,7 @@ def _split_transform(stage: str, transform: str, detector: str, corrector: str) 
         return {"operation": transform}
     if stage == "correct" or (stage == "score" and corrector):  # a pipeline's detector group was not stored
         return {"correction_group": transform}
-    if stage in ("detect", "subset", "adaptive", "score"):
+    if stage in ("detect", "subset", "adaptive", "robust", "score"):
         return {"feature_group": transform}
     return {}
 

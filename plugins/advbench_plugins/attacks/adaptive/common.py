@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from advbench.plugin import AttackContext, Criterion, Defense, PluginError
 
+from advbench_plugins.attacks.budgets import clip_to_ball
+
 # --- norm balls ------------------------------------------------------------------------------
 
 
@@ -45,6 +47,16 @@ def random_start(images: torch.Tensor, eps: float, norm: str, gen: torch.Generat
         radius = torch.rand(shape[0], generator=gen) ** (1.0 / images[0].numel()) * eps
         noise = direction * rowwise(radius, direction)
     return (images + noise.to(images.device, images.dtype)).clamp(0, 1)
+
+
+def first_iterate(x0: torch.Tensor, rows: torch.Tensor, run: int, start: torch.Tensor | None, random_init: bool,
+                  norm: str, eps: float, gen: torch.Generator) -> torch.Tensor:
+    """Where run ``run`` of an iterative attack starts for ``rows``: the warm start ``start``
+    (clipped into the ball) on the first run when given, else a random point of the ball
+    (``random_init``), else the clean images."""
+    if run == 0 and start is not None:
+        return clip_to_ball(x0[rows], start.detach()[rows].to(x0), norm, eps)
+    return random_start(x0[rows], eps, norm, gen) if random_init else x0[rows].clone()
 
 
 def seeded_generator(ctx: AttackContext) -> torch.Generator:

@@ -25,8 +25,8 @@ from advbench_plugins.attacks.adaptive.common import (
     classifier_loss,
     criterion_rows,
     label_margin,
+    first_iterate,
     original_labels,
-    random_start,
     topk_of,
     towards_label_loss,
 )
@@ -43,7 +43,8 @@ class EOTResult:
 def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Sequence[Callable], *, norm: str,
             epsilon: float, steps: int, rel_stepsize: float, restarts: int, random_init: bool, eot_samples: int,
             loss: str, confidence: float, gen: torch.Generator,
-            storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> EOTResult:
+            storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+            start: torch.Tensor | None = None, check_every: int = 1) -> EOTResult:
     """PGD (Madry et al. 2018) on the mean over the identity and the operations of a loss
     towards one adversarial label per image (the criterion's target, or the highest-ranked
     other class at the start); a non-targeted top-k rule adds a hinge on the untransformed image
@@ -54,7 +55,10 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
     its top-1 label holds under every operation by a logit margin of ``confidence``; per row the
     iterate kept is the best by (criterion holds, number of operations under which the label
     holds). Rows not done after ``steps`` restart from a new random point (``restarts`` runs).
-    Every check and gradient is of ``storage(x)``, what the system keeps of the iterate.
+    Every check and gradient is of ``storage(x)``, what the system keeps of the iterate. The
+    first run starts from ``start`` when given (a warm start inside the ball). The rows are
+    checked (every operation forward) every ``check_every`` steps and at the last; in between
+    only the sampled operations run.
     """
     x0 = images.detach()
     n, n_ops = len(x0), len(operations)
@@ -72,10 +76,11 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
         rows = (~done).nonzero().squeeze(1)
         if rows.numel() == 0:
             break
-        x = random_start(x0[rows], eps, norm, gen) if random_init else x0[rows].clone()
+        x = first_iterate(x0, rows, restart, start, random_init, norm, eps, gen)
         for t in range(steps + 1):
             sampled = set(range(n_ops)) if eot_samples <= 0 or eot_samples >= n_ops else \
                 set(torch.randperm(n_ops, generator=gen)[:eot_samples].tolist())
+            check = t % check_every == 0 or t == steps
             with torch.enable_grad():  # callers may hold a no_grad context
                 x = x.detach().requires_grad_(True)
                 seen = storage(x)
@@ -88,13 +93,15 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
                     if j in sampled:
                         op_logits = model(op(seen))
                         objective = objective + towards_label_loss(op_logits, adv_labels[rows], loss, confidence)
+                    elif not check:
+                        continue
                     else:
                         with torch.no_grad():
                             op_logits = model(op(seen.detach()))
                     holds[:, j] = (op_logits.argmax(1) == top1) & (label_margin(op_logits.detach(), top1) >= confidence)
-                success = criterion_rows(criterion, logits.detach(), rows, n)
+                success = criterion_rows(criterion, logits.detach(), rows, n) & check
                 score = torch.where(success, holds.sum(1), torch.full_like(top1, -1))
-                better = score > best_score[rows]
+                better = (score > best_score[rows]) & check
                 best[rows[better]] = x.detach()[better]
                 best_score[rows[better]] = score[better]
                 stable = holds.float().mean(1) if n_ops else torch.ones(len(rows), device=x.device)

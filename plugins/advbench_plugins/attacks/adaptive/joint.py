@@ -32,8 +32,8 @@ from advbench_plugins.attacks.adaptive.common import (
     ascent_direction,
     classifier_loss,
     criterion_rows,
+    first_iterate,
     original_labels,
-    random_start,
     rowwise,
     rule_margin,
     topk_of,
@@ -70,7 +70,8 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
                  threshold: float, *, method: str, norm: str, epsilon: float, steps: int, rel_stepsize: float,
                  rounds: int, random_init: bool, loss: str, confidence: float, detector_margin: float,
                  const: float, gen: torch.Generator, linf_step: str = "orthogonal-sign",
-                 storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> JointResult:
+                 storage: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                 start: torch.Tensor | None = None) -> JointResult:
     """Minimise the classifier loss (towards one adversarial label per image) and the detector
     score ``scores_fn`` within an ``epsilon`` ball, by ``method`` (see the module docstring).
 
@@ -80,7 +81,8 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
     updates the row's constant: ×10 if it was misclassified in the last round (but always
     flagged then), ÷10 if it never was. Per row the image returned is the first success, else the
     misclassified iterate of lowest score, else the iterate (or the clean image) of lowest score.
-    Every check and gradient is of ``storage(x)``, what the system keeps of the iterate.
+    Every check and gradient is of ``storage(x)``, what the system keeps of the iterate. The
+    first round starts from ``start`` when given (a warm start inside the ball).
     """
     x0 = images.detach()
     n = len(x0)
@@ -104,7 +106,7 @@ def joint_attack(model, images: torch.Tensor, criterion: Criterion, scores_fn: C
         if method == "cw" and round_ > 0:
             c[rows] = torch.where(fooled_last_round[rows], c[rows] * 10, c[rows] / 10)
         fooled_this_round = torch.zeros(n, dtype=torch.bool, device=x0.device)
-        x = random_start(x0[rows], eps, norm, gen) if random_init else x0[rows].clone()
+        x = first_iterate(x0, rows, round_, start, random_init, norm, eps, gen)
         for t in range(steps + 1):
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)

@@ -8,9 +8,15 @@ The baseline detectors (kernel density, LID, Mahalanobis) look inside the classi
   ``MinSide``), so ResNet-20 gives ``conv1, bn1, layer1, layer2, layer3, linear`` and a
   torchvision ResNet ``conv1 ... layer4, avgpool, fc``. Children that only reshape or are
   identities in eval mode (Flatten, Identity, Dropout) are skipped;
+- ``"stages"``: for a network built of ``nn.Sequential`` stages (ResNets), the input of the
+  first stage (the stem's output, after its ReLU) and the output of every stage: Lee et al.'s
+  feature list (ResNet-20: ``layer1:in, layer1, layer2, layer3``);
+- ``"blocks"``: the same stem output and the output of every block of every stage (each ends
+  with a ReLU in a ResNet): the post-ReLU block outputs LID reads (ResNet-20: 10 layers). A
+  network without Sequential stages gets its children for either;
 - otherwise a comma-separated list of module names as ``named_modules()`` spells them
-  (``net.layer2``) or of module class names (``Conv2d``: every module of that type), in any mix,
-  ``children`` included.
+  (``net.layer2``; ``net.layer2:in`` for the module's input) or of module class names
+  (``Conv2d``: every module of that type), in any mix, the keywords included.
 
 The *penultimate* features are the input of the last ``nn.Linear`` (in registration order):
 what the classifier's final layer sees. The *logits* are the network's output; a hooked layer
@@ -34,6 +40,7 @@ from advbench.plugin import DataError, PluginError, to_tensor
 #: children that add nothing to read: reshapes, identities, and dropout (an identity in eval mode)
 PASSIVE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.modules.dropout._DropoutNd)
 LOGITS = "logits"
+INPUT = ":in"  # a layer name ending so names the input of the module
 PENULTIMATE = "penultimate"
 
 
@@ -61,9 +68,10 @@ def select_layers(module: nn.Module, layers: str = "children") -> list[str]:
     for item in (s.strip() for s in layers.split(",")):
         if not item:
             continue
-        if item == "children":
-            prefix, net = unwrap(module)
-            found = [prefix + n for n, child in net.named_children() if not isinstance(child, PASSIVE)]
+        if item in ("children", "stages", "blocks"):
+            found = _keyword_layers(module, item)
+        elif item.endswith(INPUT) and item.removesuffix(INPUT) in named:
+            found = [item]
         elif item in named:
             found = [item]
         elif item in by_type:
@@ -76,6 +84,23 @@ def select_layers(module: nn.Module, layers: str = "children") -> list[str]:
     if not chosen:
         raise PluginError(f"layers = {layers!r} selects no module of {type(module).__name__}")
     return chosen
+
+
+def has_stages(module: nn.Module) -> bool:
+    """Whether the network (inside its wrappers) is built of ``nn.Sequential`` stages."""
+    return any(isinstance(c, nn.Sequential) for _, c in unwrap(module)[1].named_children())
+
+
+def _keyword_layers(module: nn.Module, keyword: str) -> list[str]:
+    prefix, net = unwrap(module)
+    children = [(n, c) for n, c in net.named_children() if not isinstance(c, PASSIVE)]
+    stages = [(n, c) for n, c in children if isinstance(c, nn.Sequential)]
+    if keyword == "children" or not stages:
+        return [prefix + n for n, _ in children]
+    stem = prefix + stages[0][0] + INPUT
+    if keyword == "stages":
+        return [stem, *(prefix + n for n, _ in stages)]
+    return [stem, *(f"{prefix}{n}.{b}" for n, stage in stages for b, _ in stage.named_children())]
 
 
 def last_linear(module: nn.Module) -> str:
@@ -105,7 +130,7 @@ class ActivationProbe:
         self.module = module
         modules = dict(module.named_modules())
         self.layers = list(layers)
-        self._targets = [(name, modules[name]) for name in self.layers]
+        self._targets = [(name, modules[name.removesuffix(INPUT)]) for name in self.layers]
         self._linear = modules[last_linear(module)] if penultimate else None
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -124,8 +149,14 @@ class ActivationProbe:
         def keep_input(_module, inputs):
             found[PENULTIMATE] = inputs[0]
 
+        def keep_in(name):
+            def hook(_module, inputs):
+                found[name] = inputs[0]
+            return hook
+
         try:
-            handles = [m.register_forward_hook(keep(name)) for name, m in self._targets]
+            handles = [m.register_forward_pre_hook(keep_in(name)) if name.endswith(INPUT)
+                       else m.register_forward_hook(keep(name)) for name, m in self._targets]
             if self._linear is not None:
                 handles.append(self._linear.register_forward_pre_hook(keep_input))
             logits = self.module(x)

@@ -1,7 +1,7 @@
 """What the model-aware baseline detectors share: the Detector protocol over uint8 images,
 differentiable scores, persistence without pickle, and a logistic-regression head.
 
-A subclass implements ``_fit(images, labels)`` and ``_score_batch(x)`` (differentiable scores
+A subclass implements ``_fit(images, labels, info)`` and ``_score_batch(x)`` (differentiable scores
 of a float batch in [0, 1] on the model's device), plus ``_state()``/``_load_state()`` (a dict
 of tensors). ``scores`` = ``_score_batch`` under no_grad, so ``torch_scores`` and ``scores``
 agree by construction; ``predict`` = ``scores > threshold``.
@@ -20,7 +20,7 @@ from pydantic import Field
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from advbench.plugin import DataError, DetectorContext, Params, PluginError
+from advbench.plugin import DataError, DetectorContext, FitInfo, Params, PluginError
 
 from advbench_plugins.detectors.baselines.activations import as_images, image_batches, model_device
 
@@ -40,6 +40,56 @@ class HeadParams(ModelDetectorParams):
                                              "the papers' balanced training sets did; without it a mixture "
                                              "of many attacks (6 adversarial images per normal one in the "
                                              "paper's database) puts the threshold at 'all adversarial'.")
+    noisy: bool = Field(True, description="Train the logistic regression on Gaussian-noisy normal images too, as "
+                                          "negatives: for each adversarial training image, its source plus Gaussian "
+                                          "noise of the perturbation's L2 norm (the papers' 1 adversarial : 2 normal "
+                                          "+ noisy), so the detector learns the attack, not 'any perturbation'.")
+
+
+def sources_of(images: np.ndarray, y: np.ndarray, info: FitInfo | None) -> np.ndarray:
+    """The source id of every row: the core's (``info.sources``), or without it each normal row
+    its own and each adversarial row its nearest normal row in pixel space (its likely source)."""
+    if info is not None:
+        sources = np.asarray(info.sources)
+        if len(sources) != len(images):
+            raise DataError(f"fit info: {len(sources)} sources for {len(images)} images")
+        return sources
+    sources = np.arange(len(images))
+    normal, adversarial = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    sources[adversarial] = normal[nearest_rows(images[adversarial], images[normal])]
+    return sources
+
+
+def nearest_rows(images: np.ndarray, candidates: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """For each image, the index of the nearest candidate in pixel space (L2)."""
+    c = torch.from_numpy(candidates.reshape(len(candidates), -1)).double()
+    out = []
+    for start in range(0, len(images), chunk):
+        a = torch.from_numpy(images[start:start + chunk].reshape(-1, c.shape[1])).double()
+        out.append(torch.cdist(a, c).argmin(1))
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def with_noisy(images: np.ndarray, y: np.ndarray, sources: np.ndarray,
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows plus one noisy negative per adversarial row whose source's normal image is among
+    them: that normal image plus Gaussian noise scaled to the adversarial perturbation's L2 norm,
+    rounded to 8 bits (Feinman et al. 2017; Ma et al. 2018; Lee et al. 2018 match the average
+    norm per attack, we match it per image). Returns (images, labels, sources), noisy rows last
+    with label 0 and their source's id."""
+    first_normal: dict = {}
+    for row in np.flatnonzero(y == 0):
+        first_normal.setdefault(sources[row].item(), row)
+    adversarial = np.asarray([r for r in np.flatnonzero(y == 1) if sources[r].item() in first_normal], dtype=np.int64)
+    if not len(adversarial):
+        return images, y, sources
+    base = images[[first_normal[sources[r].item()] for r in adversarial]].astype(np.float64)
+    norms = np.sqrt(((images[adversarial].astype(np.float64) - base) ** 2).reshape(len(base), -1).sum(1))
+    noise = np.random.default_rng(seed).standard_normal(base.shape)
+    noise *= (norms / np.sqrt((noise ** 2).reshape(len(base), -1).sum(1)).clip(1e-12))[:, None, None, None]
+    noisy = np.clip(np.rint(base + noise), 0, 255).astype(np.uint8)
+    return (np.concatenate([images, noisy]), np.concatenate([y, np.zeros(len(noisy), y.dtype)]),
+            np.concatenate([sources, sources[adversarial]]))
 
 
 def check_labels(labels: Any, n: int, who: str, need_both: bool = True) -> np.ndarray:
@@ -113,7 +163,7 @@ class ModelDetector:
 
     # -- to implement ---------------------------------------------------------------------
 
-    def _fit(self, images: np.ndarray, labels: np.ndarray) -> None:
+    def _fit(self, images: np.ndarray, labels: np.ndarray, info: FitInfo | None) -> None:
         raise NotImplementedError
 
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,9 +177,11 @@ class ModelDetector:
 
     # -- the Detector protocol ------------------------------------------------------------
 
-    def fit(self, images: Any, labels: Any) -> ModelDetector:
+    def fit(self, images: Any, labels: Any, info: FitInfo | None = None) -> ModelDetector:
+        """Fit on uint8 images with labels (1 = adversarial); ``info`` (the core's, as the spec
+        declares ``fit_info``): each row's source id and the labelled reference set."""
         images = as_images(images, self.name)
-        self._fit(images, labels)
+        self._fit(images, labels, info)
         self.fitted, self._last = True, None
         return self
 

@@ -7,17 +7,20 @@ is the largest L1 distance over the squeezers (the paper's joint detector),
 the value that flags a share ``fpr`` (5 %) of the NORMAL training images; adversarial training
 images are not used. ``predict`` = score > threshold.
 
-Defaults: the paper's CIFAR-10 joint detector without its third squeezer: 5-bit depth
-reduction and a 2x2 median filter (SciPy's window; see
-:mod:`advbench_plugins.transforms.squeezers`). Non-local means (Buades, Coll, Morel 2005) is off
-by default (``nlm = true`` turns it on; the paper's CIFAR-10 setting is search window 13, patch
-3, strength 2, "13-3-2"); ours is the plain NL-means on RGB with patch distances averaged over
-the patch and channels on the 0..255 scale, weights ``exp(-d^2 / strength^2)``, edges
-replicated, not OpenCV's Lab-space ``fastNlMeansDenoisingColored`` the paper called.
+Defaults: the paper's CIFAR-10 joint detector, all three squeezers: 5-bit depth reduction, a 2x2
+median filter (SciPy's window; see :mod:`advbench_plugins.transforms.squeezers`) and non-local
+means with search window 13, patch 3, strength 2 ("13-3-2"), computed as the paper's code did by
+OpenCV's ``fastNlMeansDenoisingColored(h = hColor = 2, templateWindowSize = 3,
+searchWindowSize = 13)`` on the 8-bit image (RGB handed as BGR, as OpenCV expects).
 
 Cost: 1 + (number of squeezers) classifier passes per image; fitting is scoring the normal
-training images. ``torch_scores`` is differentiable: bit-depth reduction passes the gradient
-straight through (BPDA), the median routes it to the selected pixels, NL-means is smooth.
+training images. ``torch_scores`` gives the same values as ``scores`` and a gradient an adaptive
+attack can follow: bit-depth reduction passes the gradient straight through (BPDA, Athalye et al.
+2018), the median routes it to the selected pixels, and OpenCV's non-local means, which has no
+gradient, is differentiated through a plain NL-means in torch with the same windows and strength
+(patch distances averaged over the patch and channels on the 0..255 scale, weights
+``exp(-d^2 / h^2)``): its forward value is OpenCV's exactly, its backward pass the smooth
+surrogate's (BPDA with a differentiable approximation).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from advbench.plugin import to_tensor, to_uint8
+
 from advbench_plugins.detectors.baselines.common import ModelDetector, ModelDetectorParams, check_labels
 from advbench_plugins.transforms.squeezers import bit_depth_ste, median_tensor
 
@@ -38,8 +43,8 @@ class FeatureSqueezingParams(ModelDetectorParams):
                                                  "setting: 5); 0 = no bit-depth squeezer.")
     median_size: int = Field(2, ge=0, le=15, description="Side of the median-filter squeezer (the paper's "
                                                          "CIFAR-10 setting: 2x2, SciPy's window); 0 = none.")
-    nlm: bool = Field(False, description="Add the non-local-means squeezer (the paper's third CIFAR-10 squeezer; "
-                                         "off by default: slow, and not OpenCV's variant).")
+    nlm: bool = Field(True, description="The non-local-means squeezer (the paper's third CIFAR-10 squeezer; "
+                                        "OpenCV's, a torch surrogate for gradients).")
     nlm_search: int = Field(13, ge=3, le=31, description="NL-means search window side (odd; the paper: 13).")
     nlm_patch: int = Field(3, ge=1, le=15, description="NL-means patch side (odd; the paper: 3).")
     nlm_strength: float = Field(2.0, gt=0, description="NL-means filter strength h on the 0..255 scale "
@@ -78,6 +83,24 @@ def non_local_means(batch: torch.Tensor, search: int = 13, patch: int = 3, stren
     return total / weights
 
 
+def opencv_non_local_means(batch: torch.Tensor, search: int = 13, patch: int = 3, strength: float = 2.0) -> torch.Tensor:
+    """OpenCV's ``fastNlMeansDenoisingColored`` (the paper's squeezer) of each image of a float
+    (N, 3, H, W) batch in [0, 1], on its 8-bit rounding; no gradient."""
+    import cv2  # opencv-python-headless
+
+    rgb = to_uint8(batch.detach())
+    out = [cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(a[..., ::-1]), None, strength, strength, patch,
+                                           search)[..., ::-1] for a in rgb]
+    return to_tensor(np.stack(out), str(batch.device)).to(batch.dtype)
+
+
+def nlm_bpda(batch: torch.Tensor, search: int, patch: int, strength: float) -> torch.Tensor:
+    """OpenCV's NL-means on the forward pass, the torch NL-means's gradient on the backward one."""
+    differentiate = torch.is_grad_enabled() and batch.requires_grad
+    smooth = non_local_means(batch, search, patch, strength) if differentiate else batch
+    return smooth + (opencv_non_local_means(batch, search, patch, strength) - smooth).detach()
+
+
 def squeezers(params: FeatureSqueezingParams) -> list[tuple[str, object]]:
     """``(name, differentiable squeezer)`` in the order bits, median, nlm."""
     out: list[tuple[str, object]] = []
@@ -86,7 +109,7 @@ def squeezers(params: FeatureSqueezingParams) -> list[tuple[str, object]]:
     if params.median_size > 1:
         out.append((f"median:{params.median_size}", lambda x: median_tensor(x, params.median_size)))
     if params.nlm:
-        out.append(("nlm", lambda x: non_local_means(x, params.nlm_search, params.nlm_patch, params.nlm_strength)))
+        out.append(("nlm", lambda x: nlm_bpda(x, params.nlm_search, params.nlm_patch, params.nlm_strength)))
     return out
 
 
@@ -105,7 +128,7 @@ class FeatureSqueezing(ModelDetector):
         super().__init__(params, ctx)
         self.squeezers = squeezers(params)
 
-    def _fit(self, images: np.ndarray, labels) -> None:
+    def _fit(self, images: np.ndarray, labels, info) -> None:
         y = check_labels(labels, len(images), self.name, need_both=False)
         self.fitted = True  # scoring below needs no learnt state
         self.threshold = fpr_threshold(self.scores(images[y == 0]), self.params.fpr)

@@ -1,37 +1,32 @@
 """Kernel density and Bayesian uncertainty (Feinman, Curtin, Shintre, Gardner, "Detecting
 adversarial samples from artifacts", arXiv:1703.00410, 2017).
 
-Two features per image, combined by a logistic regression trained on the train split, as the
-paper does (its LR is trained on normal, adversarial and noisy images; here on the normal and
-adversarial images the core gives, labels 0/1):
+Two features per image, combined by a logistic regression trained, as the paper's, on normal
+and Gaussian-noisy images (label 0) against adversarial ones (label 1):
 
 - **KD**: the log of a Gaussian kernel density of the image's penultimate features (the input
-  of the classifier's last linear layer) among the NORMAL training images of the class the
-  classifier predicts for it: ``log (1/n_c) sum_i exp(-||z - z_i||^2 / (2 bandwidth^2))``
-  (the kernel's normalising constant dropped: it is the same for every image). Low density =
-  off the data manifold. Features are centred on the normal training images and divided by
-  their overall spread (the root of the mean per-dimension variance) times sqrt(D): a rescaling
-  of the paper's Euclidean geometry after which the mean squared distance between two normal
-  images is 2 whatever the layer width D. The bandwidth is on that scale (the paper's CIFAR-10
-  value, 0.26, was for its raw features and does not transfer; per-dimension standardisation
-  would blow up units that normal images never use). Default 0.3: of 0.1/0.3/1.0 it was within
-  0.01 AUROC of the best on CIFAR-10 ResNet-20 (BIM and FGSM) and 0.86-0.90 against 0.69-0.81
-  for 1.0 on four variants of the tiny test world. A class without normal training
-  images uses all of them. A normal training image is left out of its own density (leave one
-  out), else it would meet itself at distance 0 in training but never at test time.
+  of the classifier's last linear layer, raw, as the paper's last hidden layer) among the
+  reference images of the class the classifier predicts for it: ``log (1/n_c) sum_i
+  exp(-||z - z_i||^2 / (2 bandwidth^2))``. The reference images are the core's labelled
+  reference set (``FitInfo.reference``, true labels: the paper used the classifier's training
+  set) or, without one, the normal training images under their predicted class (each left out
+  of its own density). ``bandwidth = 0`` (default) chooses it by leave-one-out
+  cross-validation of the reference features' likelihood over a grid relative to their median
+  distance (the paper's 0.26 was chosen so for its own CIFAR-10 features; it does not transfer).
 - **BU**: Bayesian uncertainty by Monte-Carlo dropout (Gal & Ghahramani 2016), the variance of
   the T softmax outputs summed over classes, ``mean_t ||y_t||^2 - ||mean_t y_t||^2``. The
-  paper's networks had dropout layers; ours usually do not. ``dropout = "head"`` (what
-  ``"auto"`` picks for a classifier without ``nn.Dropout``) drops the penultimate features with
-  rate ``p`` before the last linear layer (one network pass, T cheap heads);
-  ``dropout = "model"`` (what ``"auto"`` picks when the classifier has dropout layers) runs
-  the whole classifier T times with its own dropout layers active at their own rates. The T
-  dropout masks are drawn once from the seed and shared by all images, so scores do not depend
-  on how images are batched and stay differentiable. Paper defaults: T = 50, p = 0.5.
+  paper's networks were trained with dropout. A classifier without ``nn.Dropout`` (ResNet-20)
+  gets dropout with rate ``p`` on its penultimate features before the last linear layer
+  (``dropout = "head"``, what ``"auto"`` picks then): a perturbation of a network never trained
+  with it, not the posterior sampling the paper relies on; ``features = "kd"`` / ``"bu"`` report
+  each feature alone so its share shows. ``dropout = "model"`` (auto with dropout layers) runs the
+  classifier T times with its own dropout layers. The T masks are drawn once from the seed and
+  shared by all images, so scores do not depend on batching and stay differentiable. T = 50,
+  p = 0.5 (the paper's).
 
-Both features are z-scored on the train split, then the logistic regression (scikit-learn,
+The features are z-scored on the training rows, then the logistic regression (scikit-learn,
 ``C``) gives the score (log-odds of 'adversarial'; threshold 0). Cost: one classifier pass
-per image (T with ``dropout = "model"``) plus distances to the normal training features.
+per image (T with ``dropout = "model"``) plus distances to the reference features.
 """
 
 from __future__ import annotations
@@ -46,18 +41,26 @@ from torch import nn
 
 from advbench_plugins.detectors.baselines.activations import (LOGITS, PENULTIMATE, ActivationProbe, collect,
                                                                image_batches, last_linear)
-from advbench_plugins.detectors.baselines.common import HeadParams, LogisticHead, ModelDetector, check_labels
+from advbench_plugins.detectors.baselines.common import (HeadParams, LogisticHead, ModelDetector, check_labels,
+                                                        sources_of, with_noisy)
 
 
 class KernelDensityParams(HeadParams):
-    bandwidth: float = Field(0.3, gt=0, description="Gaussian kernel bandwidth on the standardised, "
-                                                    "sqrt(D)-scaled penultimate features (the paper's 0.26 was "
-                                                    "for its raw CIFAR-10 features).")
+    bandwidth: float = Field(0.0, ge=0, description="Gaussian kernel bandwidth in the units of the penultimate "
+                                                    "features; 0 (default): chosen by leave-one-out cross-validation "
+                                                    "of the class densities' likelihood on their reference images.")
+    features: Literal["kd+bu", "kd", "bu"] = Field(
+        "kd+bu", description="Which features the logistic regression combines: kernel density and Bayesian "
+                             "uncertainty (the paper), or either alone.")
     samples: int = Field(50, ge=2, description="Monte-Carlo dropout samples T (the paper: 50).")
     p: float = Field(0.5, gt=0, lt=1, description="Dropout rate of the penultimate features with dropout = 'head'.")
     dropout: Literal["auto", "head", "model"] = Field(
         "auto", description="Where MC dropout acts: 'head' (the penultimate features), 'model' (the classifier's "
                             "own dropout layers), 'auto' (model when it has dropout layers, else head).")
+
+
+#: bandwidths tried by the cross-validation, as multiples of the median distance between reference features
+BANDWIDTH_GRID = np.geomspace(0.02, 2.0, 25)
 
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -83,6 +86,28 @@ def log_class_density(z: torch.Tensor, classes: torch.Tensor, ref: torch.Tensor,
     member = torch.where(member.any(1, keepdim=True), member, everyone)
     masked = log_kernel.masked_fill(~member, -math.inf)
     return torch.logsumexp(masked, 1) - torch.log(member.sum(1).to(log_kernel.dtype))
+
+
+def cross_validated_bandwidth(ref: torch.Tensor, classes: torch.Tensor) -> float:
+    """The bandwidth of :data:`BANDWIDTH_GRID` (times the median distance between reference
+    features) that maximises the leave-one-out log-likelihood of the reference features under
+    their class's Gaussian kernel density (the normalising constant included: it sets the
+    trade-off), the cross-validation by which the paper chose its bandwidth."""
+    f = ref.double()
+    squared = squared_distances(f, f)
+    off = ~torch.eye(len(f), dtype=torch.bool)
+    scale = float(squared[off].sqrt().median()) or 1.0
+    same = (classes[:, None] == classes[None, :]) & off
+    usable = same.sum(1) > 0
+    if not usable.any():
+        return scale
+    best, best_ll = scale, -math.inf
+    for h in BANDWIDTH_GRID * scale:
+        log_kernel = (-squared / (2 * h * h)).masked_fill(~same, -math.inf)
+        ll = torch.logsumexp(log_kernel[usable], 1) - torch.log(same[usable].sum(1).double()) - f.shape[1] * math.log(h)
+        if float(ll.sum()) > best_ll:
+            best, best_ll = float(h), float(ll.sum())
+    return best
 
 
 def uncertainty(probabilities: torch.Tensor) -> torch.Tensor:
@@ -131,13 +156,10 @@ class KernelDensity(ModelDetector):
             mode = "model" if self.model_dropout.layers else "head"
         self.mode = mode
         self.head = LogisticHead(params.C, params.balanced)
-        self.ref = self.ref_classes = self.mean = self.scale = self.masks = None
+        self.ref = self.ref_classes = self.masks = None
+        self.bandwidth = params.bandwidth
 
     # -- features -----------------------------------------------------------------------
-
-    def _standardise(self, h: torch.Tensor) -> torch.Tensor:
-        d = h.device
-        return (h - self.mean.to(d)) / (self.scale.to(d) * math.sqrt(h.shape[1]))
 
     def _head_masks(self, dim: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
@@ -157,26 +179,37 @@ class KernelDensity(ModelDetector):
         out = self.probe(x)
         h, logits = out[PENULTIMATE], out[LOGITS]
         d = h.device
-        density = log_class_density(self._standardise(h), logits.argmax(1), self.ref.to(d), self.ref_classes.to(d),
-                                    self.params.bandwidth, None if leave_out is None else leave_out.to(d))
-        return torch.stack([density, self._uncertainty(x, h)], 1)
+        columns = []
+        if self.params.features != "bu":
+            columns.append(log_class_density(h.double(), logits.argmax(1), self.ref.to(d), self.ref_classes.to(d),
+                                             self.bandwidth, None if leave_out is None else leave_out.to(d)))
+        if self.params.features != "kd":
+            columns.append(self._uncertainty(x, h).double())
+        return torch.stack(columns, 1)
 
     # -- the detector -------------------------------------------------------------------
 
-    def _fit(self, images: np.ndarray, labels) -> None:
+    def _fit(self, images: np.ndarray, labels, info) -> None:
         y = check_labels(labels, len(images), self.name)
-        normal = images[y == 0]
-        found = collect(self.probe, normal, self.params.batch_size, self.device)
-        h = found.features[PENULTIMATE]
-        # one scale for all dimensions (the root of the mean variance): the paper's Euclidean
-        # geometry, rescaled; per-dimension scaling would blow up units that normal images never use
-        self.mean = h.mean(0)
-        self.scale = h.var(0, unbiased=False).mean().sqrt().clamp_min(1e-12).reshape(1)
-        self.ref, self.ref_classes = self._standardise(h), found.predicted
-        self.masks = self._head_masks(h.shape[1])
-        # each normal training image is reference number position-among-normals: left out of its own sum
+        sources = sources_of(images, y, info)
+        reference = info.reference if info is not None else None
+        if reference is not None:  # the paper: the classifier's labelled training set
+            found = collect(self.probe, reference.images, self.params.batch_size, self.device)
+            self.ref_classes = torch.as_tensor(reference.labels, dtype=torch.long)
+        else:  # the normal training images, classes as predicted (the core's normals are top-1 right)
+            found = collect(self.probe, images[y == 0], self.params.batch_size, self.device)
+            self.ref_classes = found.predicted
+        self.ref = found.features[PENULTIMATE].double()
+        self.masks = self._head_masks(self.ref.shape[1])
+        if self.bandwidth == 0:
+            self.bandwidth = cross_validated_bandwidth(self.ref, self.ref_classes)
+        if self.params.noisy:
+            images, y, sources = with_noisy(images, y, sources, self.seed)
+        # without a separate reference set, a normal training image is left out of its own density
         position = np.full(len(images), -1)
-        position[y == 0] = np.arange(len(normal))
+        if reference is None:
+            normal = np.flatnonzero(y == 0)[:int((np.asarray(labels) == 0).sum())]
+            position[normal] = np.arange(len(normal))
         features, bs = [], self.params.batch_size
         with torch.no_grad():
             for start, x in zip(range(0, len(images), bs), image_batches(images, bs, self.device)):
@@ -187,10 +220,10 @@ class KernelDensity(ModelDetector):
         return self.head(self._features(x))
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return {"ref": self.ref, "ref_classes": self.ref_classes, "mean": self.mean, "scale": self.scale,
-                "masks": self.masks, **self.head.state()}
+        return {"ref": self.ref, "ref_classes": self.ref_classes, "masks": self.masks,
+                "bandwidth": torch.tensor(self.bandwidth, dtype=torch.float64), **self.head.state()}
 
     def _load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.ref, self.ref_classes, self.mean, self.scale = state["ref"], state["ref_classes"], state["mean"], state["scale"]
-        self.masks = state["masks"]
+        self.ref, self.ref_classes, self.masks = state["ref"], state["ref_classes"], state["masks"]
+        self.bandwidth = float(state["bandwidth"])
         self.head.load_state(state)

@@ -1,36 +1,30 @@
 """Mahalanobis confidence (Lee, Lee, Lee, Shin, "A Simple Unified Framework for Detecting
 Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018).
 
-Per probed layer, the feature vector of an image is the layer's output averaged over space
-(the paper's pooling of feature maps) or the vector itself. From the NORMAL training images,
-class-conditional Gaussians with one covariance shared by all classes (tied) are estimated:
-class means ``mu_c`` and the pseudo-inverse of the pooled within-class covariance (as the
-paper's use of scikit-learn's EmpiricalCovariance). The classes are the classifier's
-predictions on those images (the core hands no ground-truth labels; its normal images are
-ones the classifier gets right). The layer's confidence score is
-``M(x) = max_c -(f(x) - mu_c)^T Sigma^-1 (f(x) - mu_c)``.
+Per probed layer, an image's feature vector is the layer's output averaged over space (the
+paper's pooling). Layers (``layers = "stages"``, the default): the paper's list for ResNets, the
+post-ReLU stem output and the output of every residual stage (ResNet-20: 16, 16, 32, 64
+channels); the last stage's mean is the penultimate feature, counted once. Class-conditional
+Gaussians with one covariance shared by all classes (tied) are estimated from the core's
+labelled reference set with its TRUE labels (``FitInfo.reference``; the paper used the
+classifier's training set), or without one from the normal training images under their
+predicted class: class means ``mu_c`` and the pseudo-inverse of the pooled within-class
+covariance (the paper's EmpiricalCovariance on centred features). The layer's confidence score
+is ``M(x) = max_c -(f(x) - mu_c)^T Sigma^-1 (f(x) - mu_c)``.
 
 Input pre-processing (the paper's eq. 4): ``x' = x - noise * sign(grad_x (f(x) - mu_c')^T
 Sigma^-1 (f(x) - mu_c'))``, ``c'`` the closest class, in pixel units of [0, 1] images (the
 paper's code scales the step by 1/std in normalised space: the same step in pixel space), no
-clipping; then ``M(x')``. One gradient per layer. In a layer that is a linear map of the
-pixels (a first convolution before any non-linearity) the spatially averaged features span few
-directions, the covariance is near-degenerate and a fixed step overshoots there: its score
-falls instead of rising (such directions are kept, as the paper's pseudo-inverse keeps them:
-on the tiny world they carry much of the signal without pre-processing). Default ``noise = 0.0``: no
-pre-processing (the paper chose the magnitude per dataset from the grid 0, 0.0005, 0.001,
-0.0014, 0.002, 0.005, 0.01, 0.05, 0.1, 0.2 on validation adversarial images: give that grid to
-the core's dev search, ``search = { noise = [...] }``).
+clipping; then ``M(x')``. One gradient per layer. The paper chose ``noise`` from {0, 0.0005,
+0.001, 0.0014, 0.002, 0.005, 0.01} by the validation AUROC: the core's dev search does that
+(``search = { noise = [...] }``; the spec declares ``select_by = "auroc"``). Default 0.0.
 
-The per-layer scores, standardised, go to a logistic regression trained on the train split
-(the paper's "feature ensemble", trained on validation normal and adversarial images; here the
-core's train split; ``C`` for the dev search). Score = its log-odds of 'adversarial'.
-
-Defaults: layers = the top-level children of the network (ResNets: the stem and each residual
-stage, the paper's choice) plus the penultimate features (the input of the last linear layer,
-the paper's final feature); the logits are not used. Cost: one classifier pass per image
-(plus one backward and one forward pass per layer with ``noise > 0``); the fitted state is
-the class means and one precision matrix per layer.
+The per-layer scores, standardised, go to a logistic regression (the paper's "feature
+ensemble"), trained on normal and Gaussian-noisy images (label 0) against adversarial ones
+(label 1), as the paper's. Score = its log-odds of 'adversarial'. Without a reference set, a
+normal training image is scored by Gaussians fitted without it (5-fold cross-fitting), as a new
+image is. Cost: one classifier pass per image (plus one backward and one forward pass per layer
+with ``noise > 0``); the fitted state is the class means and one precision matrix per layer.
 """
 
 from __future__ import annotations
@@ -41,9 +35,10 @@ from pydantic import Field
 
 from advbench.plugin import DataError
 
-from advbench_plugins.detectors.baselines.activations import (LOGITS, ActivationProbe, collect, image_batches, reduce,
-                                                               select_layers)
-from advbench_plugins.detectors.baselines.common import HeadParams, LogisticHead, ModelDetector, check_labels
+from advbench_plugins.detectors.baselines.activations import (LOGITS, ActivationProbe, collect, has_stages,
+                                                               image_batches, reduce, select_layers)
+from advbench_plugins.detectors.baselines.common import (HeadParams, LogisticHead, ModelDetector, check_labels,
+                                                        sources_of, with_noisy)
 
 
 #: folds of the normal training images when scoring them for the logistic regression
@@ -52,9 +47,10 @@ CROSS_FIT_FOLDS = 5
 
 class MahalanobisParams(HeadParams):
     noise: float = Field(0.0, ge=0, description="Input pre-processing step in [0, 1] pixel units (the paper's grid: "
-                                                "0 ... 0.2, chosen on validation data); 0 = none.")
-    layers: str = Field("children", description="Layers read: 'children' (the network's top-level children), or "
-                                                "comma-separated module names / types; the penultimate features always.")
+                                                "0 ... 0.01, chosen by validation AUROC); 0 = none.")
+    layers: str = Field("stages", description="Layers read: 'stages' (the stem's post-ReLU output and every residual "
+                                              "stage's output; a plain network's children and its penultimate features), 'children', 'blocks', or "
+                                              "comma-separated module names / types.")
 
 
 def tied_gaussian(features: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,7 +75,10 @@ class Mahalanobis(ModelDetector):
 
     def __init__(self, params: MahalanobisParams, ctx):
         super().__init__(params, ctx)
-        self.probe = ActivationProbe(self.module, select_layers(self.module, params.layers), penultimate=True)
+        # a ResNet's last stage averaged over space is its penultimate feature already; a plain
+        # network's children are not: the paper's final feature is added for it
+        self.probe = ActivationProbe(self.module, select_layers(self.module, params.layers),
+                                     penultimate=not has_stages(self.module))
         self.head = LogisticHead(params.C, params.balanced)
         self.gaussians: list[tuple[torch.Tensor, torch.Tensor]] = []  # (means, precision), in probe order
 
@@ -99,39 +98,54 @@ class Mahalanobis(ModelDetector):
         """(N, layers) Mahalanobis confidence scores, after pre-processing when noise > 0."""
         if self.params.noise == 0:
             return torch.stack([self._confidence(i, v) for i, v in enumerate(self._layer_vectors(x))], 1)
-        columns = []
-        for i in range(len(self.gaussians)):
-            with torch.enable_grad():
-                probe_x = x.detach().requires_grad_(True)
-                closest = -self._confidence(i, self._layer_vectors(probe_x)[i])
-                (grad,) = torch.autograd.grad(closest.sum(), probe_x)
-            # the step direction is piecewise constant in x: gradients flow through the second pass only
-            shifted = x - self.params.noise * grad.sign()
-            columns.append(self._confidence(i, self._layer_vectors(shifted)[i]))
-        return torch.stack(columns, 1)
+        with torch.enable_grad():  # one forward pass, one backward pass per layer
+            probe_x = x.detach().requires_grad_(True)
+            vectors = self._layer_vectors(probe_x)
+            last = len(vectors) - 1
+            signs = [torch.autograd.grad(-self._confidence(i, v).sum(), probe_x, retain_graph=i < last)[0].sign()
+                     for i, v in enumerate(vectors)]
+        # the step direction is piecewise constant in x: gradients flow through the second pass only
+        return torch.stack([self._confidence(i, self._layer_vectors(x - self.params.noise * sign)[i])
+                            for i, sign in enumerate(signs)], 1)
 
-    def _fit(self, images: np.ndarray, labels) -> None:
+    def _fit(self, images: np.ndarray, labels, info) -> None:
         y = check_labels(labels, len(images), self.name)
-        normal = np.flatnonzero(y == 0)
-        found = collect(self.probe, images[normal], self.params.batch_size, self.device, how="mean")
-        layers, classes = list(found.features.values()), found.predicted
+        sources = sources_of(images, y, info)
+        reference = info.reference if info is not None else None
         self.fitted = True
+        if self.params.noisy:
+            images, y, sources = with_noisy(images, y, sources, self.seed)
+        if reference is not None:
+            found = collect(self.probe, reference.images, self.params.batch_size, self.device, how="mean")
+            classes = torch.as_tensor(reference.labels, dtype=torch.long)
+            self.gaussians = [tied_gaussian(f, classes)[1:] for n, f in found.features.items() if n != LOGITS]
+            features = self._score_images(images)
+        else:
+            features = self._cross_fitted(images, y, np.asarray(labels))
+        self.head.fit(features, y)
+
+    def _cross_fitted(self, images: np.ndarray, y: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        """Scores of every row under Gaussians of the (original) normal training rows; a normal
+        row's from Gaussians fitted without it (5 folds): the in-sample distances are too small."""
+        normal = np.flatnonzero(y == 0)[:int((labels == 0).sum())]  # noisy rows come last
+        found = collect(self.probe, images[normal], self.params.batch_size, self.device, how="mean")
+        layers, classes = [f for n, f in found.features.items() if n != LOGITS], found.predicted
         features = torch.zeros(len(images), len(layers), dtype=torch.float64)
-        # cross-fitting: a normal training image is scored by Gaussians fitted without it, as a
-        # new image is; else the logistic regression learns from distances that are too small
         folds = np.random.default_rng(self.seed).permutation(len(normal)) % min(CROSS_FIT_FOLDS, len(normal))
         for fold in np.unique(folds):
             rest = torch.from_numpy(folds != fold)
             self.gaussians = [tied_gaussian(f[rest], classes[rest])[1:] for f in layers]
             features[normal[folds == fold]] = self._score_images(images[normal[folds == fold]])
         self.gaussians = [tied_gaussian(f, classes)[1:] for f in layers]
-        features[y == 1] = self._score_images(images[y == 1])
-        self.head.fit(features, y)
+        others = np.setdiff1d(np.arange(len(images)), normal)
+        features[others] = self._score_images(images[others])
+        return features
 
     def _score_images(self, images: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([self._features(x).double().cpu()
-                              for x in image_batches(images, self.params.batch_size, self.device)])
+            parts = [self._features(x).double().cpu()
+                     for x in image_batches(images, self.params.batch_size, self.device)]
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.gaussians), dtype=torch.float64)
 
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self._features(x))
