@@ -258,8 +258,8 @@ def test_validate_names_the_label_too_long_for_the_store_and_the_limit_matches_t
     from advbench.store.models import Cell, Run
 
     assert Run.__table__.c.benchmark.type.length == LABEL_MAX
-    assert {Cell.__table__.c[n].type.length for n in ("dataset", "model", "attack", "transform", "feature",
-                                                     "detector")} == {LABEL_MAX}
+    assert {Cell.__table__.c[n].type.length for n in ("dataset", "model", "imageset", "entry", "family", "operation",
+                                                     "feature_group", "feature", "detector")} == {LABEL_MAX}
 
 
 def test_a_warning_is_one_line_on_stderr(advbench, monkeypatch):
