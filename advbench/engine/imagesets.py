@@ -76,6 +76,16 @@ def select_clean(source: ImageSource, model: LoadedModel, *, top_k: int, n: int,
     return arrays, metrics
 
 
+def images_of(output: Any, per_image: dict[str, list[float]]) -> torch.Tensor:
+    """The images of an attack's output (a tensor or an :class:`AttackOutput`), its per-image
+    values appended to ``per_image`` by name."""
+    if isinstance(output, AttackOutput):
+        for name, values in output.per_image.items():
+            per_image.setdefault(name, []).extend(torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
+        return output.images
+    return output
+
+
 def stored(images: np.ndarray, fmt: str, quality: int) -> np.ndarray:
     """uint8 images (N, H, W, 3) after the database's save -> reload (the bytes ``save_image``
     writes and ``load_image`` reads back): a JPEG round trip at ``quality``; PNG is lossless on
@@ -178,11 +188,7 @@ class _AttackedSet:
             seconds: float) -> None:
         model, device, fmt = self.model, self.device, self.fmt
         self.attack_seconds += seconds
-        if isinstance(adversarial, AttackOutput):
-            for name, values in adversarial.per_image.items():
-                self.per_image.setdefault(name, []).extend(
-                    torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
-            adversarial = adversarial.images
+        adversarial = images_of(adversarial, self.per_image)
         # a row a plugin left non-finite counts as a failed attempt, not as a crash
         finite = torch.isfinite(adversarial).flatten(1).all(1).view(-1, 1, 1, 1)
         adv_uint8 = to_uint8(torch.where(finite, adversarial, to_tensor(batch, device)))

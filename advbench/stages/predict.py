@@ -23,9 +23,12 @@ from advbench.plan import CLEAN, ORIGINAL, Cell
 
 def _operation(ctx: CellContext, cell: Cell) -> predict.Operation:
     """(Pillow op, tensor op) of a cell's operation; (None, None) for the original."""
-    if cell.operation == ORIGINAL:
-        return None, None
-    entry = ctx.entry("transform", cell.operation)
+    return (None, None) if cell.operation == ORIGINAL else backend_operation(ctx, cell.operation)
+
+
+def backend_operation(ctx: CellContext, label: str) -> predict.Operation:
+    """(Pillow op, tensor op) of an operation on the configured prediction backend."""
+    entry = ctx.entry("transform", label)
     spec = ctx.registry.get("transform", entry.plugin)
     if ctx.bench.prediction.backend == "tensor":
         if spec.apply_tensor is None:

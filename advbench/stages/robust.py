@@ -32,13 +32,14 @@ from advbench.cache import load_columns, save_arrays, save_columns
 from advbench.config import Target
 from advbench.criteria import PaperCriterion
 from advbench.engine import predict
+from advbench.engine.imagesets import images_of
 from advbench.engine.detect import EVAL
 from advbench.engine.worst_case import WorstCase, into_ball, keep_worst, perturbation
 from advbench.errors import DataError, PluginError
 from advbench.imaging import jpeg_roundtrip, to_tensor, to_uint8
 from advbench.plan import IMAGES, Cell
 from advbench.robust_config import Member, RobustEntry
-from advbench.specs import AttackContext, AttackOutput, Defense, Probabilities
+from advbench.specs import AttackContext, Defense, Probabilities
 from advbench.stages import adaptive
 from advbench.stages.attack import attacked_sources
 from advbench.execution.context import CellContext, MetricRows
@@ -47,6 +48,7 @@ from advbench.stages.correct import corrected_labels
 from advbench.stages.inputs import feature_matrix
 from advbench.engine.detect import LabelledSet
 from advbench.stages.per_image import SPLIT_NAMES
+from advbench.stages.predict import backend_operation
 from advbench.stages.score import system_undone
 
 STATE = "state"  # the worst case so far, for the cell of the next budget
@@ -71,21 +73,10 @@ def label_of(entry: RobustEntry, index: int, target: Target) -> str:
 # --- what the defended system says of stored images ------------------------------------------
 
 
-def _backend_operation(ctx: CellContext, label: str) -> predict.Operation:
-    """(Pillow op, tensor op) of an operation on the configured prediction backend (as predict cells)."""
-    entry = ctx.entry("transform", label)
-    spec = ctx.registry.get("transform", entry.plugin)
-    if ctx.bench.prediction.backend == "tensor":
-        if spec.apply_tensor is None:
-            raise DataError(f"transform plugin {entry.plugin!r} has no tensor backend; use prediction.backend = 'pillow'")
-        return None, lambda batch: spec.apply_tensor(batch, entry.params)
-    return (lambda image: spec.apply(image, entry.params)), None
-
-
 def _labels_under(ctx: CellContext, cell: Cell, images: np.ndarray, group: str,
                   k: int) -> tuple[np.ndarray, np.ndarray, Probabilities]:
     """Top-k labels without and under each operation of ``group``, and the softmax outputs."""
-    ops = [_backend_operation(ctx, t.label) for t in ctx.plan.group_ops(group)]
+    ops = [backend_operation(ctx, t.label) for t in ctx.plan.group_ops(group)]
     results = list(predict.predict_under_operations(
         ctx.model(cell.model), images, [(None, None), *ops], top_k=ctx.bench.labels_k,
         batch_size=ctx.bench.prediction.batch_size, device=ctx.device))
@@ -247,11 +238,7 @@ def _run_member(ctx: CellContext, cell: Cell, spec, params, model, defense: Defe
             log.skipped = str(exc)
             return False
         log.seconds += time.perf_counter() - t0
-        if isinstance(output, AttackOutput):
-            for name, values in output.per_image.items():
-                log.per_image.setdefault(name, []).extend(
-                    torch.as_tensor(values).detach().cpu().double().reshape(-1).tolist())
-            output = output.images
+        output = images_of(output, log.per_image)
         finite = torch.isfinite(output).flatten(1).all(1).view(-1, 1, 1, 1)
         output = torch.where(finite, output, x)
         candidate = output.detach().clamp(0, 1).mul(255).permute(0, 2, 3, 1).cpu().double().numpy()
