@@ -109,9 +109,10 @@ def image_sets(cache: Path, result) -> dict[str, object]:
     return sets
 
 
-def one_repeat(bench, registry, cache: Path, store: str, model: LoadedModel, op_list, batch_size: int) -> dict:
+def one_repeat(bench, registry, cache: Path, store: str, model: LoadedModel, op_list, batch_size: int,
+               threads: int) -> dict:
     shutil.rmtree(cache / "predict", ignore_errors=True)
-    result = Runner(bench, registry, RunOptions(store=store, cache_dir=cache)).run()
+    result = Runner(bench, registry, RunOptions(store=store, cache_dir=cache, threads=threads)).run()
     predicted = [o for o in result.outcomes if o.cell.stage == "predict"]
     failed = [o.error for o in predicted if o.status != "ok"]
     if failed or any(o.cached for o in predicted):  # detectors may fail (a random network): not timed here
@@ -129,7 +130,7 @@ def one_repeat(bench, registry, cache: Path, store: str, model: LoadedModel, op_
             "load": os.getloadavg()[0]}
 
 
-def bench_model(name: str, n: int, repeats: int, shared: Path) -> None:
+def bench_model(name: str, n: int, repeats: int, shared: Path, threads: int) -> None:
     registry = registry_with(_models_module())
     op_list = fx.paper_ops()
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,12 +138,12 @@ def bench_model(name: str, n: int, repeats: int, shared: Path) -> None:
         path.write_text(benchmark(name, n, shared))
         bench = parse_benchmark(path.read_text(), registry, path=path)
         cache, store = Path(tmp) / "cache", str(Path(tmp) / "results.db")
-        Runner(bench, registry, RunOptions(store=store, cache_dir=cache)).run()  # clean, attack, split: cached after
+        Runner(bench, registry, RunOptions(store=store, cache_dir=cache, threads=threads)).run()  # cached after
         model = _resnet18(None, None) if name == "resnet18" else fx.build_model(name)[0]  # the run's network
         batch_size = bench.prediction.batch_size
         rows = []
         for r in range(repeats):
-            row = one_repeat(bench, registry, cache, store, model, op_list, batch_size)
+            row = one_repeat(bench, registry, cache, store, model, op_list, batch_size, threads)
             rows.append(row)
             print(f"  {name} repeat {r + 1}: {row['cells']} predict cells, {row['predictions']:.0f} predictions; "
                   f"runner {row['predictions'] / row['runner']:,.1f}/s, floor {row['predictions'] / row['floor']:,.1f}/s,"
@@ -161,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n18", type=int, default=64, help="clean images for ResNet-18 (default 64)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shared", type=Path, default=fx.SHARED, help="the reference data (default ../shared)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads of the runner and the floor alike (advbench run's default is 1)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)  # the floor's; the runner is given the same count
     if not (args.shared / fx.DATA_NAME).is_dir():
         print(f"skipped: no CIFAR-10 images in {args.shared / fx.DATA_NAME}")
         return 0
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
     for name in args.models:
-        bench_model(name, args.n20 if name == "resnet20" else args.n18, args.repeats, args.shared.resolve())
+        bench_model(name, args.n20 if name == "resnet20" else args.n18, args.repeats, args.shared.resolve(), args.threads)
     return 0
 
 
