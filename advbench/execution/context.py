@@ -75,6 +75,7 @@ class CellContext:
     _datasets: dict[str, Any] = field(default_factory=dict)
     _fitted: dict[str, Any] = field(default_factory=dict)  # feature detectors loaded, by detect cell key
     _stored: dict[str, np.ndarray] = field(default_factory=dict)  # clean key -> normal images after storage
+    _references: dict[tuple[str, str], Any] = field(default_factory=dict)  # (dataset, model) -> ReferenceSet
 
     @classmethod
     def from_job(cls, job: Job, registry: Registry | None = None) -> CellContext:

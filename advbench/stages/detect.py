@@ -27,7 +27,8 @@ from advbench.stages.reference import reference_set
 
 
 def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
-    data, inputs = training_data(ctx, cell)
+    every, every_input = _all_rows(ctx, cell)
+    data, inputs = _protocol_subset(ctx, cell, every, every_input)
     model, _, extra = fit(ctx, cell, data, inputs, out)
     if cell.feature_group != IMAGES:
         extra += [("feature_size", "", float(inputs.shape[1])), ("operations", "", float(data.transformed.shape[1]))]
@@ -41,7 +42,7 @@ def compute(ctx: CellContext, cell: Cell, out: Path) -> MetricRows:
         (out / SAVED).mkdir()
         model.save(out / SAVED)
     save_columns(out, "per_image", **detector_columns(ctx, cell, data, pred, scores, logits=logits))
-    return detect.detection_metrics(data, pred, scores) + extra + set_aside_normals(ctx, cell, model)
+    return detect.detection_metrics(data, pred, scores) + extra + set_aside_normals(ctx, cell, model, every, every_input)
 
 
 # --- building, fitting and reloading detectors (detect, score and adaptive cells) ------------
@@ -65,7 +66,11 @@ def build(ctx: CellContext, cell: Cell, params: Params) -> Any:
 def training_data(ctx: CellContext, cell: Cell) -> tuple[LabelledSet, np.ndarray]:
     """The labelled set a detect cell fits on (a held-out cell's split remapped; a model-aware
     detector's rows from top-1-correct sources only, with ``model_normals = "top-1"``) and its input."""
-    data, inputs = _all_rows(ctx, cell)
+    return _protocol_subset(ctx, cell, *_all_rows(ctx, cell))
+
+
+def _protocol_subset(ctx: CellContext, cell: Cell, data: LabelledSet,
+                     inputs: np.ndarray) -> tuple[LabelledSet, np.ndarray]:
     keep = protocol_rows(ctx, cell, data)
     if cell.holdout.startswith(PER_ATTACK):  # other attacks' rows: neither trained nor scored on
         keep &= data.split != UNUSED
@@ -95,12 +100,13 @@ def selects_top1(ctx: CellContext, cell: Cell) -> bool:
     return ctx.spec("detector", cell.detector).inputs == "model" and ctx.bench.detection.model_normals == "top-1"
 
 
-def set_aside_normals(ctx: CellContext, cell: Cell, detector: Any) -> MetricRows:
+def set_aside_normals(ctx: CellContext, cell: Cell, detector: Any, data: LabelledSet,
+                      inputs: np.ndarray) -> MetricRows:
     """The FPR on the normal eval images a top-1 cell leaves out (their classifier's top-1 is
-    wrong), with their count: what a deployed detector meets beside the papers' protocol."""
+    wrong), with their count: what a deployed detector meets beside the papers' protocol.
+    ``data``/``inputs``: every row of the cell (:func:`_all_rows`)."""
     if not selects_top1(ctx, cell):
         return []
-    data, inputs = _all_rows(ctx, cell)
     aside = ~protocol_rows(ctx, cell, data) & (data.split == detect.EVAL) & (data.y == 0)
     if not aside.any():
         return []

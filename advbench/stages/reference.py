@@ -9,10 +9,10 @@ import hashlib
 import numpy as np
 
 from advbench.errors import DataError
+from advbench.execution.context import CellContext
 from advbench.imaging import pil_to_array
 from advbench.plan import Cell
 from advbench.specs import ReferenceSet
-from advbench.execution.context import CellContext
 
 
 def _digests(images: np.ndarray) -> set[bytes]:
@@ -21,10 +21,19 @@ def _digests(images: np.ndarray) -> set[bytes]:
 
 def reference_set(ctx: CellContext, cell: Cell) -> ReferenceSet | None:
     """The reference set of ``cell``'s dataset for its model, or None where none is named.
-    A DataError when it is empty, has other classes, or shares an image with the clean set."""
-    entry = ctx.bench.reference_for(cell.dataset)
-    if entry is None:
+    A DataError when it is empty, has other classes, or shares an image with the clean set.
+    Read once per context: every detect cell of a model-aware detector (per attack, per search
+    candidate) asks for it."""
+    if ctx.bench.reference_for(cell.dataset) is None:
         return None
+    key = (cell.dataset, cell.model)
+    if key not in ctx._references:
+        ctx._references[key] = _read(ctx, cell)
+    return ctx._references[key]
+
+
+def _read(ctx: CellContext, cell: Cell) -> ReferenceSet:
+    entry = ctx.bench.reference_for(cell.dataset)
     source, model = ctx.dataset(entry.label), ctx.model(cell.model)
     if len(source.class_names) != model.num_classes:
         raise DataError(f"reference dataset {entry.label!r} has {len(source.class_names)} classes, model "
