@@ -64,6 +64,14 @@ def seeded_generator(ctx: AttackContext) -> torch.Generator:
     return torch.Generator().manual_seed(int(ctx.seed))
 
 
+def sample_operations(n_ops: int, eot_samples: int, gen: torch.Generator) -> list[int]:
+    """The operations an EOT step uses: ``eot_samples`` drawn without replacement, or all of
+    them (``eot_samples`` 0 or at least ``n_ops``: no draw, so the generator is not advanced)."""
+    if eot_samples <= 0 or eot_samples >= n_ops:
+        return list(range(n_ops))
+    return torch.randperm(n_ops, generator=gen)[:eot_samples].tolist()
+
+
 # --- labels, criteria and losses ----------------------------------------------------------
 
 

@@ -24,9 +24,10 @@ from advbench_plugins.attacks.adaptive.common import (
     ascent_direction,
     classifier_loss,
     criterion_rows,
-    label_margin,
     first_iterate,
+    label_margin,
     original_labels,
+    sample_operations,
     topk_of,
     towards_label_loss,
 )
@@ -78,8 +79,7 @@ def eot_pgd(model, images: torch.Tensor, criterion: Criterion, operations: Seque
             break
         x = first_iterate(x0, rows, restart, start, random_init, norm, eps, gen)
         for t in range(steps + 1):
-            sampled = set(range(n_ops)) if eot_samples <= 0 or eot_samples >= n_ops else \
-                set(torch.randperm(n_ops, generator=gen)[:eot_samples].tolist())
+            sampled = set(sample_operations(n_ops, eot_samples, gen))
             check = t % check_every == 0 or t == steps
             with torch.enable_grad():  # callers may hold a no_grad context
                 x = x.detach().requires_grad_(True)

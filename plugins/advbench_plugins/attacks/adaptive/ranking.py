@@ -38,6 +38,7 @@ from advbench_plugins.attacks.adaptive.common import (
     criterion_rows,
     first_iterate,
     original_labels,
+    sample_operations,
     topk_of,
     towards_label_loss,
 )
@@ -133,8 +134,7 @@ def rank_eot(model, images: torch.Tensor, criterion: Criterion, operations: Sequ
             break
         x = first_iterate(x0, rows, restart, start, random_init, norm, eps, gen)
         for t in range(steps + 1):
-            sampled = range(n_ops) if eot_samples <= 0 or eot_samples >= n_ops else \
-                torch.randperm(n_ops, generator=gen)[:eot_samples].tolist()
+            sampled = sample_operations(n_ops, eot_samples, gen)
             with torch.enable_grad():  # callers may hold a no_grad context
                 x = x.detach().requires_grad_(True)
                 seen = storage(x)
