@@ -390,7 +390,7 @@ class _Builder:
                 "members": [m_.identity(index) | {"version": self.versions("attack", m_.plugin)}
                             for m_ in entry.members_for(target.label)],
                 "norm": entry.norm, "budget": budget, "target": target.label, "trained": trained, "previous": previous,
-                "db": bench.database.model_dump(mode="json"), "prediction": bench.prediction.model_dump(mode="json"),
+                "db": bench.database.identity(), "prediction": bench.prediction.model_dump(mode="json"),
                 "top_k": bench.settings.top_k, "seed": bench.settings.seed,
             })
             # an ensemble: no one plugin; the entry at this budget and the entry's label as its family
