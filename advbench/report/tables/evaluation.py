@@ -11,8 +11,7 @@ from typing import Any
 from advbench.schema import IMAGES, PER_ATTACK
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Estimate, Table, by_world,
                                          detection_rate_on, estimate, metric, standard, wilson)
-from advbench.report.tables.labels import budget_text, defense, evaluation_sets, same_budget, same_norm, targeted
-from advbench.report.tables.robust import budget_text as budget_label
+from advbench.report.tables.labels import budget_steps, budget_text, defense, evaluation_sets, same_budget, same_norm, targeted
 from advbench.report.tables.robust import robust_curves
 
 SUCCEEDS_AT = 0.5  # the system success at which an attack "succeeds" against a defense
@@ -212,7 +211,7 @@ def security(cells) -> list[Table]:
     system's success at each budget (a security curve read as a table)."""
     tables = []
     for curve in security_curves(cells):
-        marks = ["" if b is None else f" @{budget_label(b)}" for b in curve.budgets]
+        marks = ["" if b is None else f" @{budget_steps(b)}" for b in curve.budgets]
         columns = [col for b in marks for col in (f"Det.{b}", f"System{b}")]
         rows = [(name, *(x for det, sys in points for x in (det if detects else None, sys)))
                 for name, detects, points in curve.defenses]

@@ -16,6 +16,14 @@ def budget_text(value: float | None) -> str:
     return "–" if value is None else f"{value:g}"
 
 
+def budget_steps(value: float | None) -> str:
+    """A budget as "8/255" when it is a whole number of 8-bit steps, else as :func:`budget_text`."""
+    steps = None if value is None else value * 255
+    if steps is not None and abs(steps - round(steps)) < 1e-6 and round(steps) > 0:
+        return f"{round(steps)}/255"
+    return budget_text(value)
+
+
 def detector_label(cell) -> str:
     """A detector cell as adaptive targets name it: "detector/feature/group" ("detector" alone
     for detectors that see images)."""

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from advbench.errors import AdvbenchError
-from advbench.report.tables.labels import detector_label
+from advbench.report.tables.labels import budget_steps, detector_label
 from advbench.report.tables.base import (DECIMALS_NOTE, INTERVAL_NOTE, Estimate, Rank, Table, by_world,
                                          counted, estimate, metric, span, standard)
-from advbench.report.tables.robust import budget_text, robust_lookup
+from advbench.report.tables.robust import robust_lookup
 from advbench.report.tables.robust import detection_estimate as robust_detection
 from advbench.report.tables.robust import system_estimate as robust_system
 
@@ -121,7 +121,7 @@ def robust_columns(robust: dict, dataset: str, model: str):
         cell = robust.get((dataset, model, label))
         if cell is None:
             return (None, None, "–")
-        return (robust_detection(cell), robust_system(cell), budget_text(cell.budget))
+        return (robust_detection(cell), robust_system(cell), budget_steps(cell.budget))
     return columns
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from advbench.report.tables.base import DECIMALS_NOTE, Estimate, Table, by_world, metric, wilson
+from advbench.report.tables.labels import budget_steps
 
 STAGE = "robust"
 
@@ -23,14 +24,6 @@ def robust_cells(cells) -> list:
 def entry_label(cell) -> str:
     """The ``[[robust]]`` entry's name (the robust cell's family)."""
     return cell.family
-
-
-def budget_text(value: float | None) -> str:
-    """A budget as "8/255" when it is a whole number of 8-bit steps, else "0.03"."""
-    if value is None:
-        return "–"
-    steps = value * 255
-    return f"{round(steps)}/255" if abs(steps - round(steps)) < 1e-6 and round(steps) > 0 else f"{value:g}"
 
 
 def success_estimate(cell) -> Estimate:
@@ -93,7 +86,7 @@ def robust_table(cells) -> list[Table]:
     for (dataset, model), group in by_world(robust_cells(cells)).items():
         rows = []
         for c in sorted(group, key=lambda c: (entry_label(c), c.target, c.budget or 0.0)):
-            head = (entry_label(c), c.target, budget_text(c.budget))
+            head = (entry_label(c), c.target, budget_steps(c.budget))
             if c.status != "ok":
                 rows.append((*head, None, None, None, None, "–", "–", f"{c.status}: {c.error}"))
                 continue
